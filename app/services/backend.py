@@ -1,0 +1,198 @@
+"""The one interface both inference backends implement, and the internal types they speak.
+
+Routes and the CLI talk to a `Backend` only; they never see llama.cpp or PyTorch objects.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypedDict, Unpack
+
+from app.engine.worker import Job, Worker
+from app.errors import InvalidParameterError
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_STOP_SEQUENCES = 16
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1")
+        _check(_is_number(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0")
+        _check(_is_number(self.top_p) and 0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        _check(_is_int(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0 (0 disables it)")
+        _check(_is_number(self.min_p) and 0 <= self.min_p <= 1, "min_p must be in [0, 1]")
+        _check(
+            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+            "repetition_penalty must be a finite number > 0",
+        )
+        _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**32), "seed must be in [0, 2**32)")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        _check(
+            len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
+            f"stop must be at most {MAX_STOP_SEQUENCES} non-empty strings",
+        )
+        object.__setattr__(self, "stop", stop)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> SamplingParams:
+        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        _check(not unknown, f"unknown generation parameter(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+
+class SamplingKwargs(TypedDict, total=False):
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    stop: Sequence[str] | str | None
+    seed: int | None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidParameterError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
+    checked = []
+    for i, message in enumerate(messages):
+        _check(isinstance(message, dict), f"messages[{i}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        _check(role in ROLES, f"messages[{i}].role must be one of {', '.join(ROLES)}")
+        _check(isinstance(content, str), f"messages[{i}].content must be a string")
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Either a raw `prompt` or chat `messages` rendered with the model's template."""
+
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        _check((self.prompt is None) != (self.messages is None), "give exactly one of prompt or messages")
+        if self.prompt is not None:
+            _check(isinstance(self.prompt, str), "prompt must be a string")
+        else:
+            object.__setattr__(self, "messages", validate_messages(self.messages))
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float  # request start to first sampled token, prompt processing included
+    decode_tokens_per_s: float  # tokens after the first, over the time after the first
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`."""
+
+    text: str
+    token_id: int | None = None
+    finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    usage: Usage
+
+    @classmethod
+    def from_events(cls, events: Sequence[TokenEvent]) -> Completion:
+        last = events[-1]
+        return cls("".join(e.text for e in events), last.finish_reason or "stop", last.usage)
+
+
+class Generation:
+    """A validated request, ready to stream. Iterate it from a thread or `async for` it."""
+
+    def __init__(self, worker: Worker, job: Job):
+        self._worker, self._job = worker, job
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        return self._worker.stream(self._job)
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._worker.astream(self._job)
+
+
+class Backend(ABC):
+    """What every inference backend offers. The user-facing methods are built on `start()`."""
+
+    name: ClassVar[str]
+    available: ClassVar[bool]
+
+    @abstractmethod
+    def load_model(self, model_path: str, **kwargs: Any) -> None: ...
+
+    @abstractmethod
+    def unload(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def is_loaded(self) -> bool: ...
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]: ...
+
+    @property
+    def model_name(self) -> str | None:
+        return None
+
+    @abstractmethod
+    def start(self, request: GenerationRequest) -> Generation:
+        """Validates and tokenizes now (errors raise here), generates when iterated."""
+
+    def generate(self, prompt: str, **gen: Unpack[SamplingKwargs]) -> str:
+        return "".join(self.generate_stream(prompt, **gen))
+
+    def generate_stream(self, prompt: str, **gen: Unpack[SamplingKwargs]) -> Iterator[str]:
+        return _texts(self.start(GenerationRequest(SamplingParams.from_kwargs(**gen), prompt=prompt)))
+
+    def chat(self, messages: list[dict[str, str]], **gen: Unpack[SamplingKwargs]) -> str:
+        return "".join(self.chat_stream(messages, **gen))
+
+    def chat_stream(self, messages: list[dict[str, str]], **gen: Unpack[SamplingKwargs]) -> Iterator[str]:
+        return _texts(self.start(GenerationRequest(SamplingParams.from_kwargs(**gen), messages=messages)))
+
+
+def _texts(generation: Generation) -> Iterator[str]:
+    with closing(iter(generation)) as events:  # closing this stream cancels the generation at once
+        for event in events:
+            if event.text:
+                yield event.text

