@@ -1,3 +1,3 @@
 from app.cli.main import cli
 
-cli()
+cli(prog_name="hychat")

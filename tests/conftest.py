@@ -50,14 +50,13 @@ class Server:
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.devnull, "w")
         full_env = {**os.environ, **env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args],
             cwd=REPO,
             env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._wait_ready()
 
@@ -76,7 +75,6 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

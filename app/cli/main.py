@@ -59,7 +59,9 @@ def serve(**overrides: Any) -> None:
 @click.option("--seed", type=int)
 @click.option("--raw", is_flag=True, help="Send PROMPT as is, without the chat template.")
 @model_options
-def generate(prompt: str, max_new_tokens: int, temperature: float, seed: int | None, raw: bool, **overrides: Any) -> None:
+def generate(
+    prompt: str, max_new_tokens: int, temperature: float, seed: int | None, raw: bool, **overrides: Any
+) -> None:
     """Print the streamed answer to PROMPT."""
     backend = _load(build_settings(**overrides))
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
@@ -95,7 +97,9 @@ def chat(system: str | None, max_new_tokens: int, temperature: float, **override
             continue
         messages.append({"role": "user", "content": question})
         try:
-            answer = _print_stream(backend.chat_stream(messages, max_new_tokens=max_new_tokens, temperature=temperature))
+            answer = _print_stream(
+                backend.chat_stream(messages, max_new_tokens=max_new_tokens, temperature=temperature)
+            )
         except HychatError as error:
             messages.pop()
             click.echo(f"error: {error}", err=True)

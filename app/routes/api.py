@@ -12,9 +12,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import HychatError, error_body
 from app.protocol.api import ChatRequest, ChatResponse, DoneEvent, chat_response, to_generation_request, usage_body
+from app.routes.deps import ChatBackendDep
 from app.services.backend import Backend, Completion, Generation
 from app.services.registry import BACKENDS
-from app.routes.deps import ChatBackendDep
 
 log = logging.getLogger(__name__)
 router = APIRouter()

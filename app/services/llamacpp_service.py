@@ -1,8 +1,8 @@
 """The llama.cpp backend: GGUF models through llama-cpp-python.
 
-    from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
-    llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
-    text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
+from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
+llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
+text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ import inspect
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from app.engine.worker import Worker
-from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, ModelFileError, PromptTooLongError
+from app.errors import (
+    BackendUnavailableError,
+    ChatTemplateError,
+    InvalidParameterError,
+    ModelFileError,
+    PromptTooLongError,
+)
 from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, TokenEvent, Usage
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler
@@ -135,9 +140,7 @@ class LlamaCppBackend(Backend):
     # -- generation ----------------------------------------------------------------------------
 
     def start(self, request: GenerationRequest) -> Generation:
-        m = self._model
-        if m is None:
-            raise BackendUnavailableError("no model is loaded in the llama.cpp backend")
+        m = self._require()
         t_start = perf_counter()
         prompt_ids = self._prompt_ids(m, request)
         if not prompt_ids:
@@ -152,15 +155,8 @@ class LlamaCppBackend(Backend):
         return _tokenize(m, text, add_bos=True, special=special)
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
-        m = self._require()
-        if m.formatter is None:
-            raise ChatTemplateError(f"the model's chat template does not compile: {m.template_error}")
-        try:
-            return m.formatter(messages=messages).prompt
-        except jinja2.exceptions.SecurityError as error:
-            raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
-        except (ValueError, TypeError, jinja2.TemplateError) as error:  # raise_exception() in templates
-            raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
+        """The prompt text the model sees for `messages`, from its own chat template."""
+        return _render(self._require(), messages)
 
     def _require(self) -> _Loaded:
         if self._model is None:
@@ -170,10 +166,21 @@ class LlamaCppBackend(Backend):
     def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
         if request.messages is None:
             return _tokenize(m, request.prompt or "", add_bos=True, special=True)
-        prompt = self.apply_template(request.messages)
+        prompt = _render(m, request.messages)
         # Templates that write the BOS text themselves must not get a second one from the tokenizer.
         add_bos = not (m.bos_text and prompt.startswith(m.bos_text))
         return _tokenize(m, prompt, add_bos=add_bos, special=True)
+
+
+def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
+    if m.formatter is None:
+        raise ChatTemplateError(f"the model's chat template does not compile: {m.template_error}")
+    try:
+        return m.formatter(messages=messages).prompt
+    except jinja2.exceptions.SecurityError as error:
+        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
+    except (ValueError, TypeError, jinja2.TemplateError) as error:  # raise_exception() in templates
+        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 
 
 def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, t_start: float) -> Iterator[TokenEvent]:

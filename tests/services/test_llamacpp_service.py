@@ -17,6 +17,7 @@ def test_the_users_snippets_run_verbatim(model_path):
     path = model_path
     # --- verbatim from the user's guide ---
     from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
+
     llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
     text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
     pieces = []
@@ -93,7 +94,9 @@ def test_chat_uses_the_models_template_and_stops_at_end_of_turn(service):
     ids = service.tokenize(prompt)
     # <|im_start|> (id 1) and <|im_end|> (id 2) parsed as single special tokens, not split into text
     assert (ids.count(1), ids.count(2)) == (3, 2)
-    events = list(service.start(GenerationRequest(SamplingParams(max_new_tokens=400, temperature=0), messages=messages)))
+    events = list(
+        service.start(GenerationRequest(SamplingParams(max_new_tokens=400, temperature=0), messages=messages))
+    )
     text = "".join(e.text for e in events)
     assert events[-1].finish_reason == "stop" and events[-1].usage.completion_tokens < 400
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
@@ -202,7 +205,12 @@ def test_invalid_messages_are_refused(service, messages, message):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"n_ctx": -1}, "n_ctx"), ({"n_threads": 0}, "n_threads"), ({"n_gpu_layers": -2}, "n_gpu_layers"), ({"n_thread": 2}, "unknown")],
+    [
+        ({"n_ctx": -1}, "n_ctx"),
+        ({"n_threads": 0}, "n_threads"),
+        ({"n_gpu_layers": -2}, "n_gpu_layers"),
+        ({"n_thread": 2}, "unknown"),
+    ],
 )
 def test_invalid_load_options_are_refused(model_path, service, kwargs, message):
     with pytest.raises(InvalidParameterError, match=message):
@@ -221,7 +229,9 @@ def test_chat_templates_render_in_a_sandbox(service):
         )
         with pytest.raises(ChatTemplateError, match="unsafe"):
             service.chat([{"role": "user", "content": "hi"}])
-        model.formatter = Jinja2ChatFormatter("{{ raise_exception('roles must alternate') }}", eos_token="", bos_token="")
+        model.formatter = Jinja2ChatFormatter(
+            "{{ raise_exception('roles must alternate') }}", eos_token="", bos_token=""
+        )
         with pytest.raises(ChatTemplateError, match="roles must alternate"):
             service.chat([{"role": "user", "content": "hi"}])
     finally:

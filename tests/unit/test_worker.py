@@ -1,0 +1,102 @@
+"""The worker's queueing and cancellation, with scripted jobs: pure scheduling logic, no model needed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.engine.worker import Worker
+
+
+def counting_job(log: list[int], n: int = 1000):
+    def job():
+        for i in range(n):
+            log.append(i)
+            yield i
+
+    return job
+
+
+def test_jobs_run_one_at_a_time_in_submission_order():
+    worker = Worker("test")
+    active, overlaps = [0], []
+
+    def job(tag):
+        def run():
+            active[0] += 1
+            overlaps.append(active[0])
+            yield tag
+            active[0] -= 1
+
+        return run
+
+    results = []
+    threads = [threading.Thread(target=lambda t=t: results.extend(worker.stream(job(t)))) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == list(range(8)) and max(overlaps) == 1
+
+
+def test_closing_a_stream_cancels_its_job_after_the_next_event():
+    worker = Worker("test")
+    produced: list[int] = []
+    gate = threading.Event()
+
+    def job():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+            gate.wait(1)  # pace the producer so the reader can close while it runs
+
+    stream = worker.stream(job)
+    assert next(stream) == 0
+    stream.close()
+    gate.set()
+    assert list(worker.stream(counting_job([], 3))) == [0, 1, 2]  # the worker is free again
+    assert len(produced) <= 3
+
+
+def test_job_errors_reach_the_reader_and_the_worker_survives():
+    worker = Worker("test")
+
+    def failing():
+        yield 1
+        raise ValueError("boom")
+
+    stream = worker.stream(failing)
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(stream)
+    assert list(worker.stream(counting_job([], 2))) == [0, 1]
+
+
+def test_async_readers_get_events_and_cancel_on_exit():
+    worker = Worker("test")
+    produced: list[int] = []
+
+    async def read_two():
+        events = []
+        async for event in worker.astream(counting_job(produced, 10_000)):
+            events.append(event)
+            if len(events) == 2:
+                break
+        return events
+
+    assert asyncio.run(read_two()) == [0, 1]
+    assert list(worker.stream(counting_job([], 2))) == [0, 1]
+    assert len(produced) < 10_000
+
+
+def test_a_reader_whose_event_loop_is_gone_does_not_kill_the_worker():
+    worker = Worker("test")
+
+    async def start_and_leave():
+        stream = worker.astream(counting_job([], 100_000)).__aiter__()
+        await stream.__anext__()
+
+    asyncio.run(start_and_leave())  # the loop closes with the job still producing
+    assert list(worker.stream(counting_job([], 2))) == [0, 1]
