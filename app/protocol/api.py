@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.services.backend import Completion, GenerationRequest, SamplingParams, Usage
@@ -24,6 +26,7 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(None, max_length=MAX_MESSAGES)
     prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     stream: bool = False
+    backend: Literal["llamacpp", "pytorch"] | None = Field(None, description="Default: the server's setting.")
     max_new_tokens: int = Field(256, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
     temperature: float = 0.7
     top_p: float = 0.95

@@ -12,18 +12,19 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import HychatError, error_body
 from app.protocol.api import ChatRequest, ChatResponse, DoneEvent, chat_response, to_generation_request, usage_body
-from app.routes.deps import ChatBackendDep
+from app.routes.deps import SettingsDep
 from app.services.backend import Backend, Completion, Generation
-from app.services.registry import BACKENDS
+from app.services.registry import BACKENDS, chat_backend
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 
 @router.post("/api/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, backend: ChatBackendDep) -> Any:
+async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
     """Answers a chat (`messages`) or a raw `prompt`; with `"stream": true` as Server-Sent Events:
     `data: {"text": ...}` per piece, then `event: done` with finish reason and usage."""
+    backend = chat_backend(settings, body.backend)
     generation = backend.start(to_generation_request(body))
     if body.stream:
         return EventSourceResponse(_events(generation, backend))

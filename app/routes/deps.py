@@ -1,4 +1,4 @@
-"""Dependencies shared by the routes: settings, the API key check, the answering backend."""
+"""Dependencies shared by the routes: settings and the API key check."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import AuthenticationError
-from app.services.backend import Backend
-from app.services.registry import chat_backend
 from config.settings import Settings
 
 
@@ -27,10 +25,3 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     given = token if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
     if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
         raise AuthenticationError("missing or wrong API key (send 'Authorization: Bearer <key>')")
-
-
-def get_chat_backend(settings: SettingsDep) -> Backend:
-    return chat_backend(settings)
-
-
-ChatBackendDep = Annotated[Backend, Depends(get_chat_backend)]

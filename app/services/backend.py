@@ -10,10 +10,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, ClassVar, TypedDict, Unpack
 
 from app.engine.worker import Job, Worker
-from app.errors import InvalidParameterError
+from app.errors import InvalidParameterError, PromptTooLongError
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 16
@@ -114,6 +115,38 @@ class Usage:
     ttft_ms: float  # request start to first sampled token, prompt processing included
     decode_tokens_per_s: float  # tokens after the first, over the time after the first
     total_ms: float
+
+
+class UsageClock:
+    """Times one generation from request to last token; both backends report usage through it."""
+
+    def __init__(self, prompt_tokens: int, t_start: float):
+        self.prompt_tokens, self.t_start = prompt_tokens, t_start
+        self.t_first: float | None = None
+        self.completion_tokens = 0
+
+    def sampled(self) -> None:
+        """A token was sampled (an end-of-generation token too: it ends the wait for the first token)."""
+        self.t_first = self.t_first or perf_counter()
+
+    def usage(self) -> Usage:
+        t_end = perf_counter()
+        t_first = self.t_first or t_end
+        n = self.completion_tokens
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=n,
+            ttft_ms=(t_first - self.t_start) * 1000,
+            decode_tokens_per_s=(n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
+            total_ms=(t_end - self.t_start) * 1000,
+        )
+
+
+def check_prompt_fits(n_prompt: int, n_ctx: int) -> None:
+    if n_prompt == 0:
+        raise InvalidParameterError("prompt is empty")
+    if n_prompt >= n_ctx:
+        raise PromptTooLongError(n_prompt, n_ctx)
 
 
 @dataclass(frozen=True)

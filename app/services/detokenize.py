@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class TextAssembler:
@@ -18,7 +18,11 @@ class TextAssembler:
 
     def push(self, data: bytes) -> str:
         """Adds one token's bytes; returns the text that is now safe to emit."""
-        self._pending += self._decoder.decode(data)
+        return self.push_text(self._decoder.decode(data))
+
+    def push_text(self, text: str) -> str:
+        """Adds text that is already whole characters (from `WindowDecoder`)."""
+        self._pending += text
         if not self._stop:
             text, self._pending = self._pending, ""
             return text
@@ -46,3 +50,28 @@ def _overlap(text: str, stop: str) -> int:
         if text.endswith(stop[:k]):
             return k
     return 0
+
+
+class WindowDecoder:
+    """New text per token for tokenizers that only decode whole sequences (transformers).
+
+    Decodes a short window of recent ids twice, with and without the new token, and emits the
+    difference once it no longer ends in U+FFFD (a character still incomplete). The window starts
+    inside the prompt so that tokenizers which drop a leading space at the start of a sequence still
+    give the first generated token its space. This is TGI's `decode_token`.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], prompt_ids: Sequence[int], context: int = 5):
+        self._decode = decode
+        self._ids = list(prompt_ids[-context:])
+        self._prefix = 0
+        self._read = len(self._ids)
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""

@@ -21,9 +21,16 @@ from app.errors import (
     ChatTemplateError,
     InvalidParameterError,
     ModelFileError,
-    PromptTooLongError,
 )
-from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, TokenEvent, Usage
+from app.services.backend import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    UsageClock,
+    check_prompt_fits,
+)
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler
 from app.services.gguf_file import GGUFHeader, read_gguf
@@ -141,14 +148,12 @@ class LlamaCppBackend(Backend):
 
     def start(self, request: GenerationRequest) -> Generation:
         m = self._require()
-        t_start = perf_counter()
+        clock_start = perf_counter()
         prompt_ids = self._prompt_ids(m, request)
-        if not prompt_ids:
-            raise InvalidParameterError("prompt is empty")
-        if len(prompt_ids) >= m.n_ctx:
-            raise PromptTooLongError(len(prompt_ids), m.n_ctx)
+        check_prompt_fits(len(prompt_ids), m.n_ctx)
+        clock = UsageClock(len(prompt_ids), clock_start)
         assert self._worker is not None
-        return Generation(self._worker, lambda: _decode(m, prompt_ids, request.params, t_start))
+        return Generation(self._worker, lambda: _decode(m, prompt_ids, request.params, clock))
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         m = self._require()
@@ -183,7 +188,7 @@ def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
         raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 
 
-def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, t_start: float) -> Iterator[TokenEvent]:
+def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Iterator[TokenEvent]:
     """Runs on the worker thread: the only code that touches the llama.cpp context."""
     llm = m.llm
     vocab = llm._model.vocab
@@ -191,7 +196,7 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, t_start: 
     # Never evaluate past the context window: the last sampled token is not fed back.
     budget = min(params.max_new_tokens, m.n_ctx - len(prompt_ids))
     text = TextAssembler(params.stop)
-    n_generated, finish, t_first = 0, "length", None
+    finish = "length"
     tokens = llm.generate(
         prompt_ids,
         top_k=params.top_k,
@@ -202,29 +207,20 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, t_start: 
     )
     try:
         for token in tokens:
-            t_first = t_first or perf_counter()
+            clock.sampled()
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
-            n_generated += 1
+            clock.completion_tokens += 1
             yield TokenEvent(text.push(_piece(m, token)), token)  # text is "" while a character is incomplete
             if text.stopped:
                 finish = "stop"
                 break
-            if n_generated >= budget:
+            if clock.completion_tokens >= budget:
                 break
     finally:
         tokens.close()
-    t_end = perf_counter()
-    t_first = t_first or t_end
-    usage = Usage(
-        prompt_tokens=len(prompt_ids),
-        completion_tokens=n_generated,
-        ttft_ms=(t_first - t_start) * 1000,
-        decode_tokens_per_s=(n_generated - 1) / (t_end - t_first) if n_generated > 1 and t_end > t_first else 0.0,
-        total_ms=(t_end - t_start) * 1000,
-    )
-    yield TokenEvent(text.flush(), None, finish, usage)
+    yield TokenEvent(text.flush(), None, finish, clock.usage())
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:

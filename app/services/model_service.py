@@ -1,40 +1,360 @@
-"""The PyTorch / transformers backend.
+"""The PyTorch backend: Hugging Face checkpoints (or a GGUF, dequantized) through transformers,
+with an optional peft LoRA adapter. Same interface as the llama.cpp backend.
 
-Its implementation lands with the PyTorch issue; until then it is importable, reports itself as not
-available, and every call answers with BackendUnavailableError (HTTP 503), never a crash.
+    from app.services.model_service import model_service, MODEL_AVAILABLE
+    model_service.load_model(model_path="path/to/hf-checkpoint", dtype="bfloat16", lora_path="path/to/adapter")
+    text = model_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from time import perf_counter
+from typing import Any
 
-from app.errors import BackendUnavailableError
-from app.services.backend import Backend, Generation, GenerationRequest
+from app.engine.worker import Worker
+from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, ModelFileError
+from app.services.backend import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    UsageClock,
+    check_prompt_fits,
+)
+from app.services.cpu import physical_cores
+from app.services.detokenize import TextAssembler, WindowDecoder
+from app.services.gguf_file import read_gguf
+from config.settings import DTYPES
 
-MODEL_AVAILABLE = False
+try:
+    import jinja2
+    import torch
+    import transformers
 
-_NOT_YET = "the PyTorch backend is not part of this build yet; use the llama.cpp backend"
+    MODEL_AVAILABLE = True
+except ImportError:
+    MODEL_AVAILABLE = False
+
+log = logging.getLogger(__name__)
+
+# Used when the tokenizer has none, as llama.cpp does.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class _Loaded:
+    model: Any  # transformers PreTrainedModel (or a peft model when the adapter is not merged)
+    tokenizer: Any
+    path: Path
+    n_ctx: int
+    n_threads: int
+    eog_ids: frozenset[int]
+    lora_path: str | None = None
+    lora_merged: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class TorchBackend(Backend):
     name = "pytorch"
     available = MODEL_AVAILABLE
 
-    def load_model(self, model_path: str, **kwargs: Any) -> NoReturn:
-        raise BackendUnavailableError(_NOT_YET)
+    def __init__(self) -> None:
+        self._model: _Loaded | None = None
+        self._worker: Worker | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load_model(
+        self,
+        model_path: str,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        dtype: str = "auto",
+        lora_path: str | None = None,
+        merge_lora: bool = True,
+    ) -> None:
+        """Loads a checkpoint folder or a GGUF file, replacing the model loaded before (which stays
+        until this succeeds). `dtype="auto"` measures which dtype multiplies fastest on this CPU."""
+        if not MODEL_AVAILABLE:
+            raise BackendUnavailableError("the PyTorch backend needs the torch extra: pip install 'hychat[torch]'")
+        _check_load_args(n_ctx, n_threads, n_gpu_layers, dtype)
+        n_threads = n_threads or physical_cores()
+        torch.set_num_threads(n_threads)
+        torch_dtype = fastest_cpu_dtype(*_mlp_shape(Path(model_path))) if dtype == "auto" else getattr(torch, dtype)
+        model, tokenizer, path = _load_checkpoint(Path(model_path), torch_dtype)
+        if lora_path:
+            model = _apply_lora(model, Path(lora_path), merge_lora)
+        model.eval()
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = CHATML_TEMPLATE
+        n_ctx = min(n_ctx, getattr(model.config, "max_position_embeddings", n_ctx) or n_ctx)
+        loaded = _Loaded(model, tokenizer, path, n_ctx, n_threads, _eog_ids(model, tokenizer), lora_path, merge_lora)
+        loaded.info = _describe(loaded, torch_dtype)
+        if self._worker is None:
+            self._worker = Worker("pytorch")
+        self._model = loaded
+        log.info("PyTorch loaded %s (%s, %d threads)", path, torch_dtype, n_threads)
 
     def unload(self) -> None:
-        pass
+        self._model = None
 
     @property
     def is_loaded(self) -> bool:
-        return False
+        return self._model is not None
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "available": False, "loaded": False}
+        if self._model is None:
+            return {"backend": self.name, "available": self.available, "loaded": False}
+        return dict(self._model.info)
+
+    @property
+    def model_name(self) -> str | None:
+        return self._model.path.name if self._model else None
+
+    # -- generation ----------------------------------------------------------------------------
 
     def start(self, request: GenerationRequest) -> Generation:
-        raise BackendUnavailableError(_NOT_YET)
+        m = self._require()
+        clock_start = perf_counter()
+        prompt_ids = self._prompt_ids(m, request)
+        check_prompt_fits(len(prompt_ids), m.n_ctx)
+        clock = UsageClock(len(prompt_ids), clock_start)
+        assert self._worker is not None
+        return Generation(self._worker, lambda: _decode(m, prompt_ids, request.params, clock))
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self._require().tokenizer(text, add_special_tokens=special).input_ids
+
+    def apply_template(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text the model sees for `messages`, from the tokenizer's chat template."""
+        return _render(self._require(), messages)
+
+    def _require(self) -> _Loaded:
+        if self._model is None:
+            raise BackendUnavailableError("no model is loaded in the PyTorch backend")
+        return self._model
+
+    def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
+        if request.messages is None:
+            return m.tokenizer(request.prompt, add_special_tokens=True).input_ids
+        # The template writes every special token itself (transformers' own convention).
+        return m.tokenizer(_render(m, request.messages), add_special_tokens=False).input_ids
+
+
+def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
+    try:  # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment
+        return m.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except jinja2.exceptions.SecurityError as error:
+        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
+    except (ValueError, TypeError, jinja2.TemplateError) as error:
+        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+class _QueueStreamer:
+    """A `generate()` streamer: hands each new token id (from generate's thread) to the job."""
+
+    def __init__(self, out: queue.SimpleQueue):
+        self.out, self.prompt_seen = out, False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.out.put(token)
+
+    def end(self) -> None:
+        self.out.put(None)
+
+
+def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Iterator[TokenEvent]:
+    """Runs on the worker thread; `generate()` runs on a thread of its own and feeds a queue, so a
+    reader that leaves (client gone, Ctrl-C, stop string) ends generation at the next token."""
+    tokens: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    budget = min(params.max_new_tokens, m.n_ctx - len(prompt_ids))
+    kwargs = _generate_kwargs(m, params, budget) | {
+        "streamer": _QueueStreamer(tokens),
+        "stopping_criteria": [lambda input_ids, scores, **_: torch.full((input_ids.shape[0],), stop.is_set())],
+    }
+    failure: list[BaseException] = []
+    thread = threading.Thread(target=_run_generate, args=(m, prompt_ids, params.seed, kwargs, failure), daemon=True)
+    text = TextAssembler(params.stop)
+    words = WindowDecoder(lambda ids: m.tokenizer.decode(ids, skip_special_tokens=True), prompt_ids)
+    finish = "length"
+    thread.start()
+    try:
+        while (token := tokens.get()) is not None:
+            clock.sampled()
+            if token in m.eog_ids:
+                finish = "stop"
+                break
+            clock.completion_tokens += 1
+            yield TokenEvent(text.push_text(words.push(token)), token)
+            if text.stopped:
+                finish = "stop"
+                break
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+    yield TokenEvent(text.flush(), None, finish, clock.usage())
+
+
+def _run_generate(m: _Loaded, prompt_ids: list[int], seed: int | None, kwargs: dict, failure: list) -> None:
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            m.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids)), **kwargs)
+    except BaseException as error:  # handed to the reading thread, which raises it
+        failure.append(error)
+        kwargs["streamer"].end()
+
+
+def _generate_kwargs(m: _Loaded, params: SamplingParams, budget: int) -> dict[str, Any]:
+    eog = sorted(m.eog_ids)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": budget,
+        "eos_token_id": eog,
+        "pad_token_id": eog[0] if eog else None,
+        "repetition_penalty": params.repetition_penalty,
+    }
+    if params.temperature == 0:
+        return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return kwargs | {
+        "do_sample": True,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p or None,
+    }
+
+
+# -- loading helpers ---------------------------------------------------------------------------
+
+
+@cache
+def fastest_cpu_dtype(hidden: int, intermediate: int, seconds: float = 0.1) -> Any:
+    """Times the product that dominates a decode step, one activation row through an MLP weight of
+    the model's own shape, in float32 and bfloat16, and returns the faster: which one wins depends
+    on the CPU's instructions, the kernels torch has for them and the matrix size. float16 is not a
+    candidate: its narrow range overflows on models trained in bfloat16 (Hunyuan among them)."""
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = torch.randn(1, hidden, dtype=dtype), torch.randn(intermediate, hidden, dtype=dtype)
+        torch.nn.functional.linear(x, w)  # warm-up
+        start, n = perf_counter(), 0
+        while perf_counter() - start < seconds:
+            torch.nn.functional.linear(x, w)
+            n += 1
+        timings[dtype] = (perf_counter() - start) / n
+    log.info("dtype auto: %s", {str(k): f"{v * 1e3:.3f} ms" for k, v in timings.items()})
+    return min(timings, key=timings.get)
+
+
+def _mlp_shape(path: Path) -> tuple[int, int]:
+    """(hidden size, MLP width) from config.json or GGUF metadata, without loading the model."""
+    try:
+        if path.is_dir():
+            config = json.loads((path / "config.json").read_text())
+            return int(config["hidden_size"]), int(config["intermediate_size"])
+        header = read_gguf(path)
+        return int(header.arch_value("embedding_length")), int(header.arch_value("feed_forward_length"))
+    except (OSError, KeyError, TypeError, ValueError):
+        return 4096, 11008  # a 7B model's shape; the load itself reports what is wrong with the file
+
+
+def _load_checkpoint(path: Path, dtype: Any) -> tuple[Any, Any, Path]:
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelFileError(path, "not a Hugging Face checkpoint folder (no config.json)")
+        folder, extra = path, {}
+    else:
+        read_gguf(path)  # missing, damaged or not GGUF: the same clear error as on llama.cpp
+        folder, extra = path.parent, {"gguf_file": path.name}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelFileError(path, f"transformers could not load it: {_first_line(error)}") from None
+    return model, tokenizer, path
+
+
+def _apply_lora(model: Any, path: Path, merge: bool) -> Any:
+    if not (path / "adapter_config.json").is_file():
+        raise ModelFileError(path, "not a peft LoRA adapter folder (no adapter_config.json)")
+    import peft
+
+    try:
+        model = peft.PeftModelForCausalLM.from_pretrained(model, path, is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise ModelFileError(path, f"the adapter does not fit the base model: {_first_line(error)}") from None
+    return model.merge_and_unload() if merge else model
+
+
+def _eog_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
+    return frozenset(i for i in ids if i is not None)
+
+
+def _describe(m: _Loaded, dtype: Any) -> dict[str, Any]:
+    weights = [m.path] if m.path.is_file() else [*m.path.glob("*.safetensors"), *m.path.glob("*.bin")]
+    return {
+        "backend": "pytorch",
+        "available": True,
+        "loaded": True,
+        "model": m.path.name,
+        "path": str(m.path),
+        "architecture": m.model.config.model_type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "size_bytes": sum(f.stat().st_size for f in weights),
+        "n_params": sum(p.numel() for p in m.model.parameters()),
+        "n_ctx": m.n_ctx,
+        "n_threads": m.n_threads,
+        "lora_path": m.lora_path,
+        "lora_merged": m.lora_merged if m.lora_path else None,
+        "chat_template": True,
+        "eog_token_ids": sorted(m.eog_ids),
+    }
+
+
+def _first_line(error: BaseException) -> str:
+    """The line of a (possibly long) torch/peft error that says what is wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [error.__class__.__name__]
+    return next((line for line in lines if "size mismatch" in line), lines[0])
+
+
+def _check_load_args(n_ctx: Any, n_threads: Any, n_gpu_layers: Any, dtype: Any) -> None:
+    def ok(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if not ok(n_ctx, 1):
+        raise InvalidParameterError(f"n_ctx must be an integer >= 1, got {n_ctx!r}")
+    if n_threads is not None and not ok(n_threads, 1):
+        raise InvalidParameterError(f"n_threads must be an integer >= 1 or None, got {n_threads!r}")
+    if n_gpu_layers != 0:
+        raise InvalidParameterError("the PyTorch backend runs on the CPU: n_gpu_layers must be 0")
+    if dtype not in DTYPES:
+        raise InvalidParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 model_service = TorchBackend()

