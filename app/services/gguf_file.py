@@ -184,15 +184,16 @@ class _Parser:
 
 
 def _tensor_bytes(parser: _Parser, name: str, shape: tuple[int, ...], ggml_type: int) -> int:
-    ggml = _ggml()
-    if not 0 <= ggml_type < ggml.count or ggml.ggml_blck_size(ggml_type) <= 0:
+    layout = _type_layouts().get(ggml_type)
+    if layout is None:
         raise parser.fail(f"corrupt header: tensor {name} has unknown ggml type {ggml_type}")
-    if shape[0] % ggml.ggml_blck_size(ggml_type):
+    block, block_bytes = layout
+    if shape[0] % block:
         raise parser.fail(f"corrupt header: tensor {name} row of {shape[0]} does not fit its block size")
     n_rows = 1
     for dim in shape[1:]:
         n_rows *= dim
-    n_bytes = ggml.ggml_row_size(ggml_type, shape[0]) * n_rows
+    n_bytes = shape[0] // block * block_bytes * n_rows
     if n_bytes > parser.size:
         raise parser.fail(f"corrupt header: tensor {name} claims {n_bytes} bytes, the file has {parser.size}")
     return n_bytes
@@ -206,12 +207,20 @@ def _check_tensors(header: GGUFHeader) -> None:
 
 
 @cache
-def _ggml() -> Any:
-    import llama_cpp
-    from llama_cpp import _ggml  # the ggml library that llama-cpp-python itself loads
+def _type_layouts() -> dict[int, tuple[int, int]]:
+    """ggml type -> (values per block, bytes per block), from the ggml library llama-cpp-python
+    loads, so sizes match the runtime exactly; from the `gguf` package where llama.cpp is absent
+    (the PyTorch backend reading a GGUF)."""
+    try:
+        import llama_cpp
+        from llama_cpp import _ggml
+    except ImportError:
+        from gguf import GGML_QUANT_SIZES
 
+        return {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()}
     lib = _ggml.libggml
     lib.ggml_blck_size.argtypes, lib.ggml_blck_size.restype = [ctypes.c_int], ctypes.c_int64
-    lib.ggml_row_size.argtypes, lib.ggml_row_size.restype = [ctypes.c_int, ctypes.c_int64], ctypes.c_size_t
-    lib.count = llama_cpp.GGML_TYPE_COUNT  # ggml indexes a table by type: never pass it a larger one
-    return lib
+    lib.ggml_type_size.argtypes, lib.ggml_type_size.restype = [ctypes.c_int], ctypes.c_size_t
+    # ggml indexes a table by type: never ask it past GGML_TYPE_COUNT. Removed types have block size 0.
+    layouts = {t: (lib.ggml_blck_size(t), lib.ggml_type_size(t)) for t in range(llama_cpp.GGML_TYPE_COUNT)}
+    return {t: layout for t, layout in layouts.items() if layout[0] > 0}

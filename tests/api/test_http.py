@@ -33,7 +33,7 @@ def test_health_and_info(client):
     assert client.get("/health").json() == {"status": "ok"}
     backends = client.get("/api/info").json()["backends"]
     assert backends["llamacpp"]["loaded"] and backends["llamacpp"]["quantization"] == "Q4_1"
-    assert backends["pytorch"] == {"backend": "pytorch", "available": False, "loaded": False}
+    assert backends["pytorch"] == {"backend": "pytorch", "available": True, "loaded": False}
 
 
 def test_chat_answers_json(client):
@@ -121,12 +121,14 @@ def test_a_client_that_disconnects_mid_stream_does_not_hurt_the_server(client, s
     assert r.status_code == 200 and r.json()["response"]
 
 
-def test_pytorch_chosen_but_not_available_answers_503(start_server):
-    server = start_server({"HYCHAT_LLAMACPP_ENABLED": "false"})
-    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE}, timeout=30)
-    assert r.status_code == 503
-    assert r.json()["error"] == {"message": "the pytorch backend is not installed", "type": "backend_unavailable"}
-    assert httpx.get(f"{server.url}/health").status_code == 200
+def test_without_llamacpp_enabled_the_pytorch_backend_answers(start_server):
+    server = start_server({"HYCHAT_LLAMACPP_ENABLED": "false", "HYCHAT_MODEL_DTYPE": "float32"})
+    backends = httpx.get(f"{server.url}/api/info").json()["backends"]
+    assert not backends["llamacpp"]["loaded"] and backends["pytorch"]["loaded"]
+    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "max_new_tokens": 8}, timeout=120)
+    assert r.status_code == 200 and r.json()["backend"] == "pytorch"
+    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "backend": "llamacpp"}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["message"] == "the llamacpp backend has no model loaded"
 
 
 PUBLIC_ROUTES = {("GET", "/health")}

@@ -35,6 +35,14 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_LLAMACPP_N_CTX": "4096",
         "HYCHAT_LLAMACPP_N_THREADS": "3",
         "HYCHAT_LLAMACPP_N_GPU_LAYERS": "-1",
+        "HYCHAT_BACKEND": "pytorch",
+        "HYCHAT_MODEL_ENABLED": "true",
+        "HYCHAT_MODEL_PATH": str(tmp_path / "hf"),
+        "HYCHAT_MODEL_LORA_PATH": str(tmp_path / "lora"),
+        "HYCHAT_MODEL_MERGE_LORA": "false",
+        "HYCHAT_MODEL_DTYPE": "bfloat16",
+        "HYCHAT_MODEL_N_CTX": "1024",
+        "HYCHAT_MODEL_N_THREADS": "2",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -46,6 +54,16 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_ctx": 4096,
         "n_threads": 3,
         "n_gpu_layers": -1,
+    }
+    assert s.backend == "pytorch"
+    assert s.torch_config() == {
+        "enabled": True,
+        "model_path": str(tmp_path / "hf"),
+        "lora_path": str(tmp_path / "lora"),
+        "merge_lora": False,
+        "dtype": "bfloat16",
+        "n_ctx": 1024,
+        "n_threads": 2,
     }
     # Every field has a variable in this test, so a new setting cannot go untested.
     assert {f"HYCHAT_{name.upper()}" for name in Settings.model_fields} == set(env)
@@ -60,3 +78,35 @@ def test_a_bad_environment_value_is_a_clear_error(monkeypatch):
 def test_physical_cores_counts_cores_not_hyperthreads():
     n = physical_cores()
     assert 1 <= n <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_model_config_defaults_to_the_embedded_model():
+    from config.settings import MODEL_CONFIG
+
+    assert MODEL_CONFIG["model_path"] == embedded_model_path()
+    assert (MODEL_CONFIG["dtype"], MODEL_CONFIG["lora_path"], MODEL_CONFIG["merge_lora"]) == ("auto", None, True)
+
+
+def test_cli_model_flags_go_to_the_backend_that_answers():
+    from app.cli.main import build_settings
+
+    torch = build_settings(backend="pytorch", model="/ckpt", n_ctx=512, threads=3, model_dtype="float32")
+    assert (torch.model_path, torch.model_n_ctx, torch.model_n_threads, torch.model_dtype) == (
+        "/ckpt",
+        512,
+        3,
+        "float32",
+    )
+    assert torch.llamacpp_model_path is None
+    llama = build_settings(model="/m.gguf", n_ctx=None, threads=3)
+    assert (llama.llamacpp_model_path, llama.llamacpp_n_threads, llama.model_path) == ("/m.gguf", 3, None)
+
+
+def test_bad_dtype_or_backend_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("HYCHAT_MODEL_DTYPE", "int4")
+    with pytest.raises(ValueError, match="model_dtype"):
+        Settings(_env_file=None)
+    monkeypatch.delenv("HYCHAT_MODEL_DTYPE")
+    monkeypatch.setenv("HYCHAT_BACKEND", "tensorflow")
+    with pytest.raises(ValueError, match="backend"):
+        Settings(_env_file=None)
