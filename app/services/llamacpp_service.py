@@ -10,12 +10,11 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from app.engine.worker import Worker
+from app.engine.worker import Emit, Worker
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -153,7 +152,7 @@ class LlamaCppBackend(Backend):
         check_prompt_fits(len(prompt_ids), m.n_ctx)
         clock = UsageClock(len(prompt_ids), clock_start)
         assert self._worker is not None
-        return Generation(self._worker, lambda: _decode(m, prompt_ids, request.params, clock))
+        return Generation(self._worker, lambda emit: _decode(m, prompt_ids, request.params, clock, emit))
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         m = self._require()
@@ -188,7 +187,7 @@ def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
         raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 
 
-def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Iterator[TokenEvent]:
+def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
     """Runs on the worker thread: the only code that touches the llama.cpp context."""
     llm = m.llm
     vocab = llm._model.vocab
@@ -212,7 +211,7 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: Us
                 finish = "stop"
                 break
             clock.completion_tokens += 1
-            yield TokenEvent(text.push(_piece(m, token)), token)  # text is "" while a character is incomplete
+            emit(TokenEvent(text.push(_piece(m, token)), token))  # text is "" while a character is incomplete
             if text.stopped:
                 finish = "stop"
                 break
@@ -220,7 +219,7 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: Us
                 break
     finally:
         tokens.close()
-    yield TokenEvent(text.flush(), None, finish, clock.usage())
+    emit(TokenEvent(text.flush(), None, finish, clock.usage()))
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from app.engine.worker import Worker
+from app.engine.worker import Emit, Worker
 from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, ModelFileError
 from app.services.backend import (
     Backend,
@@ -133,7 +130,7 @@ class TorchBackend(Backend):
         check_prompt_fits(len(prompt_ids), m.n_ctx)
         clock = UsageClock(len(prompt_ids), clock_start)
         assert self._worker is not None
-        return Generation(self._worker, lambda: _decode(m, prompt_ids, request.params, clock))
+        return Generation(self._worker, lambda emit: _decode(m, prompt_ids, request.params, clock, emit))
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self._require().tokenizer(text, add_special_tokens=special).input_ids
@@ -166,67 +163,59 @@ def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
 # -- decoding ----------------------------------------------------------------------------------
 
 
-class _QueueStreamer:
-    """A `generate()` streamer: hands each new token id (from generate's thread) to the job."""
+class _StopGeneration(Exception):
+    """Raised from the streamer to end `generate()` when a stop string has matched."""
 
-    def __init__(self, out: queue.SimpleQueue):
-        self.out, self.prompt_seen = out, False
+
+class _TokenStreamer:
+    """A `generate()` streamer that turns each new token into an event as soon as it is sampled.
+
+    It runs inside `generate()` on the worker thread: no extra thread or queue between sampling and
+    the reader. `emit` raises JobCancelled when the reader has gone, which unwinds `generate()`.
+    """
+
+    def __init__(self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit):
+        self.m, self.clock, self.emit = m, clock, emit
+        self.text = TextAssembler(params.stop)
+        self.words = WindowDecoder(lambda ids: m.tokenizer.decode(ids, skip_special_tokens=True), prompt_ids)
+        self.prompt_seen, self.finish = False, "length"
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first passes the prompt
             self.prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            self.out.put(token)
+            self.clock.sampled()
+            if token in self.m.eog_ids:  # generate() stops right after it
+                self.finish = "stop"
+                return
+            self.clock.completion_tokens += 1
+            self.emit(TokenEvent(self.text.push_text(self.words.push(token)), token))
+            if self.text.stopped:
+                self.finish = "stop"
+                raise _StopGeneration
 
     def end(self) -> None:
-        self.out.put(None)
+        pass
 
 
-def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Iterator[TokenEvent]:
-    """Runs on the worker thread; `generate()` runs on a thread of its own and feeds a queue, so a
-    reader that leaves (client gone, Ctrl-C, stop string) ends generation at the next token."""
-    tokens: queue.SimpleQueue = queue.SimpleQueue()
-    stop = threading.Event()
+def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
+    """Runs on the worker thread."""
     budget = min(params.max_new_tokens, m.n_ctx - len(prompt_ids))
-    kwargs = _generate_kwargs(m, params, budget) | {
-        "streamer": _QueueStreamer(tokens),
-        "stopping_criteria": [lambda input_ids, scores, **_: torch.full((input_ids.shape[0],), stop.is_set())],
-    }
-    failure: list[BaseException] = []
-    thread = threading.Thread(target=_run_generate, args=(m, prompt_ids, params.seed, kwargs, failure), daemon=True)
-    text = TextAssembler(params.stop)
-    words = WindowDecoder(lambda ids: m.tokenizer.decode(ids, skip_special_tokens=True), prompt_ids)
-    finish = "length"
-    thread.start()
+    streamer = _TokenStreamer(m, prompt_ids, params, clock, emit)
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
     try:
-        while (token := tokens.get()) is not None:
-            clock.sampled()
-            if token in m.eog_ids:
-                finish = "stop"
-                break
-            clock.completion_tokens += 1
-            yield TokenEvent(text.push_text(words.push(token)), token)
-            if text.stopped:
-                finish = "stop"
-                break
-    finally:
-        stop.set()
-        thread.join()
-    if failure:
-        raise failure[0]
-    yield TokenEvent(text.flush(), None, finish, clock.usage())
-
-
-def _run_generate(m: _Loaded, prompt_ids: list[int], seed: int | None, kwargs: dict, failure: list) -> None:
-    try:
-        if seed is not None:
-            torch.manual_seed(seed)
         with torch.inference_mode():
-            m.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids)), **kwargs)
-    except BaseException as error:  # handed to the reading thread, which raises it
-        failure.append(error)
-        kwargs["streamer"].end()
+            m.model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                streamer=streamer,
+                **_generate_kwargs(m, params, budget),
+            )
+    except _StopGeneration:
+        pass
+    emit(TokenEvent(streamer.text.flush(), None, streamer.finish, clock.usage()))
 
 
 def _generate_kwargs(m: _Loaded, params: SamplingParams, budget: int) -> dict[str, Any]:

@@ -115,19 +115,18 @@ def test_stop_strings_and_seeds(smol):
 
 def test_closing_a_stream_stops_generation_at_the_next_token(smol, monkeypatch):
     seen: list[int] = []
-    original = torch_module._QueueStreamer.put
+    original = torch_module._TokenStreamer.put
 
     def counting_put(self, value):  # a spy on the real streamer: counts, then does its job
         seen.append(value.numel())
         original(self, value)
 
-    monkeypatch.setattr(torch_module._QueueStreamer, "put", counting_put)
-    request = GenerationRequest(SamplingParams(max_new_tokens=300, temperature=0), prompt="Once upon a time")
-    clock = torch_module.UsageClock(4, 0.0)
-    job = torch_module._decode(smol._model, smol.tokenize("Once upon a time"), request.params, clock)
-    next(job), next(job)
-    job.close()  # returns once generate() has ended
-    assert len(seen) - 1 <= 5  # the prompt, then a few tokens, not 300
+    monkeypatch.setattr(torch_module._TokenStreamer, "put", counting_put)
+    stream = smol.generate_stream("Once upon a time", max_new_tokens=300, temperature=0)
+    next(stream), next(stream)
+    stream.close()
+    assert smol.generate("你好", max_new_tokens=2, temperature=0)  # queued behind: the first job has ended
+    assert len(seen) - 1 - 3 <= 5  # the prompt, a few tokens, the 3 of the second call: not 300
 
 
 # -- Hunyuan architecture, LoRA ---------------------------------------------------------------------

@@ -10,24 +10,26 @@ import pytest
 from app.engine.worker import Worker
 
 
-def counting_job(log: list[int], n: int = 1000):
-    def job():
+def counting_job(log: list[int], n: int = 1000, pace: threading.Event | None = None):
+    def job(emit):
         for i in range(n):
             log.append(i)
-            yield i
+            emit(i)
+            if pace is not None:
+                pace.wait(1)
 
     return job
 
 
-def test_jobs_run_one_at_a_time_in_submission_order():
+def test_jobs_run_one_at_a_time():
     worker = Worker("test")
     active, overlaps = [0], []
 
     def job(tag):
-        def run():
+        def run(emit):
             active[0] += 1
             overlaps.append(active[0])
-            yield tag
+            emit(tag)
             active[0] -= 1
 
         return run
@@ -41,30 +43,23 @@ def test_jobs_run_one_at_a_time_in_submission_order():
     assert sorted(results) == list(range(8)) and max(overlaps) == 1
 
 
-def test_closing_a_stream_cancels_its_job_after_the_next_event():
+def test_closing_a_stream_cancels_its_job_at_the_next_event():
     worker = Worker("test")
     produced: list[int] = []
-    gate = threading.Event()
-
-    def job():
-        for i in range(1000):
-            produced.append(i)
-            yield i
-            gate.wait(1)  # pace the producer so the reader can close while it runs
-
-    stream = worker.stream(job)
+    pace = threading.Event()
+    stream = worker.stream(counting_job(produced, pace=pace))
     assert next(stream) == 0
     stream.close()
-    gate.set()
-    assert list(worker.stream(counting_job([], 3))) == [0, 1, 2]  # the worker is free again
+    pace.set()
+    assert list(worker.stream(counting_job([], 3))) == [0, 1, 2]  # queued behind it: the worker is free again
     assert len(produced) <= 3
 
 
 def test_job_errors_reach_the_reader_and_the_worker_survives():
     worker = Worker("test")
 
-    def failing():
-        yield 1
+    def failing(emit):
+        emit(1)
         raise ValueError("boom")
 
     stream = worker.stream(failing)
