@@ -98,6 +98,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    dtype_probe(args)
     results = []
     for dtype in args.dtypes.split(","):
         command = [sys.executable, __file__, "--child", dtype, "--model", args.model]
@@ -107,10 +108,23 @@ def main() -> None:
     report(results, args)
 
 
+def dtype_probe(args: argparse.Namespace) -> None:
+    """What `dtype="auto"` measures, for this model's MLP and for a 7B-sized one."""
+    import torch
+
+    from app.services.model_service import _mlp_shape, time_linear
+
+    torch.set_num_threads(args.threads)
+    print("| MLP shape | float32 (ms) | bfloat16 (ms) | auto picks |\n|---|---|---|---|")
+    for hidden, intermediate in (_mlp_shape(Path(args.model)), (4096, 14336)):
+        t = time_linear(hidden, intermediate)
+        f32, bf16 = t[torch.float32] * 1e3, t[torch.bfloat16] * 1e3
+        print(f"| {hidden}×{intermediate} | {f32:.3f} | {bf16:.3f} | {'float32' if f32 <= bf16 else 'bfloat16'} |")
+
+
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    print(
-        f"\nmodel {Path(args.model).name}, {args.threads} threads, {args.tokens} tokens, median of {args.rounds} rounds\n"
-    )
+    setup = f"{args.threads} threads, {args.tokens} tokens, median of {args.rounds} rounds"
+    print(f"\nmodel {Path(args.model).name}, {setup}\n")
     print("| dtype | path | TTFT (ms) | decode tokens/s | decode ratio (service/plain) | load (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

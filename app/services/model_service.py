@@ -241,11 +241,18 @@ def _generate_kwargs(m: _Loaded, params: SamplingParams, budget: int) -> dict[st
 
 
 @cache
-def fastest_cpu_dtype(hidden: int, intermediate: int, seconds: float = 0.1) -> Any:
-    """Times the product that dominates a decode step, one activation row through an MLP weight of
-    the model's own shape, in float32 and bfloat16, and returns the faster: which one wins depends
-    on the CPU's instructions, the kernels torch has for them and the matrix size. float16 is not a
+def fastest_cpu_dtype(hidden: int, intermediate: int) -> Any:
+    """The dtype in which the product that dominates a decode step, one activation row through an
+    MLP weight of the model's own shape, runs fastest on this CPU: float32 or bfloat16. It depends
+    on the CPU's instructions, torch's kernels for them and the matrix size. float16 is not a
     candidate: its narrow range overflows on models trained in bfloat16 (Hunyuan among them)."""
+    timings = time_linear(hidden, intermediate)
+    log.info("dtype auto: %s", {str(k): f"{v * 1e3:.3f} ms" for k, v in timings.items()})
+    return min(timings, key=timings.get)
+
+
+def time_linear(hidden: int, intermediate: int, seconds: float = 0.1) -> dict[Any, float]:
+    """Seconds per [1, hidden] x [hidden, intermediate] product, in float32 and bfloat16."""
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
         x, w = torch.randn(1, hidden, dtype=dtype), torch.randn(intermediate, hidden, dtype=dtype)
@@ -255,8 +262,7 @@ def fastest_cpu_dtype(hidden: int, intermediate: int, seconds: float = 0.1) -> A
             torch.nn.functional.linear(x, w)
             n += 1
         timings[dtype] = (perf_counter() - start) / n
-    log.info("dtype auto: %s", {str(k): f"{v * 1e3:.3f} ms" for k, v in timings.items()})
-    return min(timings, key=timings.get)
+    return timings
 
 
 def _mlp_shape(path: Path) -> tuple[int, int]:
