@@ -8,15 +8,22 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, ClassVar, TypedDict, Unpack
+from typing import Any, ClassVar, Protocol, TypedDict, Unpack
 
-from app.engine.worker import Job, Worker
-from app.errors import InvalidParameterError, PromptTooLongError
+import jinja2
+
+from app.engine.worker import Emit, Job, Worker
+from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, PromptTooLongError
 
 ROLES = ("system", "user", "assistant", "tool")
+# Used for a model without a chat template, as llama.cpp does.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 MAX_STOP_SEQUENCES = 16
 
 
@@ -74,6 +81,10 @@ def _check(ok: bool, message: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_int_at_least(value: Any, low: int) -> bool:
+    return _is_int(value) and value >= low
 
 
 def _is_number(value: Any) -> bool:
@@ -149,6 +160,17 @@ def check_prompt_fits(n_prompt: int, n_ctx: int) -> None:
         raise PromptTooLongError(n_prompt, n_ctx)
 
 
+@contextmanager
+def template_errors() -> Iterator[None]:
+    """Turns what a chat template raises (in jinja2's sandbox) into ChatTemplateError."""
+    try:
+        yield
+    except jinja2.exceptions.SecurityError as error:
+        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
+    except (ValueError, TypeError, jinja2.TemplateError) as error:  # raise_exception() in templates
+        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`."""
@@ -184,21 +206,24 @@ class Generation:
         return self._worker.astream(self._job)
 
 
+class LoadedModel(Protocol):
+    n_ctx: int
+
+
 class Backend(ABC):
-    """What every inference backend offers. The user-facing methods are built on `start()`."""
+    """What every inference backend offers. The user-facing methods are built on `start()`; a backend
+    supplies loading, `_prompt_ids` and `_decode` (which runs on the backend's worker thread)."""
 
     name: ClassVar[str]
+    label: ClassVar[str]  # for messages: "llama.cpp", "PyTorch"
     available: ClassVar[bool]
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._worker: Worker | None = None
 
     @abstractmethod
     def load_model(self, model_path: str, **kwargs: Any) -> None: ...
-
-    @abstractmethod
-    def unload(self) -> None: ...
-
-    @property
-    @abstractmethod
-    def is_loaded(self) -> bool: ...
 
     @abstractmethod
     def info(self) -> dict[str, Any]: ...
@@ -207,9 +232,39 @@ class Backend(ABC):
     def model_name(self) -> str | None:
         return None
 
-    @abstractmethod
+    def unload(self) -> None:
+        self._model = None  # a generation in flight keeps its model alive until it ends
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
     def start(self, request: GenerationRequest) -> Generation:
         """Validates and tokenizes now (errors raise here), generates when iterated."""
+        m = self._require()
+        t_start = perf_counter()
+        prompt_ids = self._prompt_ids(m, request)
+        check_prompt_fits(len(prompt_ids), m.n_ctx)
+        clock = UsageClock(len(prompt_ids), t_start)
+        assert self._worker is not None
+        return Generation(self._worker, lambda emit: self._decode(m, prompt_ids, request.params, clock, emit))
+
+    def _install(self, loaded: LoadedModel) -> None:
+        if self._worker is None:
+            self._worker = Worker(self.name)
+        self._model = loaded
+
+    def _require(self) -> Any:
+        if self._model is None:
+            raise BackendUnavailableError(f"no model is loaded in the {self.label} backend")
+        return self._model
+
+    @abstractmethod
+    def _prompt_ids(self, m: Any, request: GenerationRequest) -> list[int]: ...
+
+    @staticmethod
+    @abstractmethod
+    def _decode(m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None: ...
 
     def generate(self, prompt: str, **gen: Unpack[SamplingKwargs]) -> str:
         return "".join(self.generate_stream(prompt, **gen))

@@ -11,10 +11,11 @@ import ctypes
 import inspect
 import logging
 from dataclasses import dataclass, field
-from time import perf_counter
 from typing import Any
 
-from app.engine.worker import Emit, Worker
+import jinja2
+
+from app.engine.worker import Emit
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -22,20 +23,20 @@ from app.errors import (
     ModelFileError,
 )
 from app.services.backend import (
+    CHATML_TEMPLATE,
     Backend,
-    Generation,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
     UsageClock,
-    check_prompt_fits,
+    is_int_at_least,
+    template_errors,
 )
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler
 from app.services.gguf_file import GGUFHeader, read_gguf
 
 try:
-    import jinja2
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -44,12 +45,6 @@ except (ImportError, OSError):  # OSError: the package is there but its shared l
     LLAMACPP_AVAILABLE = False
 
 log = logging.getLogger(__name__)
-
-# What llama.cpp itself falls back to for a GGUF without a chat template.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -70,11 +65,9 @@ class _Loaded:
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
+    label = "llama.cpp"
     available = LLAMACPP_AVAILABLE
-
-    def __init__(self) -> None:
-        self._model: _Loaded | None = None
-        self._worker: Worker | None = None
+    _model: _Loaded | None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -104,17 +97,8 @@ class LlamaCppBackend(Backend):
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
         _compile_template(loaded)
-        if self._worker is None:
-            self._worker = Worker("llamacpp")
-        self._model = loaded  # a running generation keeps the old model alive until it ends
+        self._install(loaded)  # a running generation keeps the old model alive until it ends
         log.info("llama.cpp loaded %s (%d threads, n_ctx %d)", header.path, n_threads, loaded.n_ctx)
-
-    def unload(self) -> None:
-        self._model = None
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._model is not None
 
     def info(self) -> dict[str, Any]:
         m = self._model
@@ -145,15 +129,6 @@ class LlamaCppBackend(Backend):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def start(self, request: GenerationRequest) -> Generation:
-        m = self._require()
-        clock_start = perf_counter()
-        prompt_ids = self._prompt_ids(m, request)
-        check_prompt_fits(len(prompt_ids), m.n_ctx)
-        clock = UsageClock(len(prompt_ids), clock_start)
-        assert self._worker is not None
-        return Generation(self._worker, lambda emit: _decode(m, prompt_ids, request.params, clock, emit))
-
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         m = self._require()
         return _tokenize(m, text, add_bos=True, special=special)
@@ -161,11 +136,6 @@ class LlamaCppBackend(Backend):
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text the model sees for `messages`, from its own chat template."""
         return _render(self._require(), messages)
-
-    def _require(self) -> _Loaded:
-        if self._model is None:
-            raise BackendUnavailableError("no model is loaded in the llama.cpp backend")
-        return self._model
 
     def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
         if request.messages is None:
@@ -175,16 +145,16 @@ class LlamaCppBackend(Backend):
         add_bos = not (m.bos_text and prompt.startswith(m.bos_text))
         return _tokenize(m, prompt, add_bos=add_bos, special=True)
 
+    @staticmethod
+    def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
+        _decode(m, prompt_ids, params, clock, emit)
+
 
 def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
     if m.formatter is None:
         raise ChatTemplateError(f"the model's chat template does not compile: {m.template_error}")
-    try:
+    with template_errors():
         return m.formatter(messages=messages).prompt
-    except jinja2.exceptions.SecurityError as error:
-        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
-    except (ValueError, TypeError, jinja2.TemplateError) as error:  # raise_exception() in templates
-        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 
 
 def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
@@ -274,9 +244,7 @@ def _file_type_name(file_type: Any) -> str | None:
 
 
 def _check_load_args(n_ctx: Any, n_threads: Any, n_gpu_layers: Any, kwargs: dict[str, Any]) -> None:
-    def ok(value: Any, low: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
+    ok = is_int_at_least
     if not ok(n_ctx, 0):
         raise InvalidParameterError(f"n_ctx must be an integer >= 0 (0 = the model's own), got {n_ctx!r}")
     if n_threads is not None and not ok(n_threads, 1):

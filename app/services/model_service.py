@@ -16,16 +16,17 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from app.engine.worker import Emit, Worker
-from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, ModelFileError
+from app.engine.worker import Emit
+from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
 from app.services.backend import (
+    CHATML_TEMPLATE,
     Backend,
-    Generation,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
     UsageClock,
-    check_prompt_fits,
+    is_int_at_least,
+    template_errors,
 )
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler, WindowDecoder
@@ -33,7 +34,6 @@ from app.services.gguf_file import read_gguf
 from config.settings import DTYPES
 
 try:
-    import jinja2
     import torch
     import transformers
 
@@ -42,12 +42,6 @@ except ImportError:
     MODEL_AVAILABLE = False
 
 log = logging.getLogger(__name__)
-
-# Used when the tokenizer has none, as llama.cpp does.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -65,11 +59,9 @@ class _Loaded:
 
 class TorchBackend(Backend):
     name = "pytorch"
+    label = "PyTorch"
     available = MODEL_AVAILABLE
-
-    def __init__(self) -> None:
-        self._model: _Loaded | None = None
-        self._worker: Worker | None = None
+    _model: _Loaded | None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -100,17 +92,8 @@ class TorchBackend(Backend):
         n_ctx = min(n_ctx, getattr(model.config, "max_position_embeddings", n_ctx) or n_ctx)
         loaded = _Loaded(model, tokenizer, path, n_ctx, n_threads, _eog_ids(model, tokenizer), lora_path, merge_lora)
         loaded.info = _describe(loaded, torch_dtype)
-        if self._worker is None:
-            self._worker = Worker("pytorch")
-        self._model = loaded
+        self._install(loaded)
         log.info("PyTorch loaded %s (%s, %d threads)", path, torch_dtype, n_threads)
-
-    def unload(self) -> None:
-        self._model = None
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._model is not None
 
     def info(self) -> dict[str, Any]:
         if self._model is None:
@@ -123,15 +106,6 @@ class TorchBackend(Backend):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def start(self, request: GenerationRequest) -> Generation:
-        m = self._require()
-        clock_start = perf_counter()
-        prompt_ids = self._prompt_ids(m, request)
-        check_prompt_fits(len(prompt_ids), m.n_ctx)
-        clock = UsageClock(len(prompt_ids), clock_start)
-        assert self._worker is not None
-        return Generation(self._worker, lambda emit: _decode(m, prompt_ids, request.params, clock, emit))
-
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self._require().tokenizer(text, add_special_tokens=special).input_ids
 
@@ -139,25 +113,20 @@ class TorchBackend(Backend):
         """The prompt text the model sees for `messages`, from the tokenizer's chat template."""
         return _render(self._require(), messages)
 
-    def _require(self) -> _Loaded:
-        if self._model is None:
-            raise BackendUnavailableError("no model is loaded in the PyTorch backend")
-        return self._model
-
     def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
         if request.messages is None:
             return m.tokenizer(request.prompt, add_special_tokens=True).input_ids
         # The template writes every special token itself (transformers' own convention).
         return m.tokenizer(_render(m, request.messages), add_special_tokens=False).input_ids
 
+    @staticmethod
+    def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
+        _decode(m, prompt_ids, params, clock, emit)
+
 
 def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
-    try:  # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment
+    with template_errors():  # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment
         return m.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except jinja2.exceptions.SecurityError as error:
-        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
-    except (ValueError, TypeError, jinja2.TemplateError) as error:
-        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -339,9 +308,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_load_args(n_ctx: Any, n_threads: Any, n_gpu_layers: Any, dtype: Any) -> None:
-    def ok(value: Any, low: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
+    ok = is_int_at_least
     if not ok(n_ctx, 1):
         raise InvalidParameterError(f"n_ctx must be an integer >= 1, got {n_ctx!r}")
     if n_threads is not None and not ok(n_threads, 1):

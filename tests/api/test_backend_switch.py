@@ -13,8 +13,8 @@ CHINESE = [{"role": "user", "content": "你好"}]
 
 @pytest.fixture(scope="module")
 def both(start_server):
-    """PyTorch is the default backend here, and llama.cpp is loaded beside it."""
-    return start_server({"HYCHAT_BACKEND": "pytorch", "HYCHAT_MODEL_DTYPE": "float32"})
+    """`hychat serve --backend pytorch`: PyTorch is the default, llama.cpp is loaded beside it."""
+    return start_server({"HYCHAT_MODEL_DTYPE": "float32"}, "--backend", "pytorch")
 
 
 def chat(url: str, **body) -> httpx.Response:
