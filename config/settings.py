@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="When set, every /api route requires it (Bearer or X-API-Key).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     log_level: str = "info"
+    cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
     # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
     # enabled, PyTorch otherwise.

@@ -206,21 +206,34 @@ def _check_tensors(header: GGUFHeader) -> None:
         )
 
 
-@cache
+def type_name(ggml_type: int) -> str:
+    return _type_table().get(ggml_type, (0, 0, f"type{ggml_type}"))[2]
+
+
 def _type_layouts() -> dict[int, tuple[int, int]]:
-    """ggml type -> (values per block, bytes per block), from the ggml library llama-cpp-python
+    return {t: (block, size) for t, (block, size, _) in _type_table().items()}
+
+
+@cache
+def _type_table() -> dict[int, tuple[int, int, str]]:
+    """ggml type -> (values per block, bytes per block, name), from the ggml library llama-cpp-python
     loads, so sizes match the runtime exactly; from the `gguf` package where llama.cpp is absent
     (the PyTorch backend reading a GGUF)."""
     try:
         import llama_cpp
         from llama_cpp import _ggml
     except ImportError:
-        from gguf import GGML_QUANT_SIZES
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        return {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()}
+        return {int(t): (*sizes, GGMLQuantizationType(t).name) for t, sizes in GGML_QUANT_SIZES.items()}
     lib = _ggml.libggml
     lib.ggml_blck_size.argtypes, lib.ggml_blck_size.restype = [ctypes.c_int], ctypes.c_int64
     lib.ggml_type_size.argtypes, lib.ggml_type_size.restype = [ctypes.c_int], ctypes.c_size_t
+    lib.ggml_type_name.argtypes, lib.ggml_type_name.restype = [ctypes.c_int], ctypes.c_char_p
     # ggml indexes a table by type: never ask it past GGML_TYPE_COUNT. Removed types have block size 0.
-    layouts = {t: (lib.ggml_blck_size(t), lib.ggml_type_size(t)) for t in range(llama_cpp.GGML_TYPE_COUNT)}
-    return {t: layout for t, layout in layouts.items() if layout[0] > 0}
+    table = {}
+    for t in range(llama_cpp.GGML_TYPE_COUNT):
+        block = lib.ggml_blck_size(t)
+        if block > 0:
+            table[t] = (block, lib.ggml_type_size(t), lib.ggml_type_name(t).decode().upper())
+    return table

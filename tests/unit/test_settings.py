@@ -30,6 +30,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_API_KEY": "secret",
         "HYCHAT_MAX_REQUEST_BYTES": "4096",
         "HYCHAT_LOG_LEVEL": "debug",
+        "HYCHAT_CACHE_DIR": str(tmp_path / "cache"),
         "HYCHAT_LLAMACPP_ENABLED": "false",
         "HYCHAT_LLAMACPP_MODEL_PATH": str(tmp_path / "m.gguf"),
         "HYCHAT_LLAMACPP_N_CTX": "4096",

@@ -1,0 +1,149 @@
+"""Hugging Face checkpoint -> GGUF through llama.cpp's own converter, then checks of what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.pipeline.converter import converter_dir
+from app.pipeline.files import PipelineError, atomic_output
+from app.services.gguf_file import GGUFHeader, read_gguf
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+# Mixed Chinese, English and code: the tokenizer must split it exactly as the checkpoint's does.
+TOKENIZER_SAMPLE = (
+    "你好，世界！Hunyuan-7B 是腾讯的模型。The quick brown fox jumps over 13 lazy dogs.\n"
+    "def add(a, b):\n    return a + b  # 加法\n<think>\n推理\n</think>"
+)
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    outtype: str
+    size_bytes: int
+    checks: list[str] = field(default_factory=list)  # what was verified, one line each
+
+
+def convert(
+    hf_dir: Path,
+    out: Path,
+    cache_dir: Path,
+    outtype: str = "f16",
+    vocab_pre: str | None = None,
+    force: bool = False,
+) -> ConvertResult:
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise PipelineError(f"{hf_dir}: not a Hugging Face checkpoint folder (no config.json)")
+    if outtype not in OUTTYPES:
+        raise PipelineError(f"--outtype must be one of {', '.join(OUTTYPES)}")
+    folder = converter_dir(cache_dir)
+    weights = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors")) or sum(
+        f.stat().st_size for f in hf_dir.glob("*.bin")
+    )
+    need = weights * (2 if outtype == "f32" else 1)  # f32 output of a 16-bit checkpoint doubles
+    with atomic_output(out, force=force, need_bytes=need, inputs=(hf_dir,)) as partial:
+        _run_converter(folder, hf_dir, partial, outtype, vocab_pre)
+        header = read_gguf(partial)
+        checks = check_conversion(hf_dir, partial, header)
+    return ConvertResult(Path(out), outtype, Path(out).stat().st_size, checks)
+
+
+def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pre: str | None) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
+    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder), vocab_pre or ""]
+    command += [str(hf_dir), "--outfile", str(out), "--outtype", outtype]
+    # The converter's own log and progress bars go on to the user's terminal; the tail is kept for errors.
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        tail: deque[str] = deque(maxlen=40)
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    if proc.returncode == 0:
+        return
+    log = "".join(tail)
+    if "pre-tokenizer was not recognized" in log:
+        raise PipelineError(
+            f"{hf_dir}: llama.cpp's converter does not recognise this tokenizer's pre-tokenizer (it "
+            "identifies it by a hash of how the tokenizer splits a test text, and this hash is not in its "
+            "table: a new or retrained tokenizer). Say which one it is with --vocab-pre NAME, for "
+            "example --vocab-pre hunyuan for Hunyuan-7B's tokenizer, or the name of the base model family."
+        )
+    raise PipelineError(f"llama.cpp's converter failed on {hf_dir}:\n" + "".join(list(tail)[-8:]))
+
+
+def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[str]:
+    """Special token ids, chat template and tokenization of the GGUF against the checkpoint's."""
+    config = _json(hf_dir / "config.json")
+    generation = _json(hf_dir / "generation_config.json")
+    problems, checks = [], []
+    meta = header.metadata
+
+    expected_eos = config.get("eod_token_id", config.get("eos_token_id"))  # Hunyuan's converter reads eod
+    if isinstance(expected_eos, list):
+        expected_eos = expected_eos[0]
+    if expected_eos is not None and meta.get("tokenizer.ggml.eos_token_id") != expected_eos:
+        problems.append(f"EOS id is {meta.get('tokenizer.ggml.eos_token_id')}, the checkpoint says {expected_eos}")
+    else:
+        checks.append(f"EOS id {meta.get('tokenizer.ggml.eos_token_id')} matches the checkpoint")
+    stops = generation.get("eos_token_id")
+    stops = set(stops if isinstance(stops, list) else [stops]) - {None}
+    gguf_stops = {meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")} - {None}
+    if stops and not stops <= gguf_stops | _eog_ids(gguf_path):
+        problems.append(f"generation stops on {sorted(stops)}, the GGUF ends turns on {sorted(gguf_stops)}")
+    elif stops:
+        checks.append(f"end-of-generation ids {sorted(stops)} are end-of-generation in the GGUF")
+
+    template = _hf_chat_template(hf_dir)
+    if template and meta.get("tokenizer.chat_template") != template:
+        problems.append("the chat template is missing from the GGUF or differs from the checkpoint's")
+    elif template:
+        checks.append("chat template embedded")
+
+    hf_ids, gguf_ids = _tokenize_both(hf_dir, gguf_path, TOKENIZER_SAMPLE)
+    if hf_ids != gguf_ids:
+        first = next((i for i, (a, b) in enumerate(zip(hf_ids, gguf_ids, strict=False)) if a != b), len(hf_ids))
+        problems.append(
+            f"tokenizers disagree on the sample from token {first}: {hf_ids[first : first + 5]} vs "
+            f"{gguf_ids[first : first + 5]}"
+        )
+    else:
+        checks.append(
+            f"tokenizer gives the same {len(hf_ids)} ids as the checkpoint's on a Chinese/English/code sample"
+        )
+    if problems:
+        raise PipelineError(f"{gguf_path.name} does not match {hf_dir}: " + "; ".join(problems))
+    return checks
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _hf_chat_template(hf_dir: Path) -> str | None:
+    template = _json(hf_dir / "tokenizer_config.json").get("chat_template")
+    jinja = hf_dir / "chat_template.jinja"
+    return jinja.read_text() if jinja.is_file() else template if isinstance(template, str) else None
+
+
+def _tokenize_both(hf_dir: Path, gguf_path: Path, text: str) -> tuple[list[int], list[int]]:
+    import llama_cpp
+    import transformers
+
+    hf = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    return hf(text, add_special_tokens=False).input_ids, llm.tokenize(text.encode(), add_bos=False, special=True)
+
+
+def _eog_ids(gguf_path: Path) -> set[int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    return {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
