@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     llamacpp_n_ctx: int = Field(2048, ge=16)
     llamacpp_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
     llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
+    llamacpp_lora_path: str | None = Field(None, description="GGUF LoRA adapter (hychat lora-to-gguf) applied at load.")
+    llamacpp_lora_scale: float = Field(1.0, description="Strength of that adapter.")
 
     # PyTorch backend (the `torch` extra)
     model_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
             "n_ctx": self.llamacpp_n_ctx,
             "n_threads": self.llamacpp_n_threads,
             "n_gpu_layers": self.llamacpp_n_gpu_layers,
+            "lora_path": self.llamacpp_lora_path,
+            "lora_scale": self.llamacpp_lora_scale,
         }
 
     def torch_config(self) -> dict:

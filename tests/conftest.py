@@ -38,6 +38,22 @@ def service(model_path: str):
     return llamacpp_service
 
 
+@pytest.fixture(scope="session")
+def hunyuan_dir(tmp_path_factory) -> Path:
+    """A tiny random HunYuanDenseV1 checkpoint with its own trained tokenizer."""
+    from tests.torch_models import build_tiny_hunyuan
+
+    return build_tiny_hunyuan(tmp_path_factory.mktemp("hunyuan"))
+
+
+@pytest.fixture(scope="session")
+def lora_dir(hunyuan_dir, tmp_path_factory) -> Path:
+    """A peft LoRA with non-zero weights for that checkpoint."""
+    from tests.torch_models import build_lora
+
+    return build_lora(hunyuan_dir, tmp_path_factory.mktemp("lora"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

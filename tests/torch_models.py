@@ -62,15 +62,18 @@ def build_tiny_hunyuan(path: Path, hidden: int = 256, seed: int = 0) -> Path:
     return path
 
 
-def build_lora(base: Path, out: Path, target_modules: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 1) -> Path:
-    """A LoRA adapter with non-zero weights (peft's default leaves B at zero, a no-op)."""
+def build_lora(
+    base: Path, out: Path, target_modules: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 1, **options: bool
+) -> Path:
+    """A LoRA adapter with non-zero weights (peft's default leaves B at zero, a no-op). `options`:
+    peft LoraConfig flags such as use_rslora or use_dora."""
     import peft
     import torch
     import transformers
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), init_lora_weights=False)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), init_lora_weights=False, **options)
     peft.get_peft_model(model, config).save_pretrained(out)
     return out
 

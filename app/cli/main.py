@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -153,62 +150,6 @@ def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, mi
         raise click.ClickException(f"top-1 agreement {report.top1_agreement:.1%} is below {min_agreement:.0%}")
 
 
-@cli.command()
-@click.argument("path", type=click.Path())
-def inspect(path: str) -> None:
-    """Describe a GGUF file and check that it is whole; exit 1 when it is damaged."""
-    from app.pipeline.inspect import describe, inspect_gguf
-
-    report = inspect_gguf(path)
-    click.echo("\n".join(describe(report)))
-    if not report.ok:
-        raise click.ClickException(f"{path}: {report.problem}")
-
-
-@cli.command()
-@click.argument("source", type=click.Path())
-@click.argument("target", type=click.Path())
-@click.option("--type", "quant", required=True, help="q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k_m, q4_k_s, q4_k_m, ...")
-@click.option("--imatrix", type=click.Path(), help="Importance matrix file (not supported yet, see below).")
-@click.option("--force", is_flag=True, help="Replace TARGET if it exists.")
-def quantize(source: str, target: str, quant: str, imatrix: str | None, force: bool) -> None:
-    """Quantize SOURCE (a GGUF) into TARGET with llama.cpp's quantizer."""
-    from app.pipeline import quantize as q
-
-    if imatrix:
-        raise click.ClickException(
-            "--imatrix: llama.cpp takes an importance matrix only as a C++ object, which the Python "
-            "bindings cannot build; run llama.cpp's llama-quantize for imatrix quantizations"
-        )
-    try:
-        with _spinner(f"quantizing to {quant}"):
-            result = q.quantize(Path(source), Path(target), quant, force=force)
-    except HychatError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"{result.path}: {result.quant}, {result.size_bytes:,} bytes")
-
-
-@contextmanager
-def _spinner(label: str) -> Iterator[None]:
-    """Progress for a C call that reports none: elapsed time on stderr."""
-    from tqdm import tqdm
-
-    with tqdm(desc=label, bar_format="{desc}: {elapsed}", file=sys.stderr) as bar:
-        stop = threading.Event()
-
-        def tick() -> None:
-            while not stop.wait(0.5):
-                bar.refresh()
-
-        ticker = threading.Thread(target=tick, daemon=True)
-        ticker.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            ticker.join()
-
-
 def _print_stream(pieces: Iterator[str]) -> str:
     """Prints pieces as they come; Ctrl-C ends the answer (closing the stream cancels generation)."""
     answer = []
@@ -236,3 +177,13 @@ def _load(settings: Settings) -> Any:
         return chat_backend(settings)
     except HychatError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _register_pipeline_commands() -> None:
+    from app.cli import pipeline
+
+    for command in pipeline.COMMANDS:
+        cli.add_command(command)
+
+
+_register_pipeline_commands()

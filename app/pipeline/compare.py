@@ -33,10 +33,12 @@ def compare_backends(
     hf_path: str | Path | None = None,
     n_continue: int = 64,
     n_threads: int | None = None,
+    lora_path: str | Path | None = None,
 ) -> ParityReport:
     """Feeds both backends the same token ids, the prompt and llama.cpp's greedy continuation of it,
-    and compares their next-token logits at every position."""
-    ids, continuation, text, llama_logits = _llama_logits(Path(gguf_path), prompt, n_continue, n_threads)
+    and compares their next-token logits at every position. `lora_path`: a GGUF adapter llama.cpp
+    applies at run time (compare against the checkpoint it was merged into)."""
+    ids, continuation, text, llama_logits = _llama_logits(Path(gguf_path), prompt, n_continue, n_threads, lora_path)
     torch_logits = _torch_logits(Path(hf_path) if hf_path else Path(gguf_path), ids, n_threads)
     agree = llama_logits.argmax(-1) == torch_logits.argmax(-1)  # [T]
     diff = np.abs(llama_logits - torch_logits)  # [T, V]
@@ -51,7 +53,9 @@ def compare_backends(
     )
 
 
-def _llama_logits(path: Path, prompt: str, n_continue: int, n_threads: int | None) -> tuple[list, list, str, Any]:
+def _llama_logits(
+    path: Path, prompt: str, n_continue: int, n_threads: int | None, lora_path: str | Path | None
+) -> tuple[list, list, str, Any]:
     import llama_cpp
 
     from app.services.cpu import physical_cores
@@ -59,7 +63,14 @@ def _llama_logits(path: Path, prompt: str, n_continue: int, n_threads: int | Non
     read_gguf(path)
     threads = n_threads or physical_cores()
     llm = llama_cpp.Llama(
-        str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, logits_all=True, flash_attn=True, verbose=False
+        str(path),
+        n_ctx=0,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=True,
+        flash_attn=True,
+        verbose=False,
+        lora_path=str(lora_path) if lora_path else None,
     )
     prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     vocab = llm._model.vocab

@@ -56,26 +56,32 @@ def convert(
 
 
 def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pre: str | None) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
-    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder), vocab_pre or ""]
-    command += [str(hf_dir), "--outfile", str(out), "--outtype", outtype]
-    # The converter's own log and progress bars go on to the user's terminal; the tail is kept for errors.
-    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        tail: deque[str] = deque(maxlen=40)
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line)
-    if proc.returncode == 0:
-        return
-    log = "".join(tail)
-    if "pre-tokenizer was not recognized" in log:
+    args = [str(hf_dir), "--outfile", str(out), "--outtype", outtype]
+    try:
+        run_llama_script(folder, "convert_hf_to_gguf.py", args, vocab_pre)
+    except PipelineError as error:
+        if "pre-tokenizer was not recognized" not in str(error):
+            raise
         raise PipelineError(
             f"{hf_dir}: llama.cpp's converter does not recognise this tokenizer's pre-tokenizer (it "
             "identifies it by a hash of how the tokenizer splits a test text, and this hash is not in its "
             "table: a new or retrained tokenizer). Say which one it is with --vocab-pre NAME, for "
             "example --vocab-pre hunyuan for Hunyuan-7B's tokenizer, or the name of the base model family."
-        )
-    raise PipelineError(f"llama.cpp's converter failed on {hf_dir}:\n" + "".join(list(tail)[-8:]))
+        ) from None
+
+
+def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str | None) -> None:
+    """Runs one of llama.cpp's converter scripts with its own gguf-py; its log and progress bars go on
+    to the user's terminal, and the tail of it explains a failure."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
+    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder / script), vocab_pre or "", *args]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        tail: deque[str] = deque(maxlen=40)
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    if proc.returncode != 0:
+        raise PipelineError(f"llama.cpp's {script} failed:\n" + "".join(tail).strip())
 
 
 def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[str]:

@@ -79,6 +79,8 @@ class LlamaCppBackend(Backend):
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, kwargs)
         header = read_gguf(model_path)
+        if kwargs.get("lora_path"):
+            read_gguf(kwargs["lora_path"])  # a damaged adapter gets the same clear error as a model
         n_threads = n_threads or physical_cores()
         # llama-server's default too. Measured here: ~15% faster decode, and prompt logits that do not
         # depend on how the prompt was split into batches, so a cached prefix gives the same answer.
@@ -121,6 +123,8 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": m.n_gpu_layers,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "chat_template": "tokenizer.chat_template" in h.metadata,
+            "lora_path": m.llm.lora_path,
+            "lora_scale": m.llm.lora_scale if m.llm.lora_path else None,
         }
 
     @property

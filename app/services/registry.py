@@ -47,6 +47,7 @@ def load_configured(settings: Settings) -> None:
             n_ctx=config["n_ctx"],
             n_threads=config["n_threads"],
             n_gpu_layers=config["n_gpu_layers"],
+            **({"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]} if config["lora_path"] else {}),
         )
     if MODEL_AVAILABLE and (settings.model_enabled or default == "pytorch") and not model_service.is_loaded:
         config = settings.torch_config()

@@ -28,16 +28,6 @@ def smol(model_path):
     return model_service
 
 
-@pytest.fixture(scope="session")
-def hunyuan_dir(tmp_path_factory) -> Path:
-    return build_tiny_hunyuan(tmp_path_factory.mktemp("hunyuan"))
-
-
-@pytest.fixture(scope="session")
-def lora_dir(hunyuan_dir, tmp_path_factory) -> Path:
-    return build_lora(hunyuan_dir, tmp_path_factory.mktemp("lora"))
-
-
 @pytest.fixture
 def hunyuan(hunyuan_dir) -> TorchBackend:
     backend = TorchBackend()

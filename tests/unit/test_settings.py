@@ -19,6 +19,8 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "n_ctx": 2048,
         "n_threads": None,
         "n_gpu_layers": 0,
+        "lora_path": None,
+        "lora_scale": 1.0,
     }
     assert config["model_path"].endswith(EMBEDDED_MODEL_FILE)
 
@@ -36,6 +38,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_LLAMACPP_N_CTX": "4096",
         "HYCHAT_LLAMACPP_N_THREADS": "3",
         "HYCHAT_LLAMACPP_N_GPU_LAYERS": "-1",
+        "HYCHAT_LLAMACPP_LORA_PATH": str(tmp_path / "lora.gguf"),
+        "HYCHAT_LLAMACPP_LORA_SCALE": "0.5",
         "HYCHAT_BACKEND": "pytorch",
         "HYCHAT_MODEL_ENABLED": "true",
         "HYCHAT_MODEL_PATH": str(tmp_path / "hf"),
@@ -55,6 +59,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_ctx": 4096,
         "n_threads": 3,
         "n_gpu_layers": -1,
+        "lora_path": str(tmp_path / "lora.gguf"),
+        "lora_scale": 0.5,
     }
     assert s.backend == "pytorch"
     assert s.torch_config() == {
