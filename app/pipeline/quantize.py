@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +49,18 @@ def quantize(source: Path, target: Path, quant: str, threads: int = 0, force: bo
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANT_TYPES[quant]}")
     params.nthread = threads
-    with atomic_output(target, force=force, need_bytes=header.file_size, inputs=(source,)) as partial:
-        status = _run_in_thread(llama_cpp.llama_model_quantize, str(source).encode(), str(partial).encode(), params)
-        if status != 0 or not partial.is_file():
+    with (
+        atomic_output(target, force=force, need_bytes=header.file_size, inputs=(source,)) as partial,
+        tempfile.TemporaryDirectory(dir=partial.parent, prefix=".quantize-") as work,
+    ):
+        # llama.cpp writes into a folder of its own: once Ctrl-C has removed it, the C call (which
+        # cannot be stopped) has nowhere left to create or finish a file.
+        written = Path(work) / "out.gguf"
+        status = _run_in_thread(llama_cpp.llama_model_quantize, str(source).encode(), str(written).encode(), params)
+        if status != 0 or not written.is_file():
             raise PipelineError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
-        read_gguf(partial)  # what we made is whole before it takes the final name
+        read_gguf(written)  # what we made is whole before it takes the final name
+        os.replace(written, partial)
     return QuantizeResult(Path(target), quant, Path(target).stat().st_size)
 
 
