@@ -142,7 +142,10 @@ def _tokenize_both(hf_dir: Path, gguf_path: Path, text: str) -> tuple[list[int],
     import llama_cpp
     import transformers
 
-    hf = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    # Hunyuan-7B ships its tokenizer as code (tokenization_hy.py + hy.tiktoken); the converter runs
+    # that same code, so the check does too.
+    remote_code = any(hf_dir.glob("tokenization_*.py"))
+    hf = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=remote_code)
     llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
     return hf(text, add_special_tokens=False).input_ids, llm.tokenize(text.encode(), add_bos=False, special=True)
 
