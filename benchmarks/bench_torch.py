@@ -112,11 +112,11 @@ def dtype_probe(args: argparse.Namespace) -> None:
     """What `dtype="auto"` measures, for this model's MLP and for a 7B-sized one."""
     import torch
 
-    from app.services.model_service import _mlp_shape, time_linear
+    from app.services.model_service import mlp_shape, time_linear
 
     torch.set_num_threads(args.threads)
     print("| MLP shape | float32 (ms) | bfloat16 (ms) | auto picks |\n|---|---|---|---|")
-    for hidden, intermediate in (_mlp_shape(Path(args.model)), (4096, 14336)):
+    for hidden, intermediate in (mlp_shape(Path(args.model)), (4096, 14336)):
         t = time_linear(hidden, intermediate)
         f32, bf16 = t[torch.float32] * 1e3, t[torch.bfloat16] * 1e3
         print(f"| {hidden}×{intermediate} | {f32:.3f} | {bf16:.3f} | {'float32' if f32 <= bf16 else 'bfloat16'} |")

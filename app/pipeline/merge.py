@@ -24,7 +24,7 @@ def merge_lora(base: Path, adapter: Path, out: Path, dtype: str = "auto", force:
     import torch
     import transformers
 
-    from app.services.model_service import _apply_lora
+    from app.services.model_service import apply_lora
 
     base, adapter = Path(base), Path(adapter)
     if not (base / "config.json").is_file():
@@ -33,7 +33,7 @@ def merge_lora(base: Path, adapter: Path, out: Path, dtype: str = "auto", force:
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     with atomic_output(out, force=force, need_bytes=weights, inputs=(base, adapter)) as partial:
         model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, local_files_only=True)
-        merged = _apply_lora(model, adapter, merge=True)
+        merged = apply_lora(model, adapter, merge=True)
         merged.save_pretrained(partial, safe_serialization=True)
         _copy_base_files(base, partial)
         saved_dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")

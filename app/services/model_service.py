@@ -82,10 +82,10 @@ class TorchBackend(Backend):
         _check_load_args(n_ctx, n_threads, n_gpu_layers, dtype)
         n_threads = n_threads or physical_cores()
         torch.set_num_threads(n_threads)
-        torch_dtype = fastest_cpu_dtype(*_mlp_shape(Path(model_path))) if dtype == "auto" else getattr(torch, dtype)
+        torch_dtype = fastest_cpu_dtype(*mlp_shape(Path(model_path))) if dtype == "auto" else getattr(torch, dtype)
         model, tokenizer, path = _load_checkpoint(Path(model_path), torch_dtype)
         if lora_path:
-            model = _apply_lora(model, Path(lora_path), merge_lora)
+            model = apply_lora(model, Path(lora_path), merge_lora)
         model.eval()
         if tokenizer.chat_template is None:
             tokenizer.chat_template = CHATML_TEMPLATE
@@ -234,7 +234,7 @@ def time_linear(hidden: int, intermediate: int, seconds: float = 0.1) -> dict[An
     return timings
 
 
-def _mlp_shape(path: Path) -> tuple[int, int]:
+def mlp_shape(path: Path) -> tuple[int, int]:
     """(hidden size, MLP width) from config.json or GGUF metadata, without loading the model."""
     try:
         if path.is_dir():
@@ -262,7 +262,7 @@ def _load_checkpoint(path: Path, dtype: Any) -> tuple[Any, Any, Path]:
     return model, tokenizer, path
 
 
-def _apply_lora(model: Any, path: Path, merge: bool) -> Any:
+def apply_lora(model: Any, path: Path, merge: bool) -> Any:
     if not (path / "adapter_config.json").is_file():
         raise ModelFileError(path, "not a peft LoRA adapter folder (no adapter_config.json)")
     import peft
