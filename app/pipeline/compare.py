@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from app.services.gguf_file import read_gguf
+from app.pipeline.quality import logits_model
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,7 @@ def _llama_logits(
 ) -> tuple[list, list, str, Any]:
     import llama_cpp
 
-    from app.services.cpu import physical_cores
-
-    read_gguf(path)
-    threads = n_threads or physical_cores()
-    llm = llama_cpp.Llama(
-        str(path),
-        n_ctx=0,
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=True,
-        flash_attn=True,
-        verbose=False,
-        lora_path=str(lora_path) if lora_path else None,
-    )
+    llm = logits_model(path, n_ctx=0, n_threads=n_threads, lora_path=lora_path)
     prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
     vocab = llm._model.vocab
     continuation: list[int] = []

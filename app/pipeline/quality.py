@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from app.services.gguf_file import read_gguf
 
 # A short bilingual sample; what matters is that both files read the same ids.
 SAMPLE_TEXT = (
@@ -42,21 +45,28 @@ def compare_quality(quantized: Path, reference: Path, text: str = SAMPLE_TEXT) -
     )
 
 
-def _logits(path: Path, text: str, ids: list[int] | None) -> tuple[list[int], np.ndarray]:
+def logits_model(path: Path, n_ctx: int, n_threads: int | None = None, lora_path: str | Path | None = None) -> Any:
+    """A llama.cpp model that keeps the logits of every position (`llm.scores`), as the service runs it."""
     import llama_cpp
 
     from app.services.cpu import physical_cores
 
-    threads = physical_cores()
-    llm = llama_cpp.Llama(
+    read_gguf(path)
+    threads = n_threads or physical_cores()
+    return llama_cpp.Llama(
         str(path),
-        n_ctx=1024,
+        n_ctx=n_ctx,
         n_threads=threads,
         n_threads_batch=threads,
         logits_all=True,
         flash_attn=True,
         verbose=False,
+        lora_path=str(lora_path) if lora_path else None,
     )
+
+
+def _logits(path: Path, text: str, ids: list[int] | None) -> tuple[list[int], np.ndarray]:
+    llm = logits_model(path, n_ctx=1024)
     ids = ids or llm.tokenize(text.encode(), add_bos=True, special=False)
     llm.eval(ids)
     return ids, np.array(llm.scores[: len(ids)], dtype=np.float64)  # [T, V]
