@@ -120,36 +120,6 @@ def chat(system: str | None, max_new_tokens: int, temperature: float, **override
         messages.append({"role": "assistant", "content": answer})
 
 
-@cli.command()
-@click.option("--prompt", default="请用中文介绍一下长城。The Great Wall of China is", show_default=True)
-@click.option("--model", "gguf", help="GGUF file (default: the embedded SmolLM2).")
-@click.option("--hf-model", help="Checkpoint folder the GGUF was converted from (default: the GGUF itself).")
-@click.option("--tokens", type=int, default=64, show_default=True, help="Greedy continuation length.")
-@click.option("--min-agreement", type=float, default=0.95, show_default=True, help="Exit 1 below this.")
-def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, min_agreement: float) -> None:
-    """Check that llama.cpp and PyTorch compute the same model: teacher-forced top-1 agreement and
-    logit differences over the prompt and a greedy continuation."""
-    from app.pipeline.compare import compare_backends
-    from config.settings import embedded_model_path
-
-    gguf = gguf or embedded_model_path()
-    if gguf is None:
-        raise click.ClickException("no GGUF given and the embedded model is not installed")
-    try:
-        report = compare_backends(gguf, prompt, hf_path=hf_model, n_continue=tokens)
-    except HychatError as error:
-        raise click.ClickException(str(error)) from None
-    n_prompt, n_continued = report.prompt_tokens, report.continuation_tokens
-    click.echo(f"positions compared   {report.positions} ({n_prompt} prompt + {n_continued} continuation)")
-    click.echo(f"top-1 agreement      {report.top1_agreement:.1%}")
-    click.echo(f"max |logit diff|     {report.max_abs_logit_diff:.4f}")
-    click.echo(f"mean |logit diff|    {report.mean_abs_logit_diff:.4f}")
-    click.echo(f"first disagreement   {report.first_disagreement if report.first_disagreement is not None else 'none'}")
-    click.echo(f"continuation         {report.continuation!r}")
-    if report.top1_agreement < min_agreement:
-        raise click.ClickException(f"top-1 agreement {report.top1_agreement:.1%} is below {min_agreement:.0%}")
-
-
 def _print_stream(pieces: Iterator[str]) -> str:
     """Prints pieces as they come; Ctrl-C ends the answer (closing the stream cancels generation)."""
     answer = []
