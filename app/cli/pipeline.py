@@ -190,10 +190,7 @@ def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, mi
     gguf = gguf or embedded_model_path()
     if gguf is None:
         raise click.ClickException("no GGUF given and the embedded model is not installed")
-    try:
-        report = compare_backends(gguf, prompt, hf_path=hf_model, n_continue=tokens)
-    except HychatError as error:
-        raise click.ClickException(str(error)) from None
+    report = _pipeline(compare_backends, gguf, prompt, hf_path=hf_model, n_continue=tokens)
     n_prompt, n_continued = report.prompt_tokens, report.continuation_tokens
     click.echo(f"positions compared   {report.positions} ({n_prompt} prompt + {n_continued} continuation)")
     click.echo(f"top-1 agreement      {report.top1_agreement:.1%}")
