@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from app.pipeline.converter import converter_dir
+from app.pipeline.converter import converter_dir, run_llama_script
 from app.pipeline.files import PipelineError, atomic_output
 from app.services.gguf_file import GGUFHeader, read_gguf
 
@@ -70,22 +67,10 @@ def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pr
         ) from None
 
 
-def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str | None) -> None:
-    """Runs one of llama.cpp's converter scripts with its own gguf-py; its log and progress bars go on
-    to the user's terminal, and the tail of it explains a failure."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
-    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder / script), vocab_pre or "", *args]
-    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        tail: deque[str] = deque(maxlen=40)
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line)
-    if proc.returncode != 0:
-        raise PipelineError(f"llama.cpp's {script} failed:\n" + "".join(tail).strip())
-
-
 def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[str]:
     """Special token ids, chat template and tokenization of the GGUF against the checkpoint's."""
+    import llama_cpp
+
     config = _json(hf_dir / "config.json")
     generation = _json(hf_dir / "generation_config.json")
     problems, checks = [], []
@@ -98,11 +83,12 @@ def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[
         problems.append(f"EOS id is {meta.get('tokenizer.ggml.eos_token_id')}, the checkpoint says {expected_eos}")
     else:
         checks.append(f"EOS id {meta.get('tokenizer.ggml.eos_token_id')} matches the checkpoint")
+    vocab = _vocab(gguf_path)
     stops = generation.get("eos_token_id")
     stops = set(stops if isinstance(stops, list) else [stops]) - {None}
-    gguf_stops = {meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")} - {None}
-    if stops and not stops <= gguf_stops | _eog_ids(gguf_path):
-        problems.append(f"generation stops on {sorted(stops)}, the GGUF ends turns on {sorted(gguf_stops)}")
+    missing = sorted(t for t in stops if not llama_cpp.llama_vocab_is_eog(vocab._model.vocab, t))
+    if missing:
+        problems.append(f"generation stops on {sorted(stops)}, but {missing} do not end generation in the GGUF")
     elif stops:
         checks.append(f"end-of-generation ids {sorted(stops)} are end-of-generation in the GGUF")
 
@@ -112,7 +98,8 @@ def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[
     elif template:
         checks.append("chat template embedded")
 
-    hf_ids, gguf_ids = _tokenize_both(hf_dir, gguf_path, TOKENIZER_SAMPLE)
+    hf_ids = _hf_tokenize(hf_dir, TOKENIZER_SAMPLE)
+    gguf_ids = vocab.tokenize(TOKENIZER_SAMPLE.encode(), add_bos=False, special=True)
     if hf_ids != gguf_ids:
         first = next((i for i, (a, b) in enumerate(zip(hf_ids, gguf_ids, strict=False)) if a != b), len(hf_ids))
         problems.append(
@@ -138,21 +125,18 @@ def _hf_chat_template(hf_dir: Path) -> str | None:
     return jinja.read_text() if jinja.is_file() else template if isinstance(template, str) else None
 
 
-def _tokenize_both(hf_dir: Path, gguf_path: Path, text: str) -> tuple[list[int], list[int]]:
+def _vocab(gguf_path: Path) -> Any:
+    """The GGUF's tokenizer alone (llama.cpp loads no weights for it)."""
     import llama_cpp
+
+    return llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+
+
+def _hf_tokenize(hf_dir: Path, text: str) -> list[int]:
     import transformers
 
     # Hunyuan-7B ships its tokenizer as code (tokenization_hy.py + hy.tiktoken); the converter runs
     # that same code, so the check does too.
     remote_code = any(hf_dir.glob("tokenization_*.py"))
     hf = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=remote_code)
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    return hf(text, add_special_tokens=False).input_ids, llm.tokenize(text.encode(), add_bos=False, special=True)
-
-
-def _eog_ids(gguf_path: Path) -> set[int]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    vocab = llm._model.vocab
-    return {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+    return hf(text, add_special_tokens=False).input_ids

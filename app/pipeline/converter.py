@@ -8,11 +8,13 @@ converter's files in the cache folder; nothing of it is copied into this reposit
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections import deque
 from pathlib import Path
 
 from app.pipeline.files import PipelineError, atomic_output
@@ -52,3 +54,17 @@ def _extract_converter(archive: Path, target: Path) -> None:
 
 def _needed(relative: str) -> bool:
     return any(relative == name or relative.startswith(name + "/") for name in NEEDED)
+
+
+def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str | None) -> None:
+    """Runs one of llama.cpp's converter scripts with its own gguf-py; its log and progress bars go on
+    to the user's terminal, and the tail of it explains a failure."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
+    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder / script), vocab_pre or "", *args]
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        tail: deque[str] = deque(maxlen=40)
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    if proc.returncode != 0:
+        raise PipelineError(f"llama.cpp's {script} failed:\n" + "".join(tail).strip())

@@ -9,8 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from app.pipeline.convert import run_llama_script
-from app.pipeline.converter import converter_dir
+from app.pipeline.converter import converter_dir, run_llama_script
 from app.pipeline.files import PipelineError, atomic_output
 from app.services.gguf_file import read_gguf
 

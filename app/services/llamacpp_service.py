@@ -1,8 +1,8 @@
 """The llama.cpp backend: GGUF models through llama-cpp-python.
 
-    from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
-    llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
-    text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
+from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
+llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
+text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
 """
 
 from __future__ import annotations
