@@ -33,20 +33,17 @@ def inspect(path: str) -> None:
 @click.argument("source", type=click.Path())
 @click.argument("target", type=click.Path())
 @click.option("--type", "quant", required=True, help="q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k_m, q4_k_s, q4_k_m, ...")
-@click.option("--imatrix", type=click.Path(), help="Importance matrix file (not supported yet, see below).")
+@click.option("--imatrix", type=click.Path(), help="Importance matrix (llama-imatrix's GGUF or .dat) for this model.")
 @click.option("--force", is_flag=True, help="Replace TARGET if it exists.")
 @click.option("--eval", "reference", type=click.Path(), help="Reference GGUF (f16/f32): report quality against it.")
 def quantize(source: str, target: str, quant: str, imatrix: str | None, force: bool, reference: str | None) -> None:
     """Quantize SOURCE (a GGUF) into TARGET with llama.cpp's quantizer."""
     from app.pipeline import quantize as q
 
-    if imatrix:
-        raise click.ClickException(
-            "--imatrix: llama.cpp takes an importance matrix only as a C++ object, which the Python "
-            "bindings cannot build; run llama.cpp's llama-quantize for imatrix quantizations"
-        )
     with _spinner(f"quantizing to {quant}"):
-        result = _pipeline(q.quantize, Path(source), Path(target), quant, force=force)
+        result = _pipeline(
+            q.quantize, Path(source), Path(target), quant, force=force, imatrix=Path(imatrix) if imatrix else None
+        )
     click.echo(f"{result.path}: {result.quant}, {result.size_bytes:,} bytes")
     if reference:
         from app.pipeline.quality import compare_quality
@@ -120,17 +117,19 @@ def lora_to_gguf(base: str, adapter: str, out: str, force: bool) -> None:
 @click.option("--out-dir", required=True, type=click.Path(), help="Folder for every output and manifest.json.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True)
 @click.option("--vocab-pre", help="Pre-tokenizer name, when the converter does not recognise the tokenizer.")
+@click.option("--imatrix", type=click.Path(), help="Importance matrix for the quantizations.")
 @click.option("--no-eval", is_flag=True, help="Skip the perplexity / KL / top-1 figures.")
 @click.option("--force", is_flag=True, help="Replace outputs that exist.")
 def build(base: str, adapter: str | None, quant: str, out_dir: str, outtype: str, vocab_pre: str | None,
-          no_eval: bool, force: bool) -> None:  # fmt: skip
+          imatrix: str | None, no_eval: bool, force: bool) -> None:  # fmt: skip
     """Merge (optional), convert, quantize and check, with a summary table."""
     from app.pipeline.build import build as run
 
     quants = [q.strip() for q in quant.split(",") if q.strip()]
     built = _pipeline(
         run, Path(base), Path(out_dir), _cache_dir(), quants, adapter=Path(adapter) if adapter else None,
-        outtype=outtype, vocab_pre=vocab_pre, evaluate=not no_eval, force=force,
+        outtype=outtype, vocab_pre=vocab_pre, imatrix=Path(imatrix) if imatrix else None, evaluate=not no_eval,
+        force=force,
         progress=lambda line: click.echo(f"==> {line}", err=True),
     )  # fmt: skip
     click.echo("| file | type | size (MiB) | bits/weight | loads | perplexity | KL | top-1 |")

@@ -34,6 +34,7 @@ def build(
     adapter: Path | None = None,
     outtype: str = "f16",
     vocab_pre: str | None = None,
+    imatrix: Path | None = None,
     evaluate: bool = True,
     force: bool = False,
     progress=print,  # noqa: ANN001 - a callable taking one line
@@ -51,7 +52,7 @@ def build(
     for quant in quants:
         target = out_dir / f"{name}.{quant}.gguf"
         progress(f"quantizing to {target.name}")
-        quantize(reference, target, quant, force=force)
+        quantize(reference, target, quant, force=force, imatrix=imatrix)
         built.append(_describe(target, quant, compare_quality(target, reference) if evaluate else None))
     manifest = {"base": str(base), "adapter": str(adapter) if adapter else None, "files": [asdict(b) for b in built]}
     with atomic_output(out_dir / "manifest.json", force=True) as partial:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.pipeline.files import PipelineError, atomic_output
+from app.pipeline.imatrix import as_c_params, check_fits, load_imatrix
 from app.services.gguf_file import read_gguf
 
-# Name -> llama_ftype name in llama_cpp. Types llama.cpp refuses without an importance matrix are
-# marked: it answers them with a bare error code, so we say why before starting.
+# Name -> llama_ftype name in llama_cpp.
 QUANT_TYPES = {
     "q4_0": "Q4_0",
     "q4_1": "Q4_1",
@@ -27,7 +27,8 @@ QUANT_TYPES = {
     "q5_k_m": "Q5_K_M",
     "q6_k": "Q6_K",
 }
-NEEDS_IMATRIX = {"q2_k_s", "iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s"}
+# llama.cpp refuses these without an importance matrix, with a bare error code: we say why first.
+NEEDS_IMATRIX = {"q2_k_s": "Q2_K_S", "iq1_s": "IQ1_S", "iq1_m": "IQ1_M", "iq2_xxs": "IQ2_XXS", "iq2_xs": "IQ2_XS"}
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,33 @@ class QuantizeResult:
     size_bytes: int
 
 
-def quantize(source: Path, target: Path, quant: str, threads: int = 0, force: bool = False) -> QuantizeResult:
+def quantize(
+    source: Path,
+    target: Path,
+    quant: str,
+    threads: int = 0,
+    force: bool = False,
+    imatrix: Path | None = None,
+) -> QuantizeResult:
     import llama_cpp
 
     quant = quant.lower()
-    if quant in NEEDS_IMATRIX:
-        raise PipelineError(f"{quant} needs an importance matrix (llama.cpp's llama-imatrix); choose another type")
-    if quant not in QUANT_TYPES:
-        raise PipelineError(f"unknown quantization {quant!r}; choose from {', '.join(QUANT_TYPES)}")
+    if quant in NEEDS_IMATRIX and imatrix is None:
+        raise PipelineError(
+            f"{quant} needs an importance matrix: pass --imatrix FILE (made by llama.cpp's llama-imatrix)"
+        )
+    ftype = QUANT_TYPES.get(quant) or NEEDS_IMATRIX.get(quant)
+    if ftype is None:
+        choices = ", ".join([*QUANT_TYPES, *NEEDS_IMATRIX])
+        raise PipelineError(f"unknown quantization {quant!r}; choose from {choices}")
     header = read_gguf(source)  # a damaged input is refused before llama.cpp sees it
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANT_TYPES[quant]}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = threads
+    matrix = load_imatrix(imatrix) if imatrix is not None else None
+    if matrix is not None:  # held in this frame: llama.cpp reads its values through the arrays below
+        check_fits(matrix, header)
+        params.imatrix, params.kv_overrides = as_c_params(matrix, llama_cpp)
     with (
         atomic_output(target, force=force, need_bytes=header.file_size, inputs=(source,)) as partial,
         tempfile.TemporaryDirectory(dir=partial.parent, prefix=".quantize-") as work,
