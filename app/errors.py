@@ -52,6 +52,17 @@ class BackendUnavailableError(HychatError):
     code = "backend_unavailable"
 
 
+class QueueFullError(HychatError):
+    """Every slot is busy and the waiting line is full: come back later (HTTP 429 with Retry-After)."""
+
+    status_code = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class AuthenticationError(HychatError):
     status_code = 401
     code = "invalid_api_key"

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import HychatError, error_body
+from app.errors import AuthenticationError, HychatError, QueueFullError, error_body
 from app.limits import BodySizeLimit
 from app.routes import api, health
 from app.routes.deps import require_api_key
@@ -41,7 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HychatError)
     async def hychat_error(request: Request, error: HychatError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        headers = None
+        if isinstance(error, AuthenticationError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(error, QueueFullError):
+            headers = {"Retry-After": str(error.retry_after_s)}
         return JSONResponse(error_body(error), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -25,6 +25,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 MAX_STOP_SEQUENCES = 16
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    grammar: str | None = None  # GBNF that the output must match (backends with supports_grammar)
+    logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely
 
     def __post_init__(self) -> None:
         _check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1")
@@ -49,6 +54,14 @@ class SamplingParams:
             "repetition_penalty must be a finite number > 0",
         )
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**32), "seed must be in [0, 2**32)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2]")
+        _check(self.grammar is None or (isinstance(self.grammar, str) and self.grammar.strip()), "grammar is empty")
+        _check(
+            self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+            f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
+        )
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         _check(
             len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
@@ -72,6 +85,10 @@ class SamplingKwargs(TypedDict, total=False):
     repetition_penalty: float
     stop: Sequence[str] | str | None
     seed: int | None
+    presence_penalty: float
+    frequency_penalty: float
+    grammar: str | None
+    logprobs: int | None
 
 
 def _check(ok: bool, message: str) -> None:
@@ -126,6 +143,7 @@ class Usage:
     ttft_ms: float  # request start to first sampled token, prompt processing included
     decode_tokens_per_s: float  # tokens after the first, over the time after the first
     total_ms: float
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request
 
 
 class UsageClock:
@@ -135,6 +153,7 @@ class UsageClock:
         self.prompt_tokens, self.t_start = prompt_tokens, t_start
         self.t_first: float | None = None
         self.completion_tokens = 0
+        self.cached_tokens = 0
 
     def sampled(self) -> None:
         """A token was sampled (an end-of-generation token too: it ends the wait for the first token)."""
@@ -150,6 +169,7 @@ class UsageClock:
             ttft_ms=(t_first - self.t_start) * 1000,
             decode_tokens_per_s=(n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
             total_ms=(t_end - self.t_start) * 1000,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -172,6 +192,21 @@ def template_errors() -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: str  # the token's text; bytes of an incomplete UTF-8 character show as U+FFFD
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob(TopLogprob):
+    """The sampled token's log-probability (of the distribution before sampling filters) and the
+    most likely alternatives, as `SamplingParams.logprobs` asked."""
+
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`."""
 
@@ -179,6 +214,7 @@ class TokenEvent:
     token_id: int | None = None
     finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
     usage: Usage | None = None
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +253,8 @@ class Backend(ABC):
     name: ClassVar[str]
     label: ClassVar[str]  # for messages: "llama.cpp", "PyTorch"
     available: ClassVar[bool]
+    supports_grammar: ClassVar[bool] = False
+    supports_logprobs: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._model: Any = None
@@ -242,12 +280,19 @@ class Backend(ABC):
     def start(self, request: GenerationRequest) -> Generation:
         """Validates and tokenizes now (errors raise here), generates when iterated."""
         m = self._require()
+        self._check_supported(request.params)
         t_start = perf_counter()
         prompt_ids = self._prompt_ids(m, request)
         check_prompt_fits(len(prompt_ids), m.n_ctx)
         clock = UsageClock(len(prompt_ids), t_start)
         assert self._worker is not None
         return Generation(self._worker, lambda emit: self._decode(m, prompt_ids, request.params, clock, emit))
+
+    def _check_supported(self, params: SamplingParams) -> None:
+        if params.grammar is not None and not self.supports_grammar:
+            raise InvalidParameterError(f"grammars and response_format are not supported by the {self.label} backend")
+        if params.logprobs is not None and not self.supports_logprobs:
+            raise InvalidParameterError(f"logprobs are not supported by the {self.label} backend")
 
     def _install(self, loaded: LoadedModel) -> None:
         if self._worker is None:
