@@ -11,7 +11,10 @@ from pathlib import Path
 
 from app.pipeline.converter import converter_dir, run_llama_script
 from app.pipeline.files import PipelineError, atomic_output
+from app.services.adapter import low_rank_on_embeddings, tensor_names, tied_embeddings, whole_tensors
 from app.services.gguf_file import read_gguf
+
+MERGE_INSTEAD = "merge it with `hychat merge-lora` and convert the merged checkpoint with `hychat convert`"
 
 
 def lora_to_gguf(base: Path, adapter: Path, out: Path, cache_dir: Path, force: bool = False) -> Path:
@@ -22,6 +25,7 @@ def lora_to_gguf(base: Path, adapter: Path, out: Path, cache_dir: Path, force: b
     config = json.loads(config_path.read_text())
     if config.get("use_dora"):
         raise PipelineError(f"{adapter}: DoRA adapters cannot run in llama.cpp; merge it with `hychat merge-lora`")
+    _refuse_what_llama_cpp_cannot_apply(base, adapter)
     folder = converter_dir(cache_dir)
     with tempfile.TemporaryDirectory() as scratch, atomic_output(out, force=force, inputs=(base, adapter)) as partial:
         source = _rslora_as_lora(adapter, config, Path(scratch)) if config.get("use_rslora") else adapter
@@ -30,6 +34,26 @@ def lora_to_gguf(base: Path, adapter: Path, out: Path, cache_dir: Path, force: b
         )
         read_gguf(partial)
     return Path(out)
+
+
+def _refuse_what_llama_cpp_cannot_apply(base: Path, adapter: Path) -> None:
+    """Asked up front: the converter would stop late with a bare error, or (a LoRA on tied
+    embed_tokens) write an adapter that aborts the whole llama.cpp process at its first decode."""
+    names = tensor_names(adapter)
+    whole = whole_tensors(names)
+    if whole:
+        raise PipelineError(
+            f"{adapter}: the adapter carries whole weights ({', '.join(whole[:3])}), not only LoRA pairs, as "
+            "peft saves for modules_to_save or after tokens were added; a GGUF adapter holds LoRA pairs only. "
+            f"To run it in llama.cpp, {MERGE_INSTEAD}."
+        )
+    on_embeddings = low_rank_on_embeddings(names)
+    if on_embeddings and tied_embeddings(base):
+        raise PipelineError(
+            f"{adapter}: the adapter has a LoRA on {' and '.join(on_embeddings)}, but {base} ties lm_head to "
+            "the input embeddings (tie_word_embeddings): its GGUF holds one matrix for both, and llama.cpp "
+            f"cannot apply a LoRA to one side of it. To run it in llama.cpp, {MERGE_INSTEAD}."
+        )
 
 
 def _rslora_as_lora(adapter: Path, config: dict, scratch: Path) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
+from app.services.adapter import low_rank_on_embeddings, tensor_names
 from app.services.backend import (
     CHATML_TEMPLATE,
     Backend,
@@ -267,11 +268,24 @@ def apply_lora(model: Any, path: Path, merge: bool) -> Any:
         raise ModelFileError(path, "not a peft LoRA adapter folder (no adapter_config.json)")
     import peft
 
+    if merge and getattr(model.config, "tie_word_embeddings", False) and low_rank_on_embeddings(tensor_names(path)):
+        _untie_embeddings(model)
     try:
         model = peft.PeftModelForCausalLM.from_pretrained(model, path, is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as error:
         raise ModelFileError(path, f"the adapter does not fit the base model: {_first_line(error)}") from None
     return model.merge_and_unload() if merge else model
+
+
+def _untie_embeddings(model: Any) -> None:
+    """peft keeps a LoRA on lm_head (or on embed_tokens) apart from the matrix the two share, so only
+    that side changes; merged into the shared matrix it would change both. The output layer gets its
+    own copy first (and a checkpoint saved from it stores it: tie_word_embeddings false)."""
+    import torch
+
+    output = model.get_output_embeddings()
+    output.weight = torch.nn.Parameter(output.weight.detach().clone())
+    model.config.tie_word_embeddings = False
 
 
 def _eog_ids(model: Any, tokenizer: Any) -> frozenset[int]:
