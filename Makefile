@@ -31,6 +31,9 @@ $(CORE): pyproject.toml Makefile
 
 $(FULL): $(CORE)
 	$(BIN)/python -m pip install -e '.[test,torch]'
+	# The browser tests drive Debian's Chromium through Playwright (never `playwright install`);
+	# a CJK font so screenshots of Chinese text are readable.
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium fonts-wqy-microhei)
 	touch $@
 
 clean:

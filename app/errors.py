@@ -8,6 +8,7 @@ from pathlib import Path
 class HychatError(Exception):
     status_code = 500
     code = "internal_error"
+    param: str | None = None  # the request field at fault, when known
 
 
 class InvalidParameterError(HychatError, ValueError):
@@ -15,6 +16,19 @@ class InvalidParameterError(HychatError, ValueError):
 
     status_code = 400
     code = "invalid_parameter"
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class MaxTokensTooLargeError(InvalidParameterError):
+    def __init__(self, max_tokens: int, limit: int, param: str):
+        super().__init__(
+            f"{param} is {max_tokens} but this server allows at most {limit} tokens per answer "
+            "(HYCHAT_MAX_TOKENS_LIMIT)",
+            param,
+        )
 
 
 class PromptTooLongError(InvalidParameterError):
@@ -68,8 +82,39 @@ class AuthenticationError(HychatError):
     code = "invalid_api_key"
 
 
+class ModelNotFoundError(HychatError):
+    """A request names a model that no loaded backend serves."""
+
+    status_code = 404
+    code = "model_not_found"
+    param = "model"
+
+
+class RequestTooLargeError(HychatError):
+    status_code = 413
+    code = "request_too_large"
+
+
+# OpenAI's error types by status; `code` carries ours (context_length_exceeded, queue_full, ...).
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_object(message: str, status_code: int, code: str | None = None, param: str | None = None) -> dict:
+    """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
+    error_type = ERROR_TYPES.get(status_code, "server_error")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 def error_body(error: Exception) -> dict:
-    """The JSON error shape every route answers with."""
+    """The JSON error shape every route answers with (an unexpected exception shows no details)."""
     if isinstance(error, HychatError):
-        return {"error": {"message": str(error), "type": error.code}}
-    return {"error": {"message": "internal error", "type": HychatError.code}}
+        return error_object(str(error), error.status_code, error.code, error.param)
+    return error_object("internal error", HychatError.status_code, HychatError.code)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import RequestTooLargeError, error_body
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int):
@@ -45,5 +47,5 @@ class BodySizeLimit:
         await self.app(scope, replay_receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = {"error": {"message": f"request body exceeds {self.max_bytes} bytes", "type": "request_too_large"}}
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+        error = RequestTooLargeError(f"request body exceeds {self.max_bytes} bytes")
+        await JSONResponse(error_body(error), status_code=error.status_code)(scope, receive, send)

@@ -10,12 +10,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import AuthenticationError, HychatError, QueueFullError, error_body
+from app import metrics
+from app.errors import AuthenticationError, HychatError, InvalidParameterError, QueueFullError, error_body, error_object
 from app.limits import BodySizeLimit
-from app.routes import api, health
+from app.routes import api, health, openai, web
+from app.routes import metrics as metrics_route
 from app.routes.deps import require_api_key
-from app.services.registry import load_configured
+from app.services.registry import BACKENDS, load_configured
+from app.telemetry import RequestTelemetry
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +36,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestTelemetry)  # outermost: sees 413s too
     app.include_router(health.router)
     app.include_router(api.router, dependencies=[Depends(require_api_key)])
+    app.include_router(openai.router, dependencies=[Depends(require_api_key)])
+    app.include_router(web.router)
+    web.mount_static(app)
+    app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)])
+    metrics.declare_backends(BACKENDS)
     _install_error_handlers(app)
     return app
 
@@ -50,8 +60,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in error.errors()
-        )
-        body = {"error": {"message": problems, "type": "invalid_request"}}
-        return JSONResponse(body, status_code=422)
+        return await hychat_error(request, _invalid_parameter(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # unknown route, method
+        body = error_object(str(error.detail), error.status_code)
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:  # the server logs it
+        return JSONResponse(error_body(error), status_code=HychatError.status_code)
+
+
+def _invalid_parameter(error: RequestValidationError) -> InvalidParameterError:
+    """A body that does not fit its wire type: a 400 that names each field at fault."""
+    problems = [(".".join(str(p) for p in e["loc"] if p != "body"), e) for e in error.errors()]
+    message = "; ".join(f"{path or 'body'}: {e['msg']}" for path, e in problems) or "invalid request"
+    path, first = problems[0] if problems else ("", {})
+    return InvalidParameterError(message, path if path and first.get("type") != "json_invalid" else None)

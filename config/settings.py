@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
     port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = Field(None, description="When set, every /api route requires it (Bearer or X-API-Key).")
+    api_key: str | None = Field(None, description="When set, every API route requires it (Bearer or X-API-Key).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     log_level: str = "info"
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
@@ -48,6 +49,8 @@ class Settings(BaseSettings):
     llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
     llamacpp_lora_path: str | None = Field(None, description="GGUF LoRA adapter (hychat lora-to-gguf) applied at load.")
     llamacpp_lora_scale: float = Field(1.0, description="Strength of that adapter.")
+    parallel: int = Field(4, ge=1, le=64, description="llama.cpp requests decoded together, each with n_ctx tokens.")
+    queue_size: int = Field(32, ge=0, description="Requests that may wait for a slot; beyond that 429 at once.")
 
     # PyTorch backend (the `torch` extra)
     model_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
@@ -67,6 +70,8 @@ class Settings(BaseSettings):
             "n_gpu_layers": self.llamacpp_n_gpu_layers,
             "lora_path": self.llamacpp_lora_path,
             "lora_scale": self.llamacpp_lora_scale,
+            "parallel": self.parallel,
+            "queue_size": self.queue_size,
         }
 
     def torch_config(self) -> dict:

@@ -63,17 +63,19 @@ def free_port() -> int:
 class Server:
     """`python -m app serve` in a subprocess on 127.0.0.1, the way a user starts it."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()):
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), log_path: Path | None = None):
+        """`log_path`: where the server's stderr (its log) goes; discarded when None."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args],
-            cwd=REPO,
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(log_path or os.devnull, "wb") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args],
+                cwd=REPO,
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -97,8 +99,8 @@ class Server:
 def start_server() -> Iterator:
     servers: list[Server] = []
 
-    def start(env: dict[str, str] | None = None, *args: str) -> Server:
-        server = Server(env or {}, args)
+    def start(env: dict[str, str] | None = None, *args: str, log_path: Path | None = None) -> Server:
+        server = Server(env or {}, args, log_path)
         servers.append(server)
         return server
 

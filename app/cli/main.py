@@ -53,16 +53,26 @@ def cli() -> None:
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8000).")
 @click.option("--api-key", help="Require this key on every /api route.")
+@click.option("--parallel", type=int, help="llama.cpp requests decoded together (default 4).")
 @model_options
 def serve(**overrides: Any) -> None:
     """Start the HTTP server."""
     import uvicorn
 
+    from app.logging_setup import configure_logging
     from app.main import create_app
 
     settings = build_settings(**overrides)
-    logging.getLogger("app").setLevel(logging.INFO)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    configure_logging(settings.log_level)
+    # Our logging for uvicorn's messages too; its access log gives way to app.telemetry's request lines.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @cli.command()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from app.errors import MaxTokensTooLargeError
 from app.services.backend import Completion, GenerationRequest, SamplingParams, Usage
 
 MAX_MESSAGES = 512
@@ -62,9 +63,14 @@ class DoneEvent(BaseModel):
     usage: UsageBody
 
 
-def to_generation_request(body: ChatRequest) -> GenerationRequest:
+def to_generation_request(body: ChatRequest, max_tokens_limit: int) -> GenerationRequest:
+    max_new_tokens = body.max_new_tokens
+    if "max_new_tokens" not in body.model_fields_set:
+        max_new_tokens = min(max_new_tokens, max_tokens_limit)  # the default bows to a lower server limit
+    elif max_new_tokens > max_tokens_limit:
+        raise MaxTokensTooLargeError(max_new_tokens, max_tokens_limit, "max_new_tokens")
     params = SamplingParams(
-        max_new_tokens=body.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,

@@ -25,7 +25,7 @@ async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
     """Answers a chat (`messages`) or a raw `prompt`; with `"stream": true` as Server-Sent Events:
     `data: {"text": ...}` per piece, then `event: done` with finish reason and usage."""
     backend = chat_backend(settings, body.backend)
-    generation = backend.start(to_generation_request(body))
+    generation = backend.start(to_generation_request(body, settings.max_tokens_limit))
     if body.stream:
         return EventSourceResponse(_events(generation, backend))
     completion = Completion.from_events([event async for event in generation])

@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import aclosing, closing, contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, ClassVar, Protocol, TypedDict, Unpack
 
 import jinja2
 
+from app import metrics
 from app.engine.worker import Emit, Job, Worker
 from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, PromptTooLongError
 
@@ -232,14 +233,24 @@ class Completion:
 class Generation:
     """A validated request, ready to stream. Iterate it from a thread or `async for` it."""
 
-    def __init__(self, worker: Worker, job: Job):
-        self._worker, self._job = worker, job
+    def __init__(self, worker: Worker, job: Job, backend_name: str):
+        self._worker, self._job, self._backend_name = worker, job, backend_name
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        return self._worker.stream(self._job)
+        with closing(self._worker.stream(self._job)) as events:  # closing cancels the job
+            for event in events:
+                self._record(event)
+                yield event
 
-    def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        return self._worker.astream(self._job)
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        async with aclosing(self._worker.astream(self._job)) as events:
+            async for event in events:
+                self._record(event)
+                yield event
+
+    def _record(self, event: TokenEvent) -> None:
+        if event.usage is not None:  # the last event: recorded before a reader that stops at it can leave
+            metrics.record_generation(self._backend_name, event.usage)
 
 
 class LoadedModel(Protocol):
@@ -248,7 +259,8 @@ class LoadedModel(Protocol):
 
 class Backend(ABC):
     """What every inference backend offers. The user-facing methods are built on `start()`; a backend
-    supplies loading, `_prompt_ids` and `_decode` (which runs on the backend's worker thread)."""
+    supplies loading, `_prompt_ids`, and either `_decode` (run one at a time on the backend's worker
+    thread) or its own `_generation` (llama.cpp's batching engine)."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # for messages: "llama.cpp", "PyTorch"
@@ -285,8 +297,13 @@ class Backend(ABC):
         prompt_ids = self._prompt_ids(m, request)
         check_prompt_fits(len(prompt_ids), m.n_ctx)
         clock = UsageClock(len(prompt_ids), t_start)
-        assert self._worker is not None
-        return Generation(self._worker, lambda emit: self._decode(m, prompt_ids, request.params, clock, emit))
+        return self._generation(m, prompt_ids, request.params, clock)
+
+    def _generation(self, m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
+        """By default a backend's generations run one at a time on its own worker thread."""
+        if self._worker is None:
+            self._worker = Worker(self.name)
+        return Generation(self._worker, lambda emit: self._decode(m, prompt_ids, params, clock, emit), self.name)
 
     def _check_supported(self, params: SamplingParams) -> None:
         if params.grammar is not None and not self.supports_grammar:
@@ -295,8 +312,6 @@ class Backend(ABC):
             raise InvalidParameterError(f"logprobs are not supported by the {self.label} backend")
 
     def _install(self, loaded: LoadedModel) -> None:
-        if self._worker is None:
-            self._worker = Worker(self.name)
         self._model = loaded
 
     def _require(self) -> Any:
@@ -308,8 +323,9 @@ class Backend(ABC):
     def _prompt_ids(self, m: Any, request: GenerationRequest) -> list[int]: ...
 
     @staticmethod
-    @abstractmethod
-    def _decode(m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None: ...
+    def _decode(m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
+        """One generation on the worker thread (backends that keep the default `_generation`)."""
+        raise NotImplementedError
 
     def generate(self, prompt: str, **gen: Unpack[SamplingKwargs]) -> str:
         return "".join(self.generate_stream(prompt, **gen))

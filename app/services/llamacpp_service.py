@@ -3,6 +3,9 @@
 from app.services.llamacpp_service import llamacpp_service, LLAMACPP_AVAILABLE
 llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
 text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
+
+Generations run in `app.engine.batch.BatchEngine`: `parallel` slots of `n_ctx` tokens each, decoded
+together. `llama_cpp.Llama` only loads the weights, the vocabulary and a LoRA adapter here.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jinja2
 
-from app.engine.worker import Emit
+from app import metrics
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -25,59 +30,78 @@ from app.errors import (
 from app.services.backend import (
     CHATML_TEMPLATE,
     Backend,
+    Generation,
     GenerationRequest,
     SamplingParams,
-    TokenEvent,
     UsageClock,
     is_int_at_least,
     template_errors,
 )
 from app.services.cpu import physical_cores
-from app.services.detokenize import TextAssembler
 from app.services.gguf_file import GGUFHeader, read_gguf
 
 try:
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    from app.engine.batch import BatchEngine, Ticket, Vocabulary
+    from app.engine.sampler import RequestSampler
+
     LLAMACPP_AVAILABLE = True
 except (ImportError, OSError):  # OSError: the package is there but its shared library is not loadable
     LLAMACPP_AVAILABLE = False
+
+MAX_PARALLEL = 64  # llama_max_parallel_sequences() of the pinned llama.cpp
+N_BATCH = 512  # tokens per decode step: llama-server's physical batch
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Loaded:
-    llm: Any  # llama_cpp.Llama
+    llm: Any  # llama_cpp.Llama: weights, vocabulary, adapter
     header: GGUFHeader
     n_threads: int
     n_gpu_layers: int
     bos_text: str
+    n_ctx: int = 0  # per slot: what one request may use
+    engine: Any = None  # BatchEngine
     formatter: Any = None  # Jinja2ChatFormatter, None when the template does not compile
     template_error: str | None = None
     pieces: dict[int, bytes] = field(default_factory=dict)
-
-    @property
-    def n_ctx(self) -> int:
-        return self.llm.n_ctx()
 
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     label = "llama.cpp"
     available = LLAMACPP_AVAILABLE
+    supports_grammar = True
+    supports_logprobs = True
     _model: _Loaded | None
+
+    def __init__(self, on_state: Any = None) -> None:
+        super().__init__()
+        self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
 
     # -- loading -------------------------------------------------------------------------------
 
     def load_model(
-        self, model_path: str, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0, **kwargs: Any
+        self,
+        model_path: str,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        *,
+        parallel: int = 1,
+        max_waiting: int = 64,
+        **kwargs: Any,
     ) -> None:
-        """Loads a GGUF file, replacing the model loaded before (which stays until this succeeds)."""
+        """Loads a GGUF file, replacing the model loaded before (which finishes its running
+        generations first). `n_ctx` tokens for each of `parallel` requests decoded together (0: the
+        model's training context); up to `max_waiting` more wait for a slot, beyond that 429."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
-        _check_load_args(n_ctx, n_threads, n_gpu_layers, kwargs)
+        _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
         header = read_gguf(model_path)
         if kwargs.get("lora_path"):
             read_gguf(kwargs["lora_path"])  # a damaged adapter gets the same clear error as a model
@@ -86,21 +110,43 @@ class LlamaCppBackend(Backend):
         # depend on how the prompt was split into batches, so a cached prefix gives the same answer.
         kwargs.setdefault("flash_attn", True)
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(header.path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=n_gpu_layers,
-                verbose=False,
-                **kwargs,
-            )
+            # Its own context stays small: generations run in the engine's context.
+            llm = llama_cpp.Llama(model_path=str(header.path), n_ctx=64, n_gpu_layers=n_gpu_layers, verbose=False,
+                                  **kwargs)  # fmt: skip
         except ValueError as error:  # llama-cpp-python's way of saying llama.cpp returned NULL
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
+        loaded.n_ctx = n_ctx or llm.n_ctx_train()
+        loaded.engine = self._engine(loaded, parallel, max_waiting)
         _compile_template(loaded)
-        self._install(loaded)  # a running generation keeps the old model alive until it ends
-        log.info("llama.cpp loaded %s (%d threads, n_ctx %d)", header.path, n_threads, loaded.n_ctx)
+        old, self._model = self._model, loaded
+        if old is not None:
+            old.engine.close()  # its running generations finish on the old weights
+        log.info(
+            "llama.cpp loaded %s: %d slots of %d tokens, %d threads", header.path, parallel, loaded.n_ctx, n_threads
+        )
+
+    def _engine(self, m: _Loaded, parallel: int, max_waiting: int) -> BatchEngine:
+        llm = m.llm
+        params = llm.context_params  # the load options (flash attention, KV types...) carry over
+        params.n_ctx = m.n_ctx * parallel
+        params.n_seq_max = parallel
+        params.kv_unified = False  # a slot's cells are its own: outputs equal those of a solo run
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_threads = params.n_threads_batch = m.n_threads  # prompt chunks use n_threads_batch
+        ctx = llama_cpp.llama_init_from_model(llm.model, params)
+        if not ctx:
+            raise ModelFileError(m.header.path, f"llama.cpp could not make a context of {params.n_ctx} tokens")
+        if llm._lora_adapter:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale))
+        m.n_ctx = min(m.n_ctx, llama_cpp.llama_n_ctx_seq(ctx))
+        vocab = Vocabulary(
+            n_vocab=llm.n_vocab(),
+            piece=lambda token: _piece(m, token),
+            is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
+        )
+        return BatchEngine(ctx, vocab, parallel, m.n_ctx, N_BATCH, max_waiting, self._on_state or _ignore)
 
     def info(self) -> dict[str, Any]:
         m = self._model
@@ -118,6 +164,7 @@ class LlamaCppBackend(Backend):
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
             "n_ctx": m.n_ctx,
+            "parallel": m.engine.n_slots,
             "n_ctx_train": h.arch_value("context_length"),
             "n_threads": m.n_threads,
             "n_gpu_layers": m.n_gpu_layers,
@@ -149,9 +196,18 @@ class LlamaCppBackend(Backend):
         add_bos = not (m.bos_text and prompt.startswith(m.bos_text))
         return _tokenize(m, prompt, add_bos=add_bos, special=True)
 
-    @staticmethod
-    def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
-        _decode(m, prompt_ids, params, clock, emit)
+    def _generation(self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
+        ticket = Ticket(
+            prompt=prompt_ids,
+            sampler=RequestSampler(m.llm._model.vocab, m.llm.n_vocab(), params),
+            max_new_tokens=params.max_new_tokens,
+            stop=params.stop,
+            logprobs=params.logprobs,
+            clock=clock,
+        )
+        generation = Generation(m.engine, m.engine.submit(ticket), self.name)
+        weakref.finalize(generation, ticket.cancel)  # never iterated: its slot must not wait for a reader
+        return generation
 
 
 def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
@@ -159,41 +215,6 @@ def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
         raise ChatTemplateError(f"the model's chat template does not compile: {m.template_error}")
     with template_errors():
         return m.formatter(messages=messages).prompt
-
-
-def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
-    """Runs on the worker thread: the only code that touches the llama.cpp context."""
-    llm = m.llm
-    vocab = llm._model.vocab
-    llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed)
-    # Never evaluate past the context window: the last sampled token is not fed back.
-    budget = min(params.max_new_tokens, m.n_ctx - len(prompt_ids))
-    text = TextAssembler(params.stop)
-    finish = "length"
-    tokens = llm.generate(
-        prompt_ids,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        temp=params.temperature,
-        repeat_penalty=params.repetition_penalty,
-    )
-    try:
-        for token in tokens:
-            clock.sampled()
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                break
-            clock.completion_tokens += 1
-            emit(TokenEvent(text.push(_piece(m, token)), token))  # text is "" while a character is incomplete
-            if text.stopped:
-                finish = "stop"
-                break
-            if clock.completion_tokens >= budget:
-                break
-    finally:
-        tokens.close()
-    emit(TokenEvent(text.flush(), None, finish, clock.usage()))
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:
@@ -247,8 +268,18 @@ def _file_type_name(file_type: Any) -> str | None:
     return str(file_type)
 
 
-def _check_load_args(n_ctx: Any, n_threads: Any, n_gpu_layers: Any, kwargs: dict[str, Any]) -> None:
+def _ignore(*args: Any) -> None:
+    pass
+
+
+def _check_load_args(
+    n_ctx: Any, n_threads: Any, n_gpu_layers: Any, parallel: Any, max_waiting: Any, kwargs: dict[str, Any]
+) -> None:
     ok = is_int_at_least
+    if not (ok(parallel, 1) and parallel <= MAX_PARALLEL):
+        raise InvalidParameterError(f"parallel must be an integer in [1, {MAX_PARALLEL}], got {parallel!r}")
+    if not ok(max_waiting, 0):
+        raise InvalidParameterError(f"max_waiting must be an integer >= 0, got {max_waiting!r}")
     if not ok(n_ctx, 0):
         raise InvalidParameterError(f"n_ctx must be an integer >= 0 (0 = the model's own), got {n_ctx!r}")
     if n_threads is not None and not ok(n_threads, 1):
@@ -256,9 +287,9 @@ def _check_load_args(n_ctx: Any, n_threads: Any, n_gpu_layers: Any, kwargs: dict
     if not ok(n_gpu_layers, -1):
         raise InvalidParameterError(f"n_gpu_layers must be an integer >= -1 (-1 = all), got {n_gpu_layers!r}")
     accepted = inspect.signature(llama_cpp.Llama.__init__).parameters
-    unknown = sorted(k for k in kwargs if k not in accepted or k == "model_path")
+    unknown = sorted(k for k in kwargs if k not in accepted or k in ("model_path", "n_ctx", "n_threads_batch"))
     if unknown:
         raise InvalidParameterError(f"unknown llama.cpp load option(s): {', '.join(unknown)}")
 
 
-llamacpp_service = LlamaCppBackend()
+llamacpp_service = LlamaCppBackend(on_state=partial(metrics.set_scheduler_state, LlamaCppBackend.name))

@@ -181,14 +181,28 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: Us
                 torch.tensor([prompt_ids]),
                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                 streamer=streamer,
-                **_generate_kwargs(m, params, budget),
+                **_generate_kwargs(m, prompt_ids, params, budget),
             )
     except _StopGeneration:
         pass
     emit(TokenEvent(streamer.text.flush(), None, streamer.finish, clock.usage()))
 
 
-def _generate_kwargs(m: _Loaded, params: SamplingParams, budget: int) -> dict[str, Any]:
+class _OpenAIPenalties:
+    """OpenAI's presence and frequency penalties, which transformers lacks: a token's logit drops by
+    `presence` once it was generated and by `frequency` per time. Only generated tokens count, as on
+    the llama.cpp backend."""
+
+    def __init__(self, n_prompt: int, presence: float, frequency: float):
+        self.n_prompt, self.presence, self.frequency = n_prompt, presence, frequency
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        generated = input_ids[:, self.n_prompt :]  # [B, T_new]
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, budget: int) -> dict[str, Any]:
     eog = sorted(m.eog_ids)
     kwargs: dict[str, Any] = {
         "max_new_tokens": budget,
@@ -196,6 +210,9 @@ def _generate_kwargs(m: _Loaded, params: SamplingParams, budget: int) -> dict[st
         "pad_token_id": eog[0] if eog else None,
         "repetition_penalty": params.repetition_penalty,
     }
+    if params.presence_penalty or params.frequency_penalty:
+        penalties = _OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty)
+        kwargs["logits_processor"] = transformers.LogitsProcessorList([penalties])
     if params.temperature == 0:
         return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     return kwargs | {

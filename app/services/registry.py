@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.errors import BackendUnavailableError, InvalidParameterError
+from app.errors import BackendUnavailableError, InvalidParameterError, ModelNotFoundError
 from app.services.backend import Backend
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, llamacpp_service
 from app.services.model_service import MODEL_AVAILABLE, model_service
@@ -36,6 +36,26 @@ def chat_backend(settings: Settings, requested: str | None = None) -> Backend:
     return backend
 
 
+def backend_for_model(settings: Settings, model: str) -> Backend:
+    """The backend an OpenAI request's `model` names: "default", a backend's name, or the name of a
+    loaded model (the default backend first when both serve it); anything else is a 404."""
+    if model == "default":
+        return chat_backend(settings)
+    if model in BACKENDS:
+        return chat_backend(settings, model)
+    for backend in served_backends(settings):
+        if backend.model_name == model:
+            return backend
+    raise ModelNotFoundError(f"the model {model!r} does not exist (GET /v1/models lists the served ones)")
+
+
+def served_backends(settings: Settings) -> list[Backend]:
+    """The backends with a model loaded, the default one first."""
+    default = default_backend_name(settings)
+    ordered = sorted(BACKENDS.values(), key=lambda backend: backend.name != default)
+    return [backend for backend in ordered if backend.available and backend.is_loaded]
+
+
 def load_configured(settings: Settings) -> None:
     """Loads the models the settings ask for (the embedded default when no path is set): llama.cpp
     when enabled, PyTorch when enabled or when it is the default backend."""
@@ -47,6 +67,8 @@ def load_configured(settings: Settings) -> None:
             n_ctx=config["n_ctx"],
             n_threads=config["n_threads"],
             n_gpu_layers=config["n_gpu_layers"],
+            parallel=config["parallel"],
+            max_waiting=config["queue_size"],
             **({"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]} if config["lora_path"] else {}),
         )
     if MODEL_AVAILABLE and (settings.model_enabled or default == "pytorch") and not model_service.is_loaded:

@@ -50,7 +50,12 @@ def test_a_backend_that_is_not_loaded_answers_503(start_server):
     server = start_server()  # defaults: llama.cpp only
     r = chat(server.url, backend="pytorch")
     assert r.status_code == 503
-    assert r.json()["error"] == {"message": "the pytorch backend has no model loaded", "type": "backend_unavailable"}
+    assert r.json()["error"] == {
+        "message": "the pytorch backend has no model loaded",
+        "type": "server_error",
+        "param": None,
+        "code": "backend_unavailable",
+    }
     assert chat(server.url).json()["backend"] == "llamacpp"
     r = chat(server.url, backend="tensorflow")
-    assert r.status_code == 422 and "backend" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "backend" in r.json()["error"]["message"]

@@ -73,12 +73,13 @@ def test_raw_prompt_with_stop_sequence(client):
         ({"messages": CHINESE, "temperature": -1}, 400, "temperature"),
         ({"messages": CHINESE, "top_p": 2}, 400, "top_p"),
         ({"messages": CHINESE, "max_new_tokens": 0}, 400, "max_new_tokens"),
-        ({"messages": CHINESE, "temperature": "hot"}, 422, "temperature"),
+        ({"messages": CHINESE, "temperature": "hot"}, 400, "temperature"),
         ({"messages": []}, 400, "non-empty"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
         ({"messages": CHINESE, "prompt": "both"}, 400, "exactly one"),
         ({}, 400, "exactly one"),
-        ({"messages": CHINESE, "max_token": 5}, 422, "max_token"),
+        ({"messages": CHINESE, "max_token": 5}, 400, "max_token"),
+        ({"messages": CHINESE, "max_new_tokens": 5000}, 400, "HYCHAT_MAX_TOKENS_LIMIT"),
         ({"prompt": "你好" * 2000}, 400, "context window"),
     ],
 )
@@ -90,9 +91,9 @@ def test_invalid_requests_get_4xx_with_a_message(client, body, status, needle):
 
 def test_malformed_json_and_oversized_bodies(client):
     r = client.post("/api/chat", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = client.post("/api/chat", content=b"\xff\xfe{}", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400
     r = client.post("/api/chat", json={"prompt": "x" * 2_000_000})
     assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
 
@@ -131,7 +132,7 @@ def test_without_llamacpp_enabled_the_pytorch_backend_answers(start_server):
     assert r.status_code == 503 and r.json()["error"]["message"] == "the llamacpp backend has no model loaded"
 
 
-PUBLIC_ROUTES = {("GET", "/health")}
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/ready")}
 
 
 def test_api_key_protects_every_route_but_health(start_server):
@@ -141,6 +142,7 @@ def test_api_key_protects_every_route_but_health(start_server):
     paths = create_app().openapi()["paths"]
     routes = {(method.upper(), path) for path, ops in paths.items() for method in ops} - PUBLIC_ROUTES
     assert ("POST", "/api/chat") in routes and ("GET", "/api/info") in routes
+    assert ("POST", "/v1/chat/completions") in routes and ("GET", "/v1/models") in routes
 
     server = start_server({"HYCHAT_API_KEY": "s3cret"})
     for method, path in sorted(routes):

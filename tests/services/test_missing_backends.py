@@ -62,7 +62,12 @@ def test_a_missing_backend_is_reported_not_raised(module, backend, env, load_err
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out[backend] is False and out["llamacpp" if backend == "pytorch" else "pytorch"] is True
     assert load_error in out["load_error"]
-    missing = {"message": f"the {backend} backend is not installed", "type": "backend_unavailable"}
+    missing = {
+        "message": f"the {backend} backend is not installed",
+        "type": "server_error",
+        "param": None,
+        "code": "backend_unavailable",
+    }
     assert out["named"] == [503, {"error": missing}]
     if default_answer:
         assert out["default"][0] == 200 and out["default"][1]["backend"] == default_answer

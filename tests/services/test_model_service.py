@@ -56,7 +56,8 @@ def test_same_methods_as_the_llamacpp_service():
             inspect.signature(getattr(model_service, name)),
             inspect.signature(getattr(llamacpp_service, name)),
         )
-        shared = [p for p in theirs.parameters if p != "kwargs"]
+        positional = inspect.Parameter.POSITIONAL_OR_KEYWORD  # keyword-only ones are llama.cpp's own (parallel)
+        shared = [n for n, p in theirs.parameters.items() if p.kind == positional]
         assert list(ours.parameters)[: len(shared)] == shared, name
 
 
@@ -101,6 +102,16 @@ def test_stop_strings_and_seeds(smol):
     assert smol.generate("1, 2, 3, 4,", max_new_tokens=30, temperature=0, stop=[" 7"]) == full[: full.index(" 7")]
     sampled = {"temperature": 0.9, "max_new_tokens": 16}
     assert smol.generate("从前有一座山，", seed=3, **sampled) == smol.generate("从前有一座山，", seed=3, **sampled)
+
+
+def test_a_frequency_penalty_breaks_a_repetition(smol):
+    def most_repeated(**penalty) -> int:
+        ids = [e.token_id for e in smol.start(GenerationRequest(
+            SamplingParams(max_new_tokens=24, temperature=0, **penalty), prompt="1, 1, 1, 1, 1, 1,"
+        )) if e.token_id is not None]  # fmt: skip
+        return max(ids.count(t) for t in set(ids))
+
+    assert most_repeated() >= 6 and most_repeated(frequency_penalty=2.0) < most_repeated()
 
 
 def test_closing_a_stream_stops_generation_at_the_next_token(smol, monkeypatch):

@@ -21,6 +21,8 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "n_gpu_layers": 0,
         "lora_path": None,
         "lora_scale": 1.0,
+        "parallel": 4,
+        "queue_size": 32,
     }
     assert config["model_path"].endswith(EMBEDDED_MODEL_FILE)
 
@@ -31,6 +33,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_PORT": "9001",
         "HYCHAT_API_KEY": "secret",
         "HYCHAT_MAX_REQUEST_BYTES": "4096",
+        "HYCHAT_MAX_TOKENS_LIMIT": "512",
         "HYCHAT_LOG_LEVEL": "debug",
         "HYCHAT_CACHE_DIR": str(tmp_path / "cache"),
         "HYCHAT_LLAMACPP_ENABLED": "false",
@@ -40,6 +43,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_LLAMACPP_N_GPU_LAYERS": "-1",
         "HYCHAT_LLAMACPP_LORA_PATH": str(tmp_path / "lora.gguf"),
         "HYCHAT_LLAMACPP_LORA_SCALE": "0.5",
+        "HYCHAT_PARALLEL": "8",
+        "HYCHAT_QUEUE_SIZE": "0",
         "HYCHAT_BACKEND": "pytorch",
         "HYCHAT_MODEL_ENABLED": "true",
         "HYCHAT_MODEL_PATH": str(tmp_path / "hf"),
@@ -53,6 +58,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         monkeypatch.setenv(name, value)
     s = Settings(_env_file=None)
     assert (s.host, s.port, s.api_key, s.max_request_bytes, s.log_level) == ("0.0.0.0", 9001, "secret", 4096, "debug")
+    assert s.max_tokens_limit == 512
     assert s.llamacpp_config() == {
         "enabled": False,
         "model_path": str(tmp_path / "m.gguf"),
@@ -61,6 +67,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_gpu_layers": -1,
         "lora_path": str(tmp_path / "lora.gguf"),
         "lora_scale": 0.5,
+        "parallel": 8,
+        "queue_size": 0,
     }
     assert s.backend == "pytorch"
     assert s.torch_config() == {

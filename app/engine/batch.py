@@ -1,0 +1,375 @@
+"""Continuous batching for llama.cpp: one context, `n_slots` sequences decoded together.
+
+One thread owns the context. Each step it admits waiting requests into free slots, builds one
+llama.cpp batch holding the next token of every generating sequence plus prompt chunks of the ones
+still reading their prompt, decodes it, samples every sequence that produced logits (each with its
+own sampler chain) and hands the new pieces to their readers. A request joins between two steps and
+leaves the moment it ends or its reader goes away; nobody waits for the longest answer.
+
+What llama.cpp needs from us (measured, see docs/architecture.md): the KV cache is split per slot
+(`kv_unified` off), which keeps each sequence's output identical to running it alone; a batch lists
+its sequences in ascending slot order, or llama.cpp cuts it into extra micro-batches; more tokens
+than `n_batch` in a batch, or sampling a position without logits, abort the whole process, so both
+are prevented here. A slot keeps the tokens of its last request in its KV cells, so a follow-up
+that starts with them (the next turn of a chat) skips that prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from app.engine.admission import AdmissionQueue, choose_slot
+from app.engine.sampler import RequestSampler
+from app.errors import HychatError, QueueFullError
+from app.services.backend import TokenEvent, TokenLogprob, TopLogprob, UsageClock
+from app.services.detokenize import TextAssembler
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class EngineError(HychatError):
+    code = "engine_error"
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+@dataclass
+class Vocabulary:
+    """What the engine needs to know of the model's tokens."""
+
+    n_vocab: int
+    piece: Callable[[int], bytes]  # a token's bytes, special tokens as b""
+    is_end: Callable[[int], bool]  # end of generation (EOS, EOT, ...)
+
+
+@dataclass
+class Ticket:
+    """One admitted request: its prompt, its sampler, and the line back to its reader."""
+
+    prompt: list[int]
+    sampler: RequestSampler  # freed by the engine once submitted
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    logprobs: int | None
+    clock: UsageClock
+    cancelled: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _buffer: list[Any] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _events: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None, events: Any) -> None:
+        """The reader is ready: what the engine posted before now goes out first, in order."""
+        with self._lock:
+            self._loop, self._events = loop, events
+            for item in self._buffer:
+                self._put(item)
+            self._buffer.clear()
+
+    def post(self, item: Any) -> bool:
+        """Called by the engine. False: an asyncio reader, reached in the engine's per-step hand-over."""
+        with self._lock:
+            if self._events is None:
+                self._buffer.append(item)
+            elif self._loop is None:
+                self._events.put(item)
+            else:
+                return False
+            return True
+
+    def _put(self, item: Any) -> None:
+        if self._loop is None:
+            self._events.put(item)
+        else:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+
+
+@dataclass
+class _Slot:
+    index: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV is in this slot's cells, in order
+    ticket: Ticket | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    text: TextAssembler | None = None
+
+    @property
+    def generating(self) -> bool:
+        return self.ticket is not None and not self.pending
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        ctx: Any,  # llama_context_p, owned (freed) by the engine
+        vocab: Vocabulary,
+        n_slots: int,
+        n_ctx_slot: int,
+        n_batch: int,
+        max_waiting: int,
+        on_state: Callable[[int, int, int], None] = lambda queued, busy, total: None,
+    ):
+        self._ctx, self._vocab = ctx, vocab
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.n_slots, self.n_ctx_slot, self.n_batch = n_slots, n_ctx_slot, n_batch
+        self._slots = [_Slot(i) for i in range(n_slots)]
+        self._waiting: AdmissionQueue[Ticket] = AdmissionQueue(max_waiting, on_drop=lambda t: t.sampler.free())
+        self._wake = threading.Condition()
+        self._closing = False
+        self._on_state = on_state
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
+        self._thread.start()
+
+    # -- the readers' side ---------------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> Ticket:
+        with self._wake:
+            if self._closing:
+                raise EngineError("the model is being replaced; retry")
+            if not self._waiting.offer(ticket):
+                ticket.sampler.free()
+                raise QueueFullError(
+                    f"all {self.n_slots} slots are busy and {self._waiting.max_waiting} requests are waiting"
+                )
+            self._wake.notify()
+        self._report()
+        return ticket
+
+    def stream(self, ticket: Ticket) -> Iterator[TokenEvent]:
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        ticket.attach(None, events)
+        try:
+            while (item := events.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            self._cancel(ticket)
+
+    async def astream(self, ticket: Ticket) -> AsyncIterator[TokenEvent]:
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        ticket.attach(asyncio.get_running_loop(), events)
+        try:
+            while (item := await events.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            self._cancel(ticket)
+
+    def _cancel(self, ticket: Ticket) -> None:
+        ticket.cancel()
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stops taking requests; the running ones finish, then the context is freed."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+
+    @property
+    def busy(self) -> int:
+        return sum(s.ticket is not None for s in self._slots)
+
+    # -- the engine's side ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._wait_for_work():
+                outbox: list[tuple[Ticket, Any]] = []
+                self._admit(outbox)
+                self._step(outbox)
+                self._hand_over(outbox)
+                self._report()
+        except Exception:  # the thread must not die silently: fail whoever is waiting
+            log.exception("batch engine stopped")
+            self._fail_all(EngineError("the llama.cpp engine stopped; see the server log"))
+        finally:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+
+    def _wait_for_work(self) -> bool:
+        with self._wake:
+            while True:
+                self._drop_cancelled()
+                if any(s.ticket for s in self._slots) or len(self._waiting):
+                    return True
+                if self._closing:
+                    return False
+                self._report()
+                self._wake.wait()
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.ticket is not None and slot.ticket.cancelled:
+                self._release(slot)
+
+    def _admit(self, outbox: list) -> None:
+        with self._wake:
+            free = [s.index for s in self._slots if s.ticket is None]
+            while free and (ticket := self._waiting.pop()) is not None:
+                index, reuse = choose_slot(free, {i: self._slots[i].cached for i in free}, ticket.prompt)
+                free.remove(index)
+                self._assign(self._slots[index], ticket, reuse)
+
+    def _assign(self, slot: _Slot, ticket: Ticket, reuse: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.index, reuse, -1)
+        del slot.cached[reuse:]
+        slot.ticket, slot.pending, slot.next_token = ticket, ticket.prompt[reuse:], None
+        slot.text = TextAssembler(ticket.stop)
+        ticket.clock.cached_tokens = reuse
+
+    def _step(self, outbox: list) -> None:
+        plan = self._plan()
+        if not plan:
+            return
+        outputs = self._fill_batch(plan)
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            self._decode_failed(plan, status, outbox)
+            return
+        for slot, tokens in plan:
+            slot.cached.extend(tokens)
+            if slot.next_token is not None:
+                slot.next_token = None
+            else:
+                del slot.pending[: len(tokens)]
+        for slot, index in outputs:
+            self._sample(slot, index, outbox)
+
+    def _plan(self) -> list[tuple[_Slot, list[int]]]:
+        """Which tokens of which slot go into this step's batch, in slot order. Generating slots
+        come first in the token budget, so a long prompt never stalls the running answers."""
+        active = [s for s in self._slots if s.ticket is not None]
+        budget = self.n_batch - sum(s.generating for s in active)
+        plan = []
+        for slot in active:
+            if slot.generating:
+                plan.append((slot, [slot.next_token]))
+            elif budget > 0:
+                chunk = slot.pending[:budget]
+                budget -= len(chunk)
+                plan.append((slot, chunk))
+        return plan
+
+    def _fill_batch(self, plan: list[tuple[_Slot, list[int]]]) -> list[tuple[_Slot, int]]:
+        b = self._batch
+        n, outputs = 0, []
+        for slot, tokens in plan:
+            wants_logits = slot.generating or len(tokens) == len(slot.pending)
+            for offset, token in enumerate(tokens):
+                b.token[n] = token
+                b.pos[n] = len(slot.cached) + offset
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = slot.index
+                b.logits[n] = wants_logits and offset == len(tokens) - 1
+                n += 1
+            if wants_logits:
+                outputs.append((slot, n - 1))
+        b.n_tokens = n
+        return outputs
+
+    def _sample(self, slot: _Slot, index: int, outbox: list) -> None:
+        ticket, text = slot.ticket, slot.text
+        assert ticket is not None and text is not None
+        # Read before sampling: the logits of the model's own distribution, before any filter.
+        logprobs = self._log_softmax(index) if ticket.logprobs is not None else None
+        token = ticket.sampler.sample(self._ctx, index)
+        ticket.clock.sampled()
+        if self._vocab.is_end(token):
+            return self._finish(slot, "stop", outbox)
+        ticket.clock.completion_tokens += 1
+        logprob = self._token_logprob(logprobs, token, ticket.logprobs) if logprobs is not None else None
+        outbox.append((ticket, TokenEvent(text.push(self._vocab.piece(token)), token, logprob=logprob)))
+        if text.stopped:
+            return self._finish(slot, "stop", outbox)
+        # The sampled token is decoded next step at position len(cached): it must fit in the slot.
+        if ticket.clock.completion_tokens >= ticket.max_new_tokens or len(slot.cached) + 1 >= self.n_ctx_slot:
+            return self._finish(slot, "length", outbox)
+        slot.next_token = token
+
+    def _log_softmax(self, index: int) -> np.ndarray:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), (self._vocab.n_vocab,))
+        shifted = logits - logits.max()  # a copy: llama.cpp reuses its buffer
+        return shifted - np.log(np.exp(shifted).sum())
+
+    def _token_logprob(self, logprobs: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+        top = np.argpartition(logprobs, -n_top)[-n_top:] if n_top else []
+        alternatives = tuple(self._top(int(t), logprobs) for t in sorted(top, key=lambda t: -logprobs[t]))
+        chosen = self._top(token, logprobs)
+        return TokenLogprob(chosen.token, chosen.bytes, chosen.logprob, top=alternatives)
+
+    def _top(self, token: int, logprobs: np.ndarray) -> TopLogprob:
+        raw = self._vocab.piece(token)
+        return TopLogprob(raw.decode("utf-8", errors="replace"), raw, float(logprobs[token]))
+
+    def _finish(self, slot: _Slot, reason: str, outbox: list) -> None:
+        ticket, text = slot.ticket, slot.text
+        assert ticket is not None and text is not None
+        outbox.append((ticket, TokenEvent(text.flush(), None, reason, ticket.clock.usage())))
+        outbox.append((ticket, _END))
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.ticket is not None:
+            slot.ticket.sampler.free()
+        slot.ticket, slot.pending, slot.next_token, slot.text = None, [], None, None
+
+    def _decode_failed(self, plan: list, status: int, outbox: list) -> None:
+        log.error("llama_decode returned %d for a batch of %d sequences", status, len(plan))
+        for slot, _ in plan:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+            slot.cached.clear()
+            if slot.ticket is not None:
+                outbox.append((slot.ticket, _Failure(EngineError(f"llama.cpp could not decode (status {status})"))))
+                self._release(slot)
+
+    def _hand_over(self, outbox: list[tuple[Ticket, Any]]) -> None:
+        """Thread readers get their items directly; asyncio readers get all of a step's items in
+        one call per event loop, so the loop wakes once per step, not once per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Ticket, Any]]] = {}
+        for ticket, item in outbox:
+            if not ticket.post(item):
+                by_loop.setdefault(ticket._loop, []).append((ticket, item))  # type: ignore[arg-type]
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: its readers are gone
+                for ticket, _ in items:
+                    ticket.cancel()
+
+    def _fail_all(self, error: HychatError) -> None:
+        outbox = [(s.ticket, _Failure(error)) for s in self._slots if s.ticket is not None]
+        with self._wake:
+            while (ticket := self._waiting.pop()) is not None:
+                ticket.sampler.free()
+                outbox.append((ticket, _Failure(error)))
+            self._closing = True
+        self._hand_over(outbox)
+
+    def _report(self) -> None:
+        self._on_state(len(self._waiting), self.busy, self.n_slots)
+
+
+def _put_all(items: list[tuple[Ticket, Any]]) -> None:
+    for ticket, item in items:
+        ticket._events.put_nowait(item)

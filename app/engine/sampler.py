@@ -1,0 +1,99 @@
+"""How one request picks its tokens: a llama.cpp sampler chain built from its SamplingParams, and
+an optional grammar.
+
+The chain's order is llama.cpp's own default (common/sampling.cpp): penalties, top-k, top-p, min-p,
+temperature, then the random draw. Penalties count the generated tokens only (as vLLM does for the
+OpenAI presence/frequency penalties).
+
+A grammar works as in llama.cpp's common_sampler: the chain draws a token, the grammar checks that
+one token, and only when it refuses is the grammar applied to the whole vocabulary and the token
+drawn again. Applying the grammar to every candidate at every step instead costs more than the
+decode step itself on a small model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from app.errors import InvalidParameterError
+from app.services.backend import SamplingParams
+
+# llama_token_data: {int32 id; float logit; float p}
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+class RequestSampler:
+    """Owns C samplers: `free()` them when the request ends."""
+
+    def __init__(self, vocab: Any, n_vocab: int, params: SamplingParams):
+        self.n_vocab = n_vocab
+        self.grammar = _grammar(vocab, params.grammar) if params.grammar is not None else None
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        for sampler in _chain(n_vocab, params):
+            llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
+        self._candidates = np.zeros(n_vocab if self.grammar is not None else 0, TOKEN_DATA)
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """The next token from the logits at batch position `index`, accepted into the samplers."""
+        if self.grammar is None:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,))
+        token = self._draw(logits, constrained=False)
+        if not self._allowed(token):
+            token = self._draw(logits, constrained=True)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def free(self) -> None:
+        for sampler in (self.chain, self.grammar):
+            if sampler is not None:
+                llama_cpp.llama_sampler_free(sampler)
+        self.chain = self.grammar = None
+
+    def _draw(self, logits: np.ndarray, constrained: bool) -> int:
+        candidates = self._candidates
+        candidates["id"] = np.arange(self.n_vocab)  # samplers sort the array in place
+        candidates["logit"] = logits
+        array = _token_array(candidates)
+        if constrained:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        return int(candidates["id"][array.selected])
+
+    def _allowed(self, token: int) -> bool:
+        single = np.array([(token, 1.0, 0.0)], TOKEN_DATA)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(_token_array(single)))
+        return bool(np.isfinite(single["logit"][0]))
+
+
+def _token_array(candidates: np.ndarray) -> Any:
+    pointer = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+    return llama_cpp.llama_token_data_array(pointer, len(candidates), -1, False)
+
+
+def _grammar(vocab: Any, grammar: str) -> Any:
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise InvalidParameterError("the grammar does not parse (GBNF with a `root` rule expected)", "grammar")
+    return sampler
+
+
+def _chain(n_vocab: int, p: SamplingParams) -> Any:
+    if p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty:
+        yield llama_cpp.llama_sampler_init_penalties(
+            n_vocab, p.max_new_tokens, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+        )
+    if p.temperature <= 0:
+        yield llama_cpp.llama_sampler_init_greedy()
+        return
+    if p.top_k > 0:
+        yield llama_cpp.llama_sampler_init_top_k(p.top_k)
+    yield llama_cpp.llama_sampler_init_top_p(p.top_p, 1)
+    yield llama_cpp.llama_sampler_init_min_p(p.min_p, 1)
+    yield llama_cpp.llama_sampler_init_temp(p.temperature)
+    yield llama_cpp.llama_sampler_init_dist(llama_cpp.LLAMA_DEFAULT_SEED if p.seed is None else p.seed)

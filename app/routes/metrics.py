@@ -1,0 +1,15 @@
+"""`GET /metrics`: Prometheus' text format (behind the API key when one is set)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app import metrics
+
+router = APIRouter()
+
+
+@router.get("/metrics", response_class=Response)
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,91 @@
+"""The OpenAI-compatible API: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+
+Each route picks the backend the request's `model` names, starts the generation (which validates,
+so a bad request fails before a response starts) and answers JSON, or Server-Sent Events
+(`data: {chunk}` ... `data: [DONE]`) with `"stream": true`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.errors import HychatError, error_body
+from app.protocol.openai import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatStream,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStream,
+    ModelCard,
+    ModelList,
+    chat_completion_response,
+    completion_response,
+    response_meta,
+    to_chat_generation_request,
+    to_completion_generation_request,
+)
+from app.routes.deps import SettingsDep
+from app.services.backend import Generation
+from app.services.registry import backend_for_model, served_backends
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -> Any:
+    backend = backend_for_model(settings, body.model)
+    request = to_chat_generation_request(body, settings.max_tokens_limit)
+    generation = backend.start(request)
+    meta = response_meta("chatcmpl", backend.model_name or body.model)
+    log.debug("%s: chat completion on %s", meta.id, backend.name)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(_sse(generation, ChatStream(meta, include_usage)))
+    events = [event async for event in generation]
+    return chat_completion_response(events, meta, with_logprobs=request.params.logprobs is not None)
+
+
+@router.post("/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, settings: SettingsDep) -> Any:
+    backend = backend_for_model(settings, body.model)
+    request = to_completion_generation_request(body, settings.max_tokens_limit)
+    generation = backend.start(request)
+    meta = response_meta("cmpl", backend.model_name or body.model)
+    log.debug("%s: completion on %s", meta.id, backend.name)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(_sse(generation, CompletionStream(meta, include_usage)))
+    events = [event async for event in generation]
+    return completion_response(events, meta, with_logprobs=request.params.logprobs is not None)
+
+
+@router.get("/models", response_model=ModelList)
+def models(settings: SettingsDep) -> ModelList:
+    cards: dict[str, ModelCard] = {}
+    for backend in served_backends(settings):
+        name = backend.model_name or backend.name
+        cards.setdefault(name, ModelCard(id=name, created=int(time.time()), backend=backend.name))
+    return ModelList(data=list(cards.values()))
+
+
+async def _sse(generation: Generation, stream: ChatStream | CompletionStream) -> AsyncIterator[ServerSentEvent]:
+    try:
+        for chunk in stream.first():
+            yield ServerSentEvent(chunk.model_dump_json())
+        async for event in generation:
+            for chunk in stream.chunks(event):
+                yield ServerSentEvent(chunk.model_dump_json())
+    except Exception as error:  # the response has started: report in-band (as OpenAI does), keep the server up
+        if not isinstance(error, HychatError):
+            log.exception("generation failed mid-stream")
+        yield ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False))
+    yield ServerSentEvent("[DONE]")

@@ -1,0 +1,138 @@
+"""Continuous batching on real llama.cpp with the embedded model: many requests in one context."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from app.errors import InvalidParameterError, QueueFullError
+from app.services.backend import GenerationRequest, SamplingParams
+from app.services.llamacpp_service import LlamaCppBackend
+
+PROMPTS = [
+    "你好，请介绍一下北京。",
+    "The capital of France is",
+    "写一首关于春天的短诗。",
+    "def fibonacci(n):",
+    "List three colors:",
+    "长城有多长？",
+    "Once upon a time",
+    "1, 2, 3, 4,",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(model_path) -> LlamaCppBackend:
+    backend = LlamaCppBackend()
+    backend.load_model(model_path, n_ctx=512, parallel=4, max_waiting=8)
+    return backend
+
+
+def _greedy(n: int, **extra) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, temperature=0.0, **extra)
+
+
+def _ids(generation) -> list[int]:
+    return [e.token_id for e in generation if e.token_id is not None]
+
+
+def _wait_idle(backend: LlamaCppBackend) -> None:
+    deadline = time.monotonic() + 30
+    while backend._model.engine.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend._model.engine.busy == 0
+
+
+def test_eight_concurrent_requests_each_give_exactly_their_solo_output(engine):
+    solo = [_ids(engine.start(GenerationRequest(_greedy(24), prompt=p))) for p in PROMPTS]
+    results: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        results[i] = _ids(engine.start(GenerationRequest(_greedy(24), prompt=PROMPTS[i])))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results.get(i) for i in range(len(PROMPTS))] == solo
+    assert all(len(ids) > 0 for ids in solo)
+
+
+def test_a_full_queue_refuses_at_once(model_path):
+    backend = LlamaCppBackend()
+    backend.load_model(model_path, n_ctx=256, parallel=1, max_waiting=1)
+    running = backend.start(GenerationRequest(_greedy(200), messages=[{"role": "user", "content": "Tell a story."}]))
+    waiting = backend.start(GenerationRequest(_greedy(8), prompt="Hello"))
+    with pytest.raises(QueueFullError) as refused:
+        backend.start(GenerationRequest(_greedy(8), prompt="Hi"))
+    assert refused.value.status_code == 429
+    del running  # dropped unread: its slot is given back, and the waiting one runs
+    assert _ids(waiting)
+
+
+def test_a_reader_that_leaves_frees_its_slot_at_once(engine):
+    story = [{"role": "user", "content": "Tell me a long story."}]
+    events = iter(engine.start(GenerationRequest(_greedy(400), messages=story)))
+    next(events), next(events)
+    assert engine._model.engine.busy == 1
+    events.close()
+    _wait_idle(engine)
+    assert _ids(engine.start(GenerationRequest(_greedy(4), prompt="Hi")))
+
+
+def test_the_next_chat_turn_reuses_the_cached_prefix_and_answers_as_without_it(engine):
+    history = [{"role": "user", "content": "你好！请用一句话介绍你自己。"}]
+    first = list(engine.start(GenerationRequest(_greedy(16), messages=history)))
+    history += [
+        {"role": "assistant", "content": "".join(e.text for e in first)},
+        {"role": "user", "content": "再说一遍。"},
+    ]
+    second = list(engine.start(GenerationRequest(_greedy(16), messages=history)))
+    assert second[-1].usage.cached_tokens >= first[-1].usage.prompt_tokens - 1
+
+    fresh = LlamaCppBackend()
+    fresh.load_model(engine.info()["path"], n_ctx=512, parallel=4)
+    uncached = list(fresh.start(GenerationRequest(_greedy(16), messages=history)))
+    assert uncached[-1].usage.cached_tokens == 0
+    assert [e.token_id for e in second] == [e.token_id for e in uncached]
+
+
+def test_a_json_grammar_shapes_the_output(engine):
+    grammar = r"""root ::= "{" ws "\"city\":" ws "\"" [a-zA-Z ]{1,20} "\"" ws "}"
+ws ::= [ \t\n]*"""
+    params = SamplingParams(max_new_tokens=48, temperature=0.8, seed=3, grammar=grammar)
+    text = "".join(e.text for e in engine.start(GenerationRequest(params, prompt="The capital of France, as JSON:")))
+    assert set(json.loads(text)) == {"city"}
+    with pytest.raises(InvalidParameterError, match="grammar"):
+        engine.start(GenerationRequest(SamplingParams(grammar="root ::= nope"), prompt="x"))
+
+
+def test_logprobs_are_those_of_the_model_and_the_greedy_token_is_the_most_likely(engine):
+    events = list(engine.start(GenerationRequest(_greedy(6, logprobs=3), prompt="The capital of France is")))
+    tokens = [e for e in events if e.token_id is not None]
+    for e in tokens:
+        lp = e.logprob
+        assert lp.logprob <= 0 and len(lp.top) == 3
+        assert [t.logprob for t in lp.top] == sorted((t.logprob for t in lp.top), reverse=True)
+        assert lp.top[0].bytes == lp.bytes and lp.logprob == pytest.approx(lp.top[0].logprob)
+
+
+def test_a_frequency_penalty_breaks_a_repetition(engine):
+    prompt = "1, 1, 1, 1, 1, 1,"
+    plain = _ids(engine.start(GenerationRequest(_greedy(24), prompt=prompt)))
+    penalised = _ids(engine.start(GenerationRequest(_greedy(24, frequency_penalty=2.0), prompt=prompt)))
+
+    def most_repeated(ids: list[int]) -> int:
+        return max(ids.count(t) for t in set(ids))
+
+    assert most_repeated(plain) >= 6 and most_repeated(penalised) < most_repeated(plain)
+
+
+def test_the_same_seed_gives_the_same_sampled_answer(engine):
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=42)
+    first = _ids(engine.start(GenerationRequest(params, prompt="写一首诗")))
+    assert _ids(engine.start(GenerationRequest(params, prompt="写一首诗"))) == first

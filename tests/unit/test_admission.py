@@ -1,0 +1,43 @@
+"""The admission policy on its own: plain data, no model (STYLE.md: the queue is tested as functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.engine.admission import AdmissionQueue, choose_slot, common_prefix
+
+
+@dataclass
+class Entry:
+    name: str
+    cancelled: bool = False
+
+
+def test_the_line_is_bounded_first_come_first_served_and_skips_the_departed():
+    dropped: list[Entry] = []
+    line: AdmissionQueue[Entry] = AdmissionQueue(max_waiting=2, on_drop=dropped.append)
+    a, b, c = Entry("a"), Entry("b"), Entry("c")
+    assert line.offer(a) and line.offer(b)
+    assert not line.offer(c), "a full line refuses at once"
+    a.cancelled = True
+    assert line.offer(c), "a departed entry gives up its place"
+    assert dropped == [a]
+    assert [line.pop(), line.pop(), line.pop()] == [b, c, None]
+
+
+def test_a_queue_of_size_zero_admits_nobody_to_wait():
+    assert not AdmissionQueue(max_waiting=0).offer(Entry("a"))
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2]) == 2
+
+
+def test_the_slot_holding_the_longest_prefix_wins_else_the_lowest_free_one():
+    cached = {0: [9, 9], 1: [1, 2, 3], 2: [1, 2, 3, 4, 5], 3: []}
+    assert choose_slot([0, 1, 3], cached, [1, 2, 3, 7]) == (1, 3)
+    assert choose_slot([3, 1, 0], cached, [5, 6]) == (0, 0)
+    # A prompt entirely cached still evaluates its last token: its logits give the first answer token.
+    assert choose_slot([2], cached, [1, 2, 3, 4, 5]) == (2, 4)

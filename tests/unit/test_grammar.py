@@ -1,0 +1,56 @@
+"""The grammars for `response_format`, checked by llama.cpp itself: sampling the embedded model under
+each one (llama-cpp-python's own sampler, not the service's engine) gives JSON that parses and
+matches the schema."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from llama_cpp import Llama
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from app.errors import InvalidParameterError
+from app.services.grammar import json_grammar, json_schema_grammar
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "population": {"type": "integer"},
+        "rivers": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 2},
+    },
+    "required": ["city", "population", "rivers"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def llm(model_path):
+    return Llama(model_path=model_path, n_ctx=512, verbose=False)
+
+
+def sample(llm, grammar: str, prompt: str) -> str:
+    out = llm.create_completion(prompt, max_tokens=120, temperature=0, grammar=LlamaGrammar.from_string(grammar))
+    assert out["choices"][0]["finish_reason"] == "stop", out
+    return out["choices"][0]["text"]
+
+
+def test_json_object_grammar_gives_an_object(llm):
+    assert isinstance(json.loads(sample(llm, json_grammar(), "A cat, as JSON:")), dict)
+
+
+def test_schema_grammar_gives_matching_json(llm):
+    text = sample(llm, json_schema_grammar(SCHEMA), "Paris, as JSON:")
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "tensor"}, {"$ref": "https://example.com/s.json"}, {"$ref": "#/$defs/missing"}, {"properties": 5}],
+)
+def test_a_schema_the_converter_cannot_handle_is_a_400(schema):
+    with pytest.raises(InvalidParameterError, match="grammar") as raised:
+        json_schema_grammar(schema, "response_format")
+    assert raised.value.param == "response_format" and raised.value.status_code == 400

@@ -1,0 +1,172 @@
+"""The OpenAI wire types' conversions to and from internal types, and the error bodies, as plain functions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.errors import (
+    AuthenticationError,
+    InvalidParameterError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    QueueFullError,
+    error_body,
+)
+from app.protocol.openai import (
+    ChatCompletionRequest,
+    ChatStream,
+    CompletionRequest,
+    CompletionStream,
+    chat_completion_response,
+    completion_response,
+    response_meta,
+    to_chat_generation_request,
+    to_completion_generation_request,
+)
+from app.services.backend import SamplingParams, TokenEvent, TokenLogprob, TopLogprob, Usage
+
+USER = [{"role": "user", "content": "你好"}]
+USAGE = Usage(prompt_tokens=7, completion_tokens=2, ttft_ms=1.0, decode_tokens_per_s=5.0, total_ms=3.0, cached_tokens=4)
+
+
+def chat_request(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "default", "messages": USER, **fields})
+
+
+def logprob(token: str, value: float) -> TokenLogprob:
+    alternatives = (TopLogprob(token, token.encode(), value), TopLogprob("x", b"x", value - 1))
+    return TokenLogprob(token, token.encode(), value, top=alternatives)
+
+
+EVENTS = [
+    TokenEvent("你", 1, logprob=logprob("你", -0.5)),
+    TokenEvent("好", 2, logprob=logprob("好", -0.25)),
+    TokenEvent("", None, "length", USAGE),
+]
+
+
+def test_unset_sampling_fields_take_the_service_defaults():
+    request = to_chat_generation_request(chat_request(), max_tokens_limit=4096)
+    defaults = SamplingParams()
+    assert request.messages == USER and request.prompt is None
+    assert request.params == SamplingParams(max_new_tokens=4096, temperature=defaults.temperature)
+
+
+def test_chat_fields_map_to_sampling_params():
+    body = chat_request(
+        max_tokens=9,
+        max_completion_tokens=5,  # the newer name wins
+        temperature=0,
+        top_p=0.5,
+        stop="\n",
+        seed=3,
+        presence_penalty=1.5,
+        frequency_penalty=-0.5,
+        logprobs=True,
+        top_logprobs=2,
+        top_k=7,
+        response_format={"type": "json_object"},
+    )
+    params = to_chat_generation_request(body, 4096).params
+    assert (params.max_new_tokens, params.temperature, params.top_p, params.top_k) == (5, 0, 0.5, 7)
+    assert (params.stop, params.seed, params.presence_penalty, params.frequency_penalty) == (("\n",), 3, 1.5, -0.5)
+    assert params.logprobs == 2 and "root" in params.grammar
+    assert to_chat_generation_request(chat_request(logprobs=True), 4096).params.logprobs == 0
+    assert to_chat_generation_request(chat_request(logprobs=False), 4096).params.logprobs is None
+
+
+def test_text_parts_are_joined_and_developer_is_system():
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    body = chat_request(messages=[{"role": "developer", "content": "be brief"}, {"role": "user", "content": parts}])
+    assert to_chat_generation_request(body, 4096).messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "a\nb"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"n": 3}, "n"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_tokens": 4097}, "max_tokens"),
+        ({"max_completion_tokens": 4097}, "max_completion_tokens"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages[0].content",
+        ),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "blob"}}}}, None),
+    ],
+)
+def test_requests_the_service_cannot_honour_are_refused_with_the_param(fields, param):
+    with pytest.raises(InvalidParameterError) as raised:
+        to_chat_generation_request(chat_request(**fields), 4096)
+    assert raised.value.param == (param or "response_format")
+
+
+def test_completion_prompt_and_default_max_tokens():
+    body = CompletionRequest.model_validate({"model": "m", "prompt": ["only one"], "logprobs": 3})
+    request = to_completion_generation_request(body, 4096)
+    assert request.prompt == "only one" and request.params.max_new_tokens == 16 and request.params.logprobs == 3
+    assert to_completion_generation_request(body, 8).params.max_new_tokens == 8
+    with pytest.raises(InvalidParameterError, match="one prompt"):
+        to_completion_generation_request(CompletionRequest(model="m", prompt=["a", "b"]), 4096)
+
+
+def test_a_chat_completion_with_logprobs_and_usage():
+    meta = response_meta("chatcmpl", "m")
+    body = chat_completion_response(EVENTS, meta, with_logprobs=True).model_dump()
+    assert body["id"] == meta.id and body["object"] == "chat.completion" and body["model"] == "m"
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "你好"} and choice["finish_reason"] == "length"
+    first = choice["logprobs"]["content"][0]
+    assert first["token"] == "你" and first["logprob"] == -0.5 and first["bytes"] == list("你".encode())
+    assert [t["token"] for t in first["top_logprobs"]] == ["你", "x"]
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 2,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    assert chat_completion_response(EVENTS, meta, with_logprobs=False).choices[0].logprobs is None
+
+
+def test_chat_chunks_role_first_then_text_finish_and_usage():
+    stream = ChatStream(response_meta("chatcmpl", "m"), include_usage=True)
+    chunks = [json.loads(c.model_dump_json()) for c in stream.first() + [c for e in EVENTS for c in stream.chunks(e)]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [{"content": "你"}, {"content": "好"}]
+    assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert chunks[4]["choices"] == [] and chunks[4]["usage"]["total_tokens"] == 9
+    assert all(c["object"] == "chat.completion.chunk" and c["usage"] is None for c in chunks[:4])
+
+
+def test_completion_logprobs_offsets_agree_streamed_or_not():
+    meta = response_meta("cmpl", "m")
+    whole = completion_response(EVENTS, meta, with_logprobs=True).choices[0]
+    assert whole.text == "你好" and whole.logprobs.text_offset == [0, 1]
+    assert whole.logprobs.top_logprobs == [{"你": -0.5, "x": -1.5}, {"好": -0.25, "x": -1.25}]
+    stream = CompletionStream(meta, include_usage=False)
+    chunks = [c for e in EVENTS for c in stream.chunks(e)]
+    assert [c.choices[0].logprobs.text_offset for c in chunks[:2]] == [[0], [1]]
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage is None
+
+
+@pytest.mark.parametrize(
+    "error, status, error_type, code, param",
+    [
+        (InvalidParameterError("bad", "top_p"), 400, "invalid_request_error", "invalid_parameter", "top_p"),
+        (PromptTooLongError(3000, 2048), 400, "invalid_request_error", "context_length_exceeded", None),
+        (AuthenticationError("no"), 401, "authentication_error", "invalid_api_key", None),
+        (ModelNotFoundError("no"), 404, "not_found_error", "model_not_found", "model"),
+        (QueueFullError("busy", retry_after_s=2), 429, "rate_limit_error", "queue_full", None),
+        (RuntimeError("secret detail"), 500, "server_error", "internal_error", None),
+    ],
+)
+def test_every_error_has_openais_shape(error, status, error_type, code, param):
+    body = error_body(error)["error"]
+    assert body == {"message": body["message"], "type": error_type, "param": param, "code": code}
+    assert "secret" not in body["message"] and getattr(error, "status_code", 500) == status
