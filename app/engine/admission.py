@@ -26,9 +26,10 @@ class AdmissionQueue(Generic[W]):
         self.max_waiting, self._on_drop = max_waiting, on_drop
         self._line: deque[W] = deque()
 
-    def offer(self, entry: W) -> bool:
+    def offer(self, entry: W, free_slots: int = 0) -> bool:
+        """Entries about to take a free slot pass through the line too: they do not count as waiting."""
         self._drop_cancelled()
-        if len(self._line) >= self.max_waiting:
+        if len(self._line) >= self.max_waiting + free_slots:
             return False
         self._line.append(entry)
         return True

@@ -144,7 +144,7 @@ class BatchEngine:
         with self._wake:
             if self._closing:
                 raise EngineError("the model is being replaced; retry")
-            if not self._waiting.offer(ticket):
+            if not self._waiting.offer(ticket, free_slots=self.n_slots - self.busy):
                 ticket.sampler.free()
                 raise QueueFullError(
                     f"all {self.n_slots} slots are busy and {self._waiting.max_waiting} requests are waiting"
@@ -230,6 +230,7 @@ class BatchEngine:
                 index, reuse = choose_slot(free, {i: self._slots[i].cached for i in free}, ticket.prompt)
                 free.remove(index)
                 self._assign(self._slots[index], ticket, reuse)
+            self._report()  # a ticket moves from the line to a slot: never seen in neither
 
     def _assign(self, slot: _Slot, ticket: Ticket, reuse: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.index, reuse, -1)

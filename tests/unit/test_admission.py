@@ -25,8 +25,11 @@ def test_the_line_is_bounded_first_come_first_served_and_skips_the_departed():
     assert [line.pop(), line.pop(), line.pop()] == [b, c, None]
 
 
-def test_a_queue_of_size_zero_admits_nobody_to_wait():
-    assert not AdmissionQueue(max_waiting=0).offer(Entry("a"))
+def test_a_queue_of_size_zero_lets_requests_through_to_free_slots_only():
+    line: AdmissionQueue[Entry] = AdmissionQueue(max_waiting=0)
+    assert not line.offer(Entry("a"))
+    assert line.offer(Entry("b"), free_slots=1)
+    assert not line.offer(Entry("c"), free_slots=1), "b is about to take that slot"
 
 
 def test_common_prefix():
