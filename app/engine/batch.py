@@ -29,22 +29,16 @@ import numpy as np
 
 from app.engine.admission import AdmissionQueue, choose_slot
 from app.engine.sampler import RequestSampler
+from app.engine.worker import END, Failure, aread, read
 from app.errors import HychatError, QueueFullError
 from app.services.backend import TokenEvent, TokenLogprob, TopLogprob, UsageClock
 from app.services.detokenize import TextAssembler
 
 log = logging.getLogger(__name__)
 
-_END = object()
-
 
 class EngineError(HychatError):
     code = "engine_error"
-
-
-@dataclass
-class _Failure:
-    error: BaseException
 
 
 @dataclass
@@ -157,10 +151,7 @@ class BatchEngine:
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         ticket.attach(None, events)
         try:
-            while (item := events.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+            yield from read(events)
         finally:
             self._cancel(ticket)
 
@@ -168,9 +159,7 @@ class BatchEngine:
         events: asyncio.Queue[Any] = asyncio.Queue()
         ticket.attach(asyncio.get_running_loop(), events)
         try:
-            while (item := await events.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
+            async for item in aread(events):
                 yield item
         finally:
             self._cancel(ticket)
@@ -327,7 +316,7 @@ class BatchEngine:
         ticket, text = slot.ticket, slot.text
         assert ticket is not None and text is not None
         outbox.append((ticket, TokenEvent(text.flush(), None, reason, ticket.clock.usage())))
-        outbox.append((ticket, _END))
+        outbox.append((ticket, END))
         self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
@@ -341,7 +330,7 @@ class BatchEngine:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
             slot.cached.clear()
             if slot.ticket is not None:
-                outbox.append((slot.ticket, _Failure(EngineError(f"llama.cpp could not decode (status {status})"))))
+                outbox.append((slot.ticket, Failure(EngineError(f"llama.cpp could not decode (status {status})"))))
                 self._release(slot)
 
     def _hand_over(self, outbox: list[tuple[Ticket, Any]]) -> None:
@@ -359,11 +348,11 @@ class BatchEngine:
                     ticket.cancel()
 
     def _fail_all(self, error: HychatError) -> None:
-        outbox = [(s.ticket, _Failure(error)) for s in self._slots if s.ticket is not None]
+        outbox = [(s.ticket, Failure(error)) for s in self._slots if s.ticket is not None]
         with self._wake:
             while (ticket := self._waiting.pop()) is not None:
                 ticket.sampler.free()
-                outbox.append((ticket, _Failure(error)))
+                outbox.append((ticket, Failure(error)))
             self._closing = True
         self._hand_over(outbox)
 

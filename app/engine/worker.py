@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Any], None]
 Job = Callable[[Emit], None]
 
-_END = object()
+END = object()  # the last item of every stream
 
 
 class JobCancelled(Exception):
@@ -30,7 +30,9 @@ class JobCancelled(Exception):
 
 
 @dataclass
-class _Failure:
+class Failure:
+    """A job's error, raised again in its reader's own thread."""
+
     error: BaseException
 
 
@@ -58,10 +60,7 @@ class Worker:
         task = _Task(job, events.put)
         self._tasks.put(task)
         try:
-            while (item := events.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+            yield from read(events)
         finally:
             task.cancelled.set()
 
@@ -72,9 +71,7 @@ class Worker:
         task = _Task(job, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
         self._tasks.put(task)
         try:
-            while (item := await events.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
+            async for item in aread(events):
                 yield item
         finally:
             task.cancelled.set()
@@ -96,5 +93,20 @@ class Worker:
         except JobCancelled:
             return
         except Exception as error:  # handed to the reader, who re-raises it in its own thread
-            task.deliver(_Failure(error))
-        task.deliver(_END)
+            task.deliver(Failure(error))
+        task.deliver(END)
+
+
+def read(events: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    """A stream's items from a thread-side queue, up to END; a Failure is raised here."""
+    while (item := events.get()) is not END:
+        if isinstance(item, Failure):
+            raise item.error
+        yield item
+
+
+async def aread(events: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    while (item := await events.get()) is not END:
+        if isinstance(item, Failure):
+            raise item.error
+        yield item

@@ -33,7 +33,7 @@ from app.protocol.openai import (
     to_completion_generation_request,
 )
 from app.routes.deps import SettingsDep
-from app.services.backend import Generation
+from app.services.backend import Generation, GenerationRequest
 from app.services.registry import backend_for_model, served_backends
 
 log = logging.getLogger(__name__)
@@ -42,30 +42,28 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -> Any:
-    backend = backend_for_model(settings, body.model)
     request = to_chat_generation_request(body, settings.max_tokens_limit)
-    generation = backend.start(request)
-    meta = response_meta("chatcmpl", backend.model_name or body.model)
-    log.debug("%s: chat completion on %s", meta.id, backend.name)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_sse(generation, ChatStream(meta, include_usage)))
-    events = [event async for event in generation]
-    return chat_completion_response(events, meta, with_logprobs=request.params.logprobs is not None)
+    return await _answer(body, request, settings, "chatcmpl", ChatStream, chat_completion_response)
 
 
 @router.post("/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, settings: SettingsDep) -> Any:
-    backend = backend_for_model(settings, body.model)
     request = to_completion_generation_request(body, settings.max_tokens_limit)
+    return await _answer(body, request, settings, "cmpl", CompletionStream, completion_response)
+
+
+async def _answer(body: Any, request: GenerationRequest, settings: Any, kind: str, stream: Any, respond: Any) -> Any:
+    """Starts the generation (a bad request fails here, before a response starts), then answers with
+    Server-Sent Events or, once the generation is complete, JSON."""
+    backend = backend_for_model(settings, body.model)
     generation = backend.start(request)
-    meta = response_meta("cmpl", backend.model_name or body.model)
-    log.debug("%s: completion on %s", meta.id, backend.name)
+    meta = response_meta(kind, backend.model_name or body.model)
+    log.debug("%s: %s on %s", meta.id, kind, backend.name)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_sse(generation, CompletionStream(meta, include_usage)))
+        return EventSourceResponse(_sse(generation, stream(meta, include_usage)))
     events = [event async for event in generation]
-    return completion_response(events, meta, with_logprobs=request.params.logprobs is not None)
+    return respond(events, meta, with_logprobs=request.params.logprobs is not None)
 
 
 @router.get("/models", response_model=ModelList)
