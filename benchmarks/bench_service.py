@@ -105,9 +105,11 @@ def main() -> None:
     args = parser.parse_args()
 
     llamacpp_service.load_model(model_path=args.model, n_ctx=2048, n_threads=args.threads)
-    # The reference drives the very `Llama` the service loaded: same weights, context and threads,
-    # and only one llama.cpp context (with its own thread pool) in this process.
-    llm = llamacpp_service._model.llm
+    # The reference: a plain `Llama` on the same file, threads and context size, with flash attention
+    # as the service uses it. The service decodes in its engine's own context.
+    llm = llama_cpp.Llama(
+        args.model, n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, flash_attn=True, verbose=False
+    )
     server, url = start_server(args.model, args.threads)
     runs: dict[str, list[tuple[float, float]]] = {"raw": [], "service": [], "http": []}
     try:
@@ -115,9 +117,8 @@ def main() -> None:
             # Round 0 warms every path up and is not counted.
             for rnd in tqdm(range(args.rounds + 1), desc="rounds", unit="round"):
                 prompt = PROMPT.format(round=rnd)
-                llm.reset()  # the in-process paths share one context: no prompt cache between them
+                llm.reset()  # no prompt cache between rounds
                 raw = raw_llama(llm, prompt, args.tokens)
-                llm.reset()
                 measured = {
                     "raw": raw,
                     "service": service_stream(prompt, args.tokens),
