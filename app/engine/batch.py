@@ -118,7 +118,7 @@ class BatchEngine:
         n_ctx_slot: int,
         n_batch: int,
         max_waiting: int,
-        on_state: Callable[[int, int, int], None] = lambda queued, busy, total: None,
+        on_state: Callable[[int, int, int], None],  # (queued, busy, slots), for metrics
     ):
         self._ctx, self._vocab = ctx, vocab
         self._memory = llama_cpp.llama_get_memory(ctx)

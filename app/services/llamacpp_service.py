@@ -14,6 +14,7 @@ import ctypes
 import inspect
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -79,7 +80,7 @@ class LlamaCppBackend(Backend):
     supports_logprobs = True
     _model: _Loaded | None
 
-    def __init__(self, on_state: Any = None) -> None:
+    def __init__(self, on_state: Callable[[int, int, int], None] = lambda queued, busy, slots: None) -> None:
         super().__init__()
         self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
 
@@ -146,7 +147,7 @@ class LlamaCppBackend(Backend):
             piece=lambda token: _piece(m, token),
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
         )
-        return BatchEngine(ctx, vocab, parallel, m.n_ctx, N_BATCH, max_waiting, self._on_state or _ignore)
+        return BatchEngine(ctx, vocab, parallel, m.n_ctx, N_BATCH, max_waiting, self._on_state)
 
     def info(self) -> dict[str, Any]:
         m = self._model
@@ -266,10 +267,6 @@ def _file_type_name(file_type: Any) -> str | None:
         if name.startswith("LLAMA_FTYPE_") and value == file_type and name != "LLAMA_FTYPE_GUESSED":
             return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
     return str(file_type)
-
-
-def _ignore(*args: Any) -> None:
-    pass
 
 
 def _check_load_args(
