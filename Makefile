@@ -30,7 +30,7 @@ $(CORE): pyproject.toml Makefile
 	touch $@
 
 $(FULL): $(CORE)
-	$(BIN)/python -m pip install -e '.[test,torch]'
+	$(BIN)/python -m pip install -e '.[test,torch,bench]'
 	# The browser tests drive Debian's Chromium through Playwright (never `playwright install`);
 	# a CJK font so screenshots of Chinese text are readable.
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium fonts-wqy-microhei)

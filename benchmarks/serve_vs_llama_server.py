@@ -21,8 +21,7 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from loadgen import run_level  # beside this script
-
+from app.bench.loadgen import run_level
 from config.settings import embedded_model_path
 
 RESULTS = Path(__file__).parent / "results" / "serve_vs_llama_server.json"

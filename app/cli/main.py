@@ -159,11 +159,11 @@ def _load(settings: Settings) -> Any:
         raise click.ClickException(str(error)) from None
 
 
-def _register_pipeline_commands() -> None:
-    from app.cli import pipeline
+def _register_commands() -> None:
+    from app.cli import bench, pipeline
 
-    for command in pipeline.COMMANDS:
+    for command in [*pipeline.COMMANDS, *bench.COMMANDS]:
         cli.add_command(command)
 
 
-_register_pipeline_commands()
+_register_commands()

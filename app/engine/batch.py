@@ -60,6 +60,7 @@ class Ticket:
     stop: tuple[str, ...]
     logprobs: int | None
     clock: UsageClock
+    ignore_eos: bool = False
     cancelled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buffer: list[Any] = field(default_factory=list)
@@ -285,7 +286,7 @@ class BatchEngine:
         logprobs = self._log_softmax(index) if ticket.logprobs is not None else None
         token = ticket.sampler.sample(self._ctx, index)
         ticket.clock.sampled()
-        if self._vocab.is_end(token):
+        if self._vocab.is_end(token) and not ticket.ignore_eos:
             return self._finish(slot, "stop", outbox)
         ticket.clock.completion_tokens += 1
         logprob = self._token_logprob(logprobs, token, ticket.logprobs) if logprobs is not None else None

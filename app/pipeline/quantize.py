@@ -14,6 +14,8 @@ from app.services.gguf_file import read_gguf
 
 # Name -> llama_ftype name in llama_cpp.
 QUANT_TYPES = {
+    "f16": "F16",
+    "bf16": "BF16",
     "q4_0": "Q4_0",
     "q4_1": "Q4_1",
     "q5_0": "Q5_0",
@@ -45,7 +47,10 @@ def quantize(
     threads: int = 0,
     force: bool = False,
     imatrix: Path | None = None,
+    allow_requantize: bool = False,
 ) -> QuantizeResult:
+    """`allow_requantize`: also accept an already quantized SOURCE (llama.cpp dequantizes it first;
+    the result carries both quantizations' error, so keep it for speed measurements)."""
     import llama_cpp
 
     quant = quant.lower()
@@ -61,6 +66,7 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     matrix = load_imatrix(imatrix) if imatrix is not None else None
     if matrix is not None:  # held in this frame: llama.cpp reads its values through the arrays below
         check_fits(matrix, header)

@@ -43,6 +43,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     grammar: str | None = None  # GBNF that the output must match (backends with supports_grammar)
     logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely
+    ignore_eos: bool = False  # generate max_new_tokens even past end-of-generation (benchmarks; vLLM's name)
 
     def __post_init__(self) -> None:
         _check(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1")
@@ -63,6 +64,7 @@ class SamplingParams:
             self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
             f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
         )
+        _check(isinstance(self.ignore_eos, bool), "ignore_eos must be true or false")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         _check(
             len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
@@ -90,6 +92,7 @@ class SamplingKwargs(TypedDict, total=False):
     frequency_penalty: float
     grammar: str | None
     logprobs: int | None
+    ignore_eos: bool
 
 
 def _check(ok: bool, message: str) -> None:

@@ -205,6 +205,7 @@ class LlamaCppBackend(Backend):
             stop=params.stop,
             logprobs=params.logprobs,
             clock=clock,
+            ignore_eos=params.ignore_eos,
         )
         generation = Generation(m.engine, m.engine.submit(ticket), self.name)
         weakref.finalize(generation, ticket.cancel)  # never iterated: its slot must not wait for a reader

@@ -207,6 +207,8 @@ def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, 
     kwargs: dict[str, Any] = {
         "max_new_tokens": budget,
         "eos_token_id": eog,
+        # ignore_eos: transformers masks end-of-generation tokens until the budget is spent.
+        "min_new_tokens": budget if params.ignore_eos else None,
         "pad_token_id": eog[0] if eog else None,
         "repetition_penalty": params.repetition_penalty,
     }

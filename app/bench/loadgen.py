@@ -1,7 +1,7 @@
 """Concurrent streaming chats against any OpenAI-compatible server: aggregate tokens/s, time to first
 token p50/p95, and how many answers came back cut short.
 
-    python benchmarks/loadgen.py http://127.0.0.1:8000 --levels 1,2,4,8 --max-tokens 128 --rounds 3
+    hychat bench serve http://127.0.0.1:8000 --levels 1,2,4,8 --max-tokens 128 --rounds 3
 
 Standard library only (http.client in threads): the client shares the machine with the server, so it
 must stay light, and it must not favour one server. Every request opens with a fresh random system
@@ -11,14 +11,14 @@ block (`stream_options.include_usage`) when it sends one, else from the number o
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import statistics
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 PROMPTS = [
@@ -49,7 +49,8 @@ class LevelResult:
     tokens_per_s: float
     ttft_p50_s: float
     ttft_p95_s: float
-    cut_short: int
+    cut_short: int  # answers that ended early, errors included
+    errors: int  # requests answered with an HTTP error, or whose connection failed
 
 
 def chat(url: str, index: int, max_tokens: int, api_key: str = "none") -> Answer:
@@ -119,23 +120,17 @@ def run_level(url: str, concurrency: int, max_tokens: int, api_key: str = "none"
         ttft_p50_s=round(statistics.median(firsts), 3),
         ttft_p95_s=round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 3),
         cut_short=sum(a.cut_short for a in done) + concurrency - len(done),
+        errors=sum(a.error is not None for a in done) + concurrency - len(done),
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url")
-    parser.add_argument("--levels", default="1,2,4,8")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--api-key", default="none")
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    run_level(args.url, 1, 8, args.api_key)  # warm-up
-    for _ in range(args.rounds):
-        for c in levels:
-            print(json.dumps(asdict(run_level(args.url, c, args.max_tokens, args.api_key))), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+def run_levels(
+    url: str, levels: list[int], max_tokens: int, rounds: int = 1, api_key: str = "none"
+) -> Iterator[LevelResult]:
+    """Every level once per round, after one short warm-up request (it loads caches and pages)."""
+    warm = chat(url, 0, 8, api_key)
+    if warm.error:
+        raise ConnectionError(f"{url} did not answer a chat completion: {warm.error}")
+    for _ in range(rounds):
+        for concurrency in levels:
+            yield run_level(url, concurrency, max_tokens, api_key)

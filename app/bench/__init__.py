@@ -1,0 +1,1 @@
+"""`hychat bench` and `hychat doctor`: measurements of this machine and model."""
