@@ -22,7 +22,7 @@ class BenchConfig:
 
 def gguf_config(path: str | Path) -> BenchConfig:
     report = inspect_gguf(path)
-    file_type = _file_type_name(report.metadata("general.file_type")) if report.ok else "unreadable"
+    file_type = report.file_type if report.ok else "unreadable"
     return BenchConfig(f"llama.cpp {file_type}", "llamacpp", str(path), file_type)
 
 
@@ -56,12 +56,6 @@ def model_bytes(path: str | Path) -> int:
         return path.stat().st_size
     files = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
     return sum(f.stat().st_size for f in files)
-
-
-def _file_type_name(file_type: object) -> str:
-    from app.services.llamacpp_service import _file_type_name as name
-
-    return name(file_type) or "unknown"
 
 
 def _quiet_stderr():  # noqa: ANN202 - a context manager

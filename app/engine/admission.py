@@ -6,7 +6,7 @@ No llama.cpp and no threads here, so the policy is tested on its own (tests/unit
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
 
@@ -40,6 +40,9 @@ class AdmissionQueue(Generic[W]):
 
     def __len__(self) -> int:
         return len(self._line)
+
+    def __iter__(self) -> Iterator[W]:
+        return iter(list(self._line))
 
     def _drop_cancelled(self) -> None:
         for entry in [e for e in self._line if e.cancelled]:

@@ -17,9 +17,11 @@ that starts with them (the next turn of a chat) skips that prefix.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +134,8 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
         self._thread.start()
+        # At exit Python frees the weights this thread may still be decoding with: a segfault.
+        atexit.register(_abort_at_exit, weakref.ref(self))
 
     # -- the readers' side ---------------------------------------------------------------------
 
@@ -175,6 +179,15 @@ class BatchEngine:
         with self._wake:
             self._closing = True
             self._wake.notify()
+
+    def abort(self, wait_s: float = 10) -> None:
+        """Cancels every request and waits for the thread to free the context."""
+        with self._wake:
+            self._closing = True
+            for ticket in [s.ticket for s in self._slots if s.ticket is not None] + list(self._waiting):
+                ticket.cancel()
+            self._wake.notify()
+        self._thread.join(wait_s)
 
     @property
     def busy(self) -> int:
@@ -364,3 +377,9 @@ class BatchEngine:
 def _put_all(items: list[tuple[Ticket, Any]]) -> None:
     for ticket, item in items:
         ticket._events.put_nowait(item)
+
+
+def _abort_at_exit(ref: weakref.ref[BatchEngine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.abort()

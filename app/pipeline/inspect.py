@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ModelFileError
-from app.services.gguf_file import GGUFHeader, read_gguf, type_name
+from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf, type_name
 
 SPECIAL_TOKEN_KEYS = ("bos", "eos", "eot", "eom", "padding", "unknown")
 
@@ -37,6 +37,12 @@ class GGUFReport:
         return {name: (counts[name], sizes[name]) for name in sorted(counts, key=lambda n: -sizes[n])}
 
     @property
+    def file_type(self) -> str:
+        """What llama.cpp calls the file's format ("Q4_K_M"); the type holding most bytes without one."""
+        name = file_type_name(self.metadata("general.file_type"))
+        return (name or next(iter(self.quantization_mix), "unknown")).upper()
+
+    @property
     def bits_per_weight(self) -> float:
         data = sum(t.n_bytes for t in self.header.tensors) if self.header else 0
         return 8 * data / self.n_params if self.n_params else 0.0
@@ -60,8 +66,11 @@ def _special_tokens(path: Path, header: GGUFHeader) -> dict[str, tuple[int, str]
     ids = {k: v for k, v in ids.items() if isinstance(v, int)}
     try:
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
 
-        vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        # verbose=False leaves llama.cpp's warning about a vocabulary-only context on stderr.
+        with suppress_stdout_stderr(disable=False):
+            vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     except (ImportError, ValueError):  # no runtime, or llama.cpp cannot read the vocabulary: ids only
         return {k: (v, "") for k, v in ids.items()}
     return {k: (v, vocab.detokenize([v], special=True).decode("utf-8", errors="replace")) for k, v in ids.items()}

@@ -206,6 +206,18 @@ def _check_tensors(header: GGUFHeader) -> None:
         )
 
 
+def file_type_name(file_type: Any) -> str | None:
+    """`general.file_type` as llama.cpp names it: "Q4_K_M", "F16"."""
+    import llama_cpp
+
+    if not isinstance(file_type, int):
+        return None
+    for name, value in vars(llama_cpp).items():
+        if name.startswith("LLAMA_FTYPE_") and value == file_type and name != "LLAMA_FTYPE_GUESSED":
+            return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+    return str(file_type)
+
+
 def type_name(ggml_type: int) -> str:
     return _type_table().get(ggml_type, (0, 0, f"type{ggml_type}"))[2]
 

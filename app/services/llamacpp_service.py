@@ -39,7 +39,7 @@ from app.services.backend import (
     template_errors,
 )
 from app.services.cpu import physical_cores
-from app.services.gguf_file import GGUFHeader, read_gguf
+from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf
 
 try:
     import llama_cpp
@@ -149,6 +149,11 @@ class LlamaCppBackend(Backend):
         )
         return BatchEngine(ctx, vocab, parallel, m.n_ctx, N_BATCH, max_waiting, self._on_state)
 
+    def unload(self) -> None:
+        m, self._model = self._model, None
+        if m is not None:
+            m.engine.close()  # its running generations finish, then its context is freed
+
     def info(self) -> dict[str, Any]:
         m = self._model
         if m is None:
@@ -161,7 +166,7 @@ class LlamaCppBackend(Backend):
             "model": self.model_name,
             "path": str(h.path),
             "architecture": h.architecture,
-            "quantization": _file_type_name(h.metadata.get("general.file_type")),
+            "quantization": file_type_name(h.metadata.get("general.file_type")),
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
             "n_ctx": m.n_ctx,
@@ -259,15 +264,6 @@ def _compile_template(m: _Loaded) -> None:
     except jinja2.TemplateError as error:
         m.template_error = str(error)
         log.warning("%s: chat template does not compile: %s", m.header.path, error)
-
-
-def _file_type_name(file_type: Any) -> str | None:
-    if not isinstance(file_type, int):
-        return None
-    for name, value in vars(llama_cpp).items():
-        if name.startswith("LLAMA_FTYPE_") and value == file_type and name != "LLAMA_FTYPE_GUESSED":
-            return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
-    return str(file_type)
 
 
 def _check_load_args(
