@@ -35,6 +35,7 @@ class Job:
     reps: int
     n_ctx: int
     spawned_at: float  # time.time() when the parent started this process
+    llama_bench: str | None = None  # llama.cpp's llama-bench, run after each of our runs (llama.cpp only)
 
 
 def main() -> None:
@@ -56,8 +57,10 @@ def measure(job: Job) -> None:
     params = SamplingParams(max_new_tokens=job.tokens, temperature=0, ignore_eos=True)
     for kind, make_request in prompts.items():
         for rep in range(job.reps + 1):  # rep 0 warms up
-            usage = _generate(backend, make_request(uuid.uuid4().hex[:8], params))
-            emit("run", prompt=kind, rep=rep, warmup=rep == 0, **usage)
+            run = _generate(backend, make_request(uuid.uuid4().hex[:8], params))
+            if rep and job.llama_bench and job.backend == "llamacpp":
+                run |= _native(job, kind, run)
+            emit("run", prompt=kind, rep=rep, warmup=rep == 0, **run)
     emit("done", peak_rss_mb=_peak_rss_mb())
 
 
@@ -96,6 +99,18 @@ def _generate(backend: Backend, request: GenerationRequest) -> dict[str, Any]:
         "prompt_tokens_per_s": new_prompt / (u.ttft_ms / 1000) if u.ttft_ms > 0 else 0.0,
         "decode_tokens_per_s": u.decode_tokens_per_s,
     }
+
+
+def _native(job: Job, kind: str, run: dict[str, Any]) -> dict[str, Any]:
+    """llama-bench's figure for the same work, and ours as a ratio to it."""
+    from app.bench.llama_bench import native_tokens_per_s
+
+    ours = run["prompt_tokens_per_s"] if kind == "long" else run["decode_tokens_per_s"]
+    try:
+        native = native_tokens_per_s(job.llama_bench, job.model, job.threads, kind, run["prompt_tokens"], job.tokens)
+    except RuntimeError as error:
+        return {"native_error": str(error)}
+    return {"native_tokens_per_s": native, "native_ratio": ours / native}
 
 
 def _peak_rss_mb() -> float:

@@ -60,9 +60,8 @@ def _cells(r: ConfigResult, ref: ConfigResult | None, quality: bool, width: int)
              _spread(s.get("long_ttft_ms"), 0), _spread(s.get("prompt_tokens_per_s"), 1),
              _spread(s.get("decode_tokens_per_s"), 1), _num(r.peak_rss_mb, 0)]  # fmt: skip
     if ref:
-        speedup = _ratio(r.figure("decode_tokens_per_s"), ref.figure("decode_tokens_per_s"))
-        saved = 1 - r.peak_rss_mb / ref.peak_rss_mb if r.peak_rss_mb and ref.peak_rss_mb else None
-        cells += [f"{speedup:.2f}×" if speedup else "", f"{saved:.0%}" if saved is not None else ""]
+        speedup = r.figure("decode_tokens_per_s") / ref.figure("decode_tokens_per_s")
+        cells += [f"{speedup:.2f}×", f"{1 - r.peak_rss_mb / ref.peak_rss_mb:.0%}"]
     if quality:
         q = r.extra.get("quality")
         if isinstance(q, dict) and "perplexity" in q:
@@ -73,22 +72,28 @@ def _cells(r: ConfigResult, ref: ConfigResult | None, quality: bool, width: int)
 
 
 def _llama_bench_table(results: list[ConfigResult]) -> list[str]:
-    rows = [r for r in results if "llama_bench" in r.extra]
+    rows = [r for r in results if r.ok and any(run.keys() & {"native_ratio", "native_error"} for run in r.runs)]
     if not rows:
         return []
     head = ["configuration", "llama-bench prompt tokens/s", "ours", "ratio", "llama-bench decode tokens/s", "ours",
             "ratio"]  # fmt: skip
-    lines = ["", "Against native llama.cpp (`llama-bench`, same GGUF, threads and flash attention):", "",
-             _row(head), _row(["---"] * len(head))]  # fmt: skip
+    lines = ["", "Against native llama.cpp: `llama-bench` on the same GGUF, threads and flash attention, run right "
+             "after each of our runs; the ratio is the median over those pairs.", "", _row(head),
+             _row(["---"] * len(head))]  # fmt: skip
     for r in rows:
-        native = r.extra["llama_bench"]
-        if "error" in native:
-            lines.append(_row([r.config.name, native["error"], "", "", "", "", ""]))
+        error = next((run["native_error"] for run in r.runs if "native_error" in run), None)
+        if error:
+            lines.append(_row([r.config.name, error, "", "", "", "", ""]))
             continue
-        pp, tg = native.get("prompt_tokens_per_s"), native.get("decode_tokens_per_s")
-        ours_pp, ours_tg = r.figure("prompt_tokens_per_s"), r.figure("decode_tokens_per_s")
-        lines.append(_row([r.config.name, _num(pp, 1), _num(ours_pp, 1), _num(_ratio(ours_pp, pp), 2),
-                           _num(tg, 1), _num(ours_tg, 1), _num(_ratio(ours_tg, tg), 2)]))  # fmt: skip
+        figures = [
+            ("native_prompt_tokens_per_s", 1),
+            ("prompt_tokens_per_s", 1),
+            ("native_prompt_ratio", 2),
+            ("native_decode_tokens_per_s", 1),
+            ("decode_tokens_per_s", 1),
+            ("native_decode_ratio", 2),
+        ]
+        lines.append(_row([r.config.name] + [_num(r.figure(name), digits) for name, digits in figures]))
     return lines
 
 
@@ -114,10 +119,6 @@ def _spread(s: Spread | None, digits: int) -> str:
 
 def _num(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
-
-
-def _ratio(value: float | None, reference: float | None) -> float | None:
-    return value / reference if value and reference else None
 
 
 def _mib(n: int) -> str:

@@ -22,6 +22,11 @@ FIGURES = {
     "ttft_ms": ("short", "ttft_ms"),
     "long_ttft_ms": ("long", "ttft_ms"),
     "prompt_tokens_per_s": ("long", "prompt_tokens_per_s"),
+    # With --llama-bench: its figure measured right after each of our runs, and ours over it, per pair.
+    "native_decode_tokens_per_s": ("short", "native_tokens_per_s"),
+    "native_decode_ratio": ("short", "native_ratio"),
+    "native_prompt_tokens_per_s": ("long", "native_tokens_per_s"),
+    "native_prompt_ratio": ("long", "native_ratio"),
 }
 
 
@@ -33,6 +38,7 @@ class BenchOptions:
     reps: int = 3
     n_ctx: int = 2048
     timeout_s: float = 1800
+    llama_bench: str | None = None  # llama.cpp's own llama-bench binary, for ratios to native
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class ConfigResult:
     peak_rss_mb: float | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Spread | None] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # quality, llama-bench ratios
+    extra: dict[str, Any] = field(default_factory=dict)  # quality
 
     def figure(self, name: str) -> float | None:
         spread = self.summary.get(name)
@@ -74,7 +80,8 @@ def steps_per_config(options: BenchOptions) -> int:
 def run_config(config: BenchConfig, options: BenchOptions, on_run: Callable[[str], None]) -> ConfigResult:
     result = ConfigResult(config, model_bytes(config.model))
     job = Job(config.backend, config.model, config.weights, options.threads, options.tokens,
-              options.prompt_tokens, options.reps, options.n_ctx, spawned_at=time.time())  # fmt: skip
+              options.prompt_tokens, options.reps, options.n_ctx, spawned_at=time.time(),
+              llama_bench=options.llama_bench)  # fmt: skip
     command = [sys.executable, "-m", "app.bench.measure", json.dumps(asdict(job))]
     timed_out = threading.Event()
     # stderr to a file, not a pipe: a chatty child must never block on a pipe nobody reads.
@@ -124,5 +131,6 @@ def _exit_reason(code: int, stderr: str) -> str:
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Spread | None]:
     measured = [r for r in runs if not r["warmup"]]
     return {
-        name: Spread.of([r[key] for r in measured if r["prompt"] == prompt]) for name, (prompt, key) in FIGURES.items()
+        name: Spread.of([r[key] for r in measured if r["prompt"] == prompt and key in r])
+        for name, (prompt, key) in FIGURES.items()
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -13,7 +12,6 @@ from pathlib import Path
 
 from app.bench.chart import write_chart
 from app.bench.configs import REFERENCE_TYPES, BenchConfig, gguf_config, make_variants, torch_config
-from app.bench.llama_bench import llama_bench
 from app.bench.report import machine, markdown
 from app.bench.runner import BenchOptions, ConfigResult, run_config
 from app.pipeline.files import atomic_output
@@ -28,7 +26,6 @@ class BenchPlan:
     dtypes: list[str] = field(default_factory=list)  # PyTorch configurations
     hf_model: Path | None = None  # PyTorch's weights; default: ggufs[0], dequantized by transformers
     quality: bool = False
-    llama_bench: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -54,13 +51,7 @@ def run_bench(
     progress: Callable[[str], None] = lambda line: None,
     on_run: Callable[[str], None] = lambda name: None,
 ) -> BenchOutcome:
-    results = []
-    for config in configs:
-        results.append(result := run_config(config, options, on_run))
-        if plan.llama_bench and result.ok and config.backend == "llamacpp":
-            # Right after our own runs: this machine's speed drifts over minutes.
-            progress(f"{plan.llama_bench.name} on {Path(config.model).name}")
-            add_llama_bench(result, plan.llama_bench, options)
+    results = [run_config(config, options, on_run) for config in configs]
     if plan.quality:
         progress("measuring quality against the full-precision GGUF")
         add_quality(results)
@@ -80,17 +71,6 @@ def add_quality(results: list[ConfigResult]) -> None:
             r.extra["quality"] = "reference"
         else:
             r.extra["quality"] = asdict(compare_quality(Path(r.config.model), Path(reference.config.model)))
-
-
-def add_llama_bench(r: ConfigResult, binary: Path, options: BenchOptions) -> None:
-    short = [run["prompt_tokens"] for run in r.runs if run["prompt"] == "short"]
-    depth = round(statistics.median(short)) if short else 0
-    try:
-        r.extra["llama_bench"] = llama_bench(
-            binary, r.config.model, options.threads, options.prompt_tokens, options.tokens, depth, options.reps
-        )
-    except RuntimeError as error:
-        r.extra["llama_bench"] = {"error": str(error)}
 
 
 def write_outputs(results: list[ConfigResult], options: BenchOptions, out_dir: Path) -> BenchOutcome:

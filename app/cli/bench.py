@@ -56,10 +56,10 @@ def bench(ctx: click.Context, ggufs: tuple[str, ...], quants: str, hf_model: str
     plan = BenchPlan(
         ggufs=[Path(g) for g in ggufs], variants_dir=Path(settings.cache_dir) / "bench", out_dir=Path(out_dir),
         quants=_csv(quants), dtypes=_csv(dtypes), hf_model=Path(hf_model) if hf_model else None,
-        quality=quality, llama_bench=Path(llama_bench) if llama_bench else None,
+        quality=quality,
     )  # fmt: skip
     options = BenchOptions(threads or settings.llamacpp_n_threads or physical_cores(), tokens, prompt_tokens, reps,
-                           settings.llamacpp_n_ctx)  # fmt: skip
+                           settings.llamacpp_n_ctx, llama_bench=llama_bench)  # fmt: skip
     try:
         configs = plan_configs(plan, _say)
         with tqdm(total=len(configs) * steps_per_config(options), unit="step", file=sys.stderr) as bar:

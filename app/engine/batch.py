@@ -131,6 +131,7 @@ class BatchEngine:
         self._wake = threading.Condition()
         self._closing = False
         self._on_state = on_state
+        self._reported: tuple[int, int, int] | None = None
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
         self._thread.start()
@@ -371,7 +372,11 @@ class BatchEngine:
         self._hand_over(outbox)
 
     def _report(self) -> None:
-        self._on_state(len(self._waiting), self.busy, self.n_slots)
+        # Only changes: metrics calls on every step cost 0.6% of decode speed.
+        state = (len(self._waiting), self.busy, self.n_slots)
+        if state != self._reported:
+            self._reported = state
+            self._on_state(*state)
 
 
 def _put_all(items: list[tuple[Ticket, Any]]) -> None:

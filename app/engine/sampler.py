@@ -36,9 +36,15 @@ class RequestSampler:
         for sampler in _chain(n_vocab, params):
             llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
         self._candidates = np.zeros(n_vocab if self.grammar is not None else 0, TOKEN_DATA)
+        # Plain greedy needs no chain: llama_sampler_sample copies the whole vocabulary into a
+        # candidate array every token, 1% of a decode step on a small model; argmax reads it in place.
+        self._argmax_only = self.grammar is None and _is_plain_greedy(params)
 
     def sample(self, ctx: Any, index: int) -> int:
         """The next token from the logits at batch position `index`, accepted into the samplers."""
+        if self._argmax_only:
+            # The first of equal maxima, as llama.cpp's greedy sampler picks.
+            return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,)).argmax())
         if self.grammar is None:
             return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,))
@@ -81,6 +87,10 @@ def _grammar(vocab: Any, grammar: str) -> Any:
     if not sampler:
         raise InvalidParameterError("the grammar does not parse (GBNF with a `root` rule expected)", "grammar")
     return sampler
+
+
+def _is_plain_greedy(p: SamplingParams) -> bool:
+    return p.temperature <= 0 and p.repetition_penalty == 1 and not p.presence_penalty and not p.frequency_penalty
 
 
 def _chain(n_vocab: int, p: SamplingParams) -> Any:

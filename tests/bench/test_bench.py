@@ -145,7 +145,7 @@ def test_json_describes_the_machine_and_versions(bench_run):
     assert host["versions"]["llama-cpp-python"] == llama_cpp.__version__
     assert host["versions"]["torch"] and host["versions"]["transformers"]
     assert "CPU" in host["llama_cpp_system_info"]
-    assert raw["options"] == {"threads": 2, "tokens": TOKENS, "prompt_tokens": 48, "reps": REPS, "n_ctx": 2048,
+    assert raw["options"] == {"threads": 2, "tokens": TOKENS, "prompt_tokens": 48, "reps": REPS, "n_ctx": 2048, "llama_bench": None,
                               "timeout_s": 1800}  # fmt: skip
 
 
@@ -175,9 +175,11 @@ def test_a_missing_llama_bench_is_a_note_not_a_failure(model_path, tmp_path):
         "--reps", "1", "--out-dir", str(tmp_path), "--llama-bench", str(tmp_path / "no-such-llama-bench"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    native = json.loads((tmp_path / "bench.json").read_text())["results"][0]["extra"]["llama_bench"]
-    assert native["error"].startswith("cannot run") and "No such file" in native["error"]
-    assert "cannot run" in (tmp_path / "bench.md").read_text()
+    r = json.loads((tmp_path / "bench.json").read_text())["results"][0]
+    measured = [run for run in r["runs"] if not run["warmup"]]
+    assert r["ok"] and measured[0]["decode_tokens_per_s"] > 0
+    assert measured[0]["native_error"].startswith("cannot run") and "No such file" in measured[0]["native_error"]
+    assert "| llama.cpp Q4_1 | cannot run" in (tmp_path / "bench.md").read_text()
 
 
 # llama.cpp's own llama-bench, built from the pinned sources (../shared/tools/build-llama-tools.sh);
@@ -188,17 +190,21 @@ LLAMA_BENCH = Path(
 
 
 @pytest.mark.skipif(not LLAMA_BENCH.is_file(), reason=f"no llama-bench at {LLAMA_BENCH} (HYCHAT_LLAMA_BENCH)")
-def test_ratios_to_native_llama_bench(model_path, tmp_path):
+def test_ratios_to_native_llama_bench_pair_each_run(model_path, tmp_path):
     result = hychat(
         "bench", "--gguf", model_path, "--quants", "", "--dtypes", "", "--tokens", "16", "--prompt-tokens", "64",
-        "--reps", "1", "--out-dir", str(tmp_path), "--llama-bench", str(LLAMA_BENCH),
+        "--reps", "2", "--out-dir", str(tmp_path), "--llama-bench", str(LLAMA_BENCH),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     r = json.loads((tmp_path / "bench.json").read_text())["results"][0]
-    native = r["extra"]["llama_bench"]
-    assert native["prompt_tokens_per_s"] > 0 and native["decode_tokens_per_s"] > 0
-    ours = r["summary"]["decode_tokens_per_s"]["median"]
+    measured = [run for run in r["runs"] if not run["warmup"]]
+    assert len(measured) == 4 and all(run["native_tokens_per_s"] > 0 for run in measured)
+    for run in measured:
+        ours = run["decode_tokens_per_s"] if run["prompt"] == "short" else run["prompt_tokens_per_s"]
+        assert run["native_ratio"] == pytest.approx(ours / run["native_tokens_per_s"])
+    s = r["summary"]
     row = next(line for line in (tmp_path / "bench.md").read_text().splitlines()[3:] if "Q4_1" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4:] == [f"{native['decode_tokens_per_s']:.1f}", f"{ours:.1f}",
-                         f"{ours / native['decode_tokens_per_s']:.2f}"]  # fmt: skip
+    figures = [("native_prompt_tokens_per_s", 1), ("prompt_tokens_per_s", 1), ("native_prompt_ratio", 2),
+               ("native_decode_tokens_per_s", 1), ("decode_tokens_per_s", 1), ("native_decode_ratio", 2)]  # fmt: skip
+    assert cells[1:] == [f"{s[name]['median']:.{digits}f}" for name, digits in figures]

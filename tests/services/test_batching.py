@@ -64,6 +64,21 @@ def test_eight_concurrent_requests_each_give_exactly_their_solo_output(engine):
     assert all(len(ids) > 0 for ids in solo)
 
 
+def test_greedy_picks_what_llama_cpp_own_greedy_sampler_picks(engine, model_path):
+    import llama_cpp
+
+    raw = llama_cpp.Llama(model_path, n_ctx=512, flash_attn=True, verbose=False)
+    for prompt in PROMPTS[:3]:
+        ids = raw.tokenize(prompt.encode(), add_bos=True, special=True)
+        expected = []
+        for token in raw.generate(ids, temp=0.0, top_k=1, reset=True):  # llama.cpp's chain, greedy
+            if llama_cpp.llama_vocab_is_eog(raw._model.vocab, token) or len(expected) == 24:
+                break
+            expected.append(token)
+        ours = _ids(engine.start(GenerationRequest(prompt=prompt, params=_greedy(24))))
+        assert ours == expected, prompt
+
+
 def test_a_full_queue_refuses_at_once(model_path):
     backend = LlamaCppBackend()
     backend.load_model(model_path, n_ctx=256, parallel=1, max_waiting=1)
