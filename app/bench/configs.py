@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,11 @@ def make_variants(
     from app.pipeline.quantize import quantize
 
     made = []
+    stat = source.stat()
+    # A changed source under the same name must not reuse the variants of the old one.
+    version = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     for quant in quants:
-        target = out_dir / f"{source.stem}.{quant}.gguf"
+        target = out_dir / f"{source.stem}.{version}.{quant}.gguf"
         if not target.is_file():
             progress(f"making {target.name}")
             with _quiet_stderr():

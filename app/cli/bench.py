@@ -18,7 +18,7 @@ def _csv(value: str) -> list[str]:
 
 @click.group(invoke_without_command=True)
 @click.option("--gguf", "ggufs", multiple=True, type=click.Path(), help="GGUF to measure (repeat; default: embedded).")
-@click.option("--quants", default="f16,q8_0,q5_0,q4_0", show_default=True,
+@click.option("--quants", default="f16,q8_0,q5_0,q4_0,q4_k_m", show_default=True,
               help="Formats made from the first GGUF by the pipeline and measured too ('' for none).")  # fmt: skip
 @click.option("--hf-model", type=click.Path(), help="PyTorch's weights (default: the first GGUF, dequantized).")
 @click.option("--dtypes", help="PyTorch configurations (default float32,bfloat16 when torch is installed; '' none).")
