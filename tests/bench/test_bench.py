@@ -145,8 +145,8 @@ def test_json_describes_the_machine_and_versions(bench_run):
     assert host["versions"]["llama-cpp-python"] == llama_cpp.__version__
     assert host["versions"]["torch"] and host["versions"]["transformers"]
     assert "CPU" in host["llama_cpp_system_info"]
-    assert raw["options"] == {"threads": 2, "tokens": TOKENS, "prompt_tokens": 48, "reps": REPS, "n_ctx": 2048, "llama_bench": None,
-                              "timeout_s": 1800}  # fmt: skip
+    assert raw["options"] == {"threads": 2, "tokens": TOKENS, "prompt_tokens": 48, "reps": REPS, "n_ctx": 2048,
+                              "timeout_s": 1800, "llama_bench": None}  # fmt: skip
 
 
 def test_the_chart_is_a_png_of_the_expected_size(bench_run):
