@@ -141,12 +141,20 @@ def build(base: str, adapter: str | None, quant: str, out_dir: str, outtype: str
         click.echo(f"| {name} | {b.type} | {b.size_bytes / 2**20:.1f} | {b.bits_per_weight} | {b.loads} | {figures} |")
 
 
+class Interrupted(click.ClickException):
+    exit_code = 130  # the shell's code for a command stopped by SIGINT
+
+
 def _pipeline(step: Any, *args: Any, **kwargs: Any) -> Any:
     """Runs a pipeline step; its errors become the command's one-line error."""
     try:
         return step(*args, **kwargs)
     except HychatError as error:
         raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        # The step's cleanup has run on the way here; click prints the line once progress output
+        # (the spinner) has closed, instead of "Aborted!" and exit 1.
+        raise Interrupted("interrupted; no partial output was left") from None
 
 
 def _cache_dir() -> Path:

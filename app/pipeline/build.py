@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from app.pipeline.convert import convert
-from app.pipeline.files import atomic_output
+from app.pipeline.files import atomic_output, sha256
 from app.pipeline.inspect import inspect_gguf
 from app.pipeline.merge import merge_lora
 from app.pipeline.quality import QualityReport, compare_quality
@@ -71,13 +70,5 @@ def _describe(path: Path, kind: str, quality: QualityReport | None) -> BuiltFile
     except ValueError:
         loads = False
     return BuiltFile(
-        str(path), kind, report.header.file_size, round(report.bits_per_weight, 2), loads, _sha256(path), quality
+        str(path), kind, report.header.file_size, round(report.bits_per_weight, 2), loads, sha256(path), quality
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.pipeline.converter import converter_dir, run_llama_script
-from app.pipeline.files import PipelineError, atomic_output
+from app.pipeline.files import PipelineError, atomic_output, check_space
 from app.services.gguf_file import GGUFHeader, read_gguf
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
@@ -58,6 +58,7 @@ def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pr
         run_llama_script(folder, "convert_hf_to_gguf.py", args, vocab_pre)
     except PipelineError as error:
         if "pre-tokenizer was not recognized" not in str(error):
+            check_space(out)  # the converter's own traceback would bury a full disk
             raise
         raise PipelineError(
             f"{hf_dir}: llama.cpp's converter does not recognise this tokenizer's pre-tokenizer (it "

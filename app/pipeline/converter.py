@@ -7,9 +7,12 @@ converter's files in the cache folder; nothing of it is copied into this reposit
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -61,10 +64,37 @@ def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str 
     to the user's terminal, and the tail of it explains a failure."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
     command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder / script), vocab_pre or "", *args]
-    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+    before_exec = functools.partial(_tie_to_parent, os.getpid())
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=before_exec
+    ) as proc:
         tail: deque[str] = deque(maxlen=40)
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line)
+        try:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                tail.append(line)
+        except BaseException:
+            # Ctrl-C: the converter stops before the caller removes its partial output, or it would
+            # write on (or create the file) after the cleanup.
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         raise PipelineError(f"llama.cpp's {script} failed:\n" + "".join(tail).strip())
+
+
+# Looked up once here: loading a library in the child, between fork and exec, could deadlock.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _tie_to_parent(parent_pid: int) -> None:
+    """In the converter's process before exec. It gets SIGKILL when hychat dies, even of SIGKILL,
+    which no cleanup of ours survives (Linux ties this to the thread that started it: call from one
+    that outlives the conversion). It ignores SIGINT: a terminal's Ctrl-C reaches the whole process
+    group, and hychat stops it, in order, itself."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # hychat died before the line above took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

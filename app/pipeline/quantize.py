@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.pipeline.files import PipelineError, atomic_output
+from app.pipeline.files import PipelineError, atomic_output, check_space
 from app.pipeline.imatrix import as_c_params, check_fits, load_imatrix
 from app.services.gguf_file import read_gguf
 
@@ -73,13 +73,15 @@ def quantize(
         params.imatrix, params.kv_overrides = as_c_params(matrix, llama_cpp)
     with (
         atomic_output(target, force=force, need_bytes=header.file_size, inputs=(source,)) as partial,
-        tempfile.TemporaryDirectory(dir=partial.parent, prefix=".quantize-") as work,
+        tempfile.TemporaryDirectory(dir=partial.parent, prefix=f"{partial.name}.") as work,
     ):
         # llama.cpp writes into a folder of its own: once Ctrl-C has removed it, the C call (which
-        # cannot be stopped) has nowhere left to create or finish a file.
+        # cannot be stopped) has nowhere left to create or finish a file. Its name starts with the
+        # partial output's, so a run killed outright leaves only what the next write clears away.
         written = Path(work) / "out.gguf"
         status = _run_in_thread(llama_cpp.llama_model_quantize, str(source).encode(), str(written).encode(), params)
         if status != 0 or not written.is_file():
+            check_space(written)  # llama.cpp says only "iostream error" when the disk is full
             raise PipelineError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
         read_gguf(written)  # what we made is whole before it takes the final name
         os.replace(written, partial)

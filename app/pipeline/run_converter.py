@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+from pathlib import Path
 
 
 def main() -> None:
@@ -21,7 +22,13 @@ def main() -> None:
 
         base.TextModel.get_vocab_base_pre = lambda self, tokenizer: vocab_pre
     sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except OSError as error:
+        # A full disk, a size limit, a missing file: the environment's failure, not the converter's
+        # bug, so one line instead of a traceback (numpy's tofile does not even give an errno);
+        # hychat then says which output could not be written and why.
+        sys.exit(f"{Path(script).name}: {error}")
 
 
 if __name__ == "__main__":
