@@ -50,8 +50,10 @@ class ChatTemplateError(HychatError):
 
 
 class ModelFileError(HychatError):
-    """A model file is missing, not a GGUF file, truncated or corrupt."""
+    """A model file is missing, not a GGUF file, truncated or corrupt. A 400 when a request chose the
+    file (`POST /admin/reload`); at start-up the server does not start and says why."""
 
+    status_code = 400
     code = "model_file_error"
 
     def __init__(self, path: str | Path, problem: str):
@@ -59,11 +61,39 @@ class ModelFileError(HychatError):
         self.path, self.problem = str(path), problem
 
 
+class ModelPathForbiddenError(HychatError):
+    """A requested model path lies outside the configured model folders (HYCHAT_MODEL_DIRS)."""
+
+    status_code = 403
+    code = "model_path_forbidden"
+    param = "model_path"
+
+
+class AdminDisabledError(HychatError):
+    """Admin routes are refused on a server without an API key: anyone could re-point it."""
+
+    status_code = 403
+    code = "admin_disabled"
+
+
+class ReloadInProgressError(HychatError):
+    """Another model reload is running; this one was not started."""
+
+    status_code = 409
+    code = "reload_in_progress"
+
+
 class BackendUnavailableError(HychatError):
     """The chosen backend is not installed or has no model loaded."""
 
     status_code = 503
     code = "backend_unavailable"
+
+
+class EngineClosedError(BackendUnavailableError):
+    """The engine takes no more requests: its model was replaced or unloaded (503 with Retry-After)."""
+
+    retry_after_s = 1
 
 
 class QueueFullError(HychatError):
@@ -102,6 +132,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }

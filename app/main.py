@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import metrics
-from app.errors import AuthenticationError, HychatError, InvalidParameterError, QueueFullError, error_body, error_object
+from app.errors import AuthenticationError, HychatError, InvalidParameterError, error_body, error_object
 from app.limits import BodySizeLimit
-from app.routes import api, health, openai, web
+from app.protocol.errors import error_responses, invalid_body
+from app.protocol.openapi import without_validation_422
+from app.routes import admin, api, health, openai, web
 from app.routes import metrics as metrics_route
 from app.routes.deps import require_api_key
 from app.services.registry import BACKENDS, load_configured
@@ -36,15 +39,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # off unless configured: a browser page elsewhere cannot call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(RequestTelemetry)  # outermost: sees 413s too
     app.include_router(health.router)
-    app.include_router(api.router, dependencies=[Depends(require_api_key)])
-    app.include_router(openai.router, dependencies=[Depends(require_api_key)])
+    app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    app.include_router(openai.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.include_router(web.router)
     web.mount_static(app)
-    app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)])
+    app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    app.include_router(admin.router)  # its own check: the API key, and off without one
     metrics.declare_backends(BACKENDS)
     _install_error_handlers(app)
+    app.openapi = lambda: without_validation_422(FastAPI.openapi(app))  # a bad body is our 400, not a 422
     return app
 
 
@@ -54,27 +67,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = None
         if isinstance(error, AuthenticationError):
             headers = {"WWW-Authenticate": "Bearer"}
-        elif isinstance(error, QueueFullError):
+        elif getattr(error, "retry_after_s", None):  # a full queue, a model being swapped
             headers = {"Retry-After": str(error.retry_after_s)}
         return JSONResponse(error_body(error), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        return await hychat_error(request, _invalid_parameter(error))
+        return await hychat_error(request, invalid_body(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # unknown route, method
+        if isinstance(error.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body"
+            return await hychat_error(request, InvalidParameterError(f"the body is not valid UTF-8: {error.__cause__}"))
         body = error_object(str(error.detail), error.status_code)
         return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:  # the server logs it
         return JSONResponse(error_body(error), status_code=HychatError.status_code)
-
-
-def _invalid_parameter(error: RequestValidationError) -> InvalidParameterError:
-    """A body that does not fit its wire type: a 400 that names each field at fault."""
-    problems = [(".".join(str(p) for p in e["loc"] if p != "body"), e) for e in error.errors()]
-    message = "; ".join(f"{path or 'body'}: {e['msg']}" for path, e in problems) or "invalid request"
-    path, first = problems[0] if problems else ("", {})
-    return InvalidParameterError(message, path if path and first.get("type") != "json_invalid" else None)

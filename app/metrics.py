@@ -9,12 +9,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 if TYPE_CHECKING:
     from app.services.backend import Usage
 
 REGISTRY = CollectorRegistry()
+# process_resident_memory_bytes, CPU seconds, open files: what a soak run watches for leaks.
+ProcessCollector(registry=REGISTRY)
 
 # CPU inference: a small model answers in milliseconds, a 7B model on a busy machine in tens of seconds.
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60)

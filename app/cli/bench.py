@@ -108,4 +108,59 @@ def serve(url: str, levels: str, max_tokens: int, rounds: int, api_key: str) -> 
         )
 
 
+@bench.command()
+@click.argument("url")
+@click.option("--duration", type=float, default=120, show_default=True, help="Seconds of traffic after the warm-up.")
+@click.option("--clients", type=int, default=4, show_default=True, help="Clients sending at once.")
+@click.option("--max-tokens", type=int, default=32, show_default=True)
+@click.option("--max-rss-growth", type=float, default=0.05, show_default=True, help="Allowed memory growth (0.05: 5%).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--api-key", default="none", help="Sent as a Bearer token.")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the report here.")
+def soak(url: str, duration: float, clients: int, max_tokens: int, max_rss_growth: float, seed: int, api_key: str,
+         json_path: str | None) -> None:  # fmt: skip
+    """Mixed traffic against the server at URL for --duration seconds (chat, streams, completions, JSON
+    schema, abandoned streams); exit 1 on any error, memory growth above the limit or a stuck slot."""
+    import json
+
+    from tqdm import tqdm
+
+    from app.bench.soak import soak as run_soak
+    from app.pipeline.files import atomic_output
+
+    if duration <= 0 or clients < 1 or max_tokens < 1:
+        raise click.BadParameter("--duration must be > 0, --clients and --max-tokens >= 1")
+    with tqdm(total=round(duration), unit="s", file=sys.stderr) as bar:
+
+        def tick(elapsed_s: float, served: int) -> None:
+            bar.n = min(round(elapsed_s), bar.total)
+            bar.set_postfix(requests=served)
+
+        try:
+            report = run_soak(url, duration, clients, max_tokens, api_key, seed, max_rss_growth, tick)
+        except ConnectionError as error:
+            raise click.ClickException(str(error)) from None
+    for line in _soak_lines(report):
+        click.echo(line)
+    if json_path:
+        with atomic_output(Path(json_path), force=True) as temporary:
+            temporary.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    if report.problems:
+        raise click.ClickException("; ".join(report.problems))
+
+
+def _soak_lines(report) -> list[str]:
+    served = sum(report.requests.values())
+    by_kind = ", ".join(f"{kind} {n}" for kind, n in report.requests.items())
+    lines = [
+        f"requests: {served} in {report.duration_s:.0f} s with {report.clients} clients ({by_kind})",
+        f"errors: {report.errors}",
+        f"latency: p50 {report.latency_p50_s:.2f} s, p95 {report.latency_p95_s:.2f} s",
+        f"server memory: {report.rss_start_mib:.1f} MiB after warm-up, {report.rss_end_mib:.1f} MiB at the end "
+        f"({report.rss_growth:+.1%})",
+        f"after the run: {report.busy_slots_end:.0f} slots busy, {report.queued_end:.0f} queued",
+    ]
+    return lines + [f"  {error}" for error in report.first_errors]
+
+
 COMMANDS = [bench]

@@ -160,9 +160,9 @@ def _load(settings: Settings) -> Any:
 
 
 def _register_commands() -> None:
-    from app.cli import bench, doctor, pipeline
+    from app.cli import admin, bench, doctor, pipeline
 
-    for command in [*pipeline.COMMANDS, *bench.COMMANDS, *doctor.COMMANDS]:
+    for command in [*pipeline.COMMANDS, *bench.COMMANDS, *doctor.COMMANDS, *admin.COMMANDS]:
         cli.add_command(command)
 
 

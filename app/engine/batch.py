@@ -32,7 +32,7 @@ import numpy as np
 from app.engine.admission import AdmissionQueue, choose_slot
 from app.engine.sampler import RequestSampler
 from app.engine.worker import END, Failure, aread, read
-from app.errors import HychatError, QueueFullError
+from app.errors import EngineClosedError, HychatError, QueueFullError
 from app.services.backend import TokenEvent, TokenLogprob, TopLogprob, UsageClock
 from app.services.detokenize import TextAssembler
 
@@ -143,7 +143,8 @@ class BatchEngine:
     def submit(self, ticket: Ticket) -> Ticket:
         with self._wake:
             if self._closing:
-                raise EngineError("the model is being replaced; retry")
+                ticket.sampler.free()
+                raise EngineClosedError("the model is being replaced or unloaded; retry")
             if not self._waiting.offer(ticket, free_slots=self.n_slots - self.busy):
                 ticket.sampler.free()
                 raise QueueFullError(

@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.errors import MaxTokensTooLargeError
-from app.services.backend import Completion, GenerationRequest, SamplingParams, Usage
+from app.services.backend import MAX_STOP_SEQUENCES, Completion, GenerationRequest, SamplingParams, Usage
 
 MAX_MESSAGES = 512
 MAX_TEXT_CHARS = 200_000
+MAX_TOP_K = 2**31 - 1  # llama.cpp takes an int32
+
+# The ranges of `SamplingParams`, stated in the schema too: clients see them, and a value out of range
+# is a 400 that names its field.
+Stop = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)]
+)
 
 
 class ChatMessage(BaseModel):
-    role: str = Field(max_length=32)
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class ChatRequest(BaseModel):
-    """Give `messages` (rendered with the model's chat template) or a raw `prompt`. Ranges are
-    checked by the backend, so the Python API and HTTP answer the same errors."""
+    """Give `messages` (rendered with the model's chat template) or a raw `prompt`. The ranges are
+    `SamplingParams`' own, stated here so that the schema shows them; the backend checks them again
+    for the Python API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}]}
+    )
 
-    messages: list[ChatMessage] | None = Field(None, max_length=MAX_MESSAGES)
-    prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
     stream: bool = False
     backend: Literal["llamacpp", "pytorch"] | None = Field(None, description="Default: the server's setting.")
-    max_new_tokens: int = Field(256, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repetition_penalty: float = 1.0
-    stop: list[str] | str | None = None
-    seed: int | None = None
+    max_new_tokens: int = Field(256, ge=1, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
+    temperature: float = Field(0.7, ge=0, allow_inf_nan=False)
+    top_p: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    top_k: int = Field(40, ge=0, le=MAX_TOP_K, description="0 disables it.")
+    min_p: float = Field(0.05, ge=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
+    stop: Stop | None = None
+    seed: int | None = Field(None, ge=0, lt=2**32)
 
 
 class UsageBody(BaseModel):
@@ -52,6 +63,35 @@ class ChatResponse(BaseModel):
     backend: str
     model: str | None
     usage: UsageBody
+
+
+class BackendInfo(BaseModel):
+    """One backend's state; a loaded one adds its model's details (path, architecture, n_ctx, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend: str
+    available: bool
+    loaded: bool
+
+
+class InfoResponse(BaseModel):
+    backends: dict[str, BackendInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    backends: list[str]  # those with a model loaded
+
+
+class TextEvent(BaseModel):
+    """A piece of a streamed answer (`data:` of a plain event)."""
+
+    text: str
 
 
 class DoneEvent(BaseModel):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
-from app.protocol.api import MAX_MESSAGES, MAX_TEXT_CHARS
+from app.protocol.api import MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop
 from app.services.backend import (
     MAX_LOGPROBS,
     Completion,
@@ -86,18 +86,18 @@ class _GenerationFields(_Strict):
     stream_options: StreamOptions | None = None
     n: int = 1
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    stop: Stop | None = None
     seed: int | None = Field(None, ge=0, lt=2**32)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     response_format: ResponseFormat | None = None  # not OpenAI's on /v1/completions
     user: str | None = Field(None, max_length=256)  # accepted, unused
     # Not OpenAI's: llama.cpp's samplers, as /api/chat takes them.
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
+    min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class ChatCompletionRequest(_GenerationFields):
@@ -108,7 +108,13 @@ class ChatCompletionRequest(_GenerationFields):
 
 
 class CompletionRequest(_GenerationFields):
-    prompt: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[str], Field(min_length=1)]
+    # One prompt per request: a string, or a list of exactly one.
+    prompt: (
+        Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]], Field(min_length=1, max_length=1)
+        ]
+    )
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
@@ -248,11 +254,7 @@ def to_chat_generation_request(body: ChatCompletionRequest, max_tokens_limit: in
 
 
 def to_completion_generation_request(body: CompletionRequest, max_tokens_limit: int) -> GenerationRequest:
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise InvalidParameterError("only one prompt per request is supported", "prompt")
-        prompt = prompt[0]
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]  # a list holds exactly one
     default = min(COMPLETIONS_DEFAULT_MAX_TOKENS, max_tokens_limit)
     max_new_tokens = _max_new_tokens(body.max_tokens, "max_tokens", max_tokens_limit, default)
     return GenerationRequest(_sampling_params(body, max_new_tokens, body.logprobs), prompt=prompt)

@@ -11,7 +11,18 @@ from fastapi import APIRouter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import HychatError, error_body
-from app.protocol.api import ChatRequest, ChatResponse, DoneEvent, chat_response, to_generation_request, usage_body
+from app.protocol.api import (
+    ChatRequest,
+    ChatResponse,
+    DoneEvent,
+    InfoResponse,
+    TextEvent,
+    chat_response,
+    to_generation_request,
+    usage_body,
+)
+from app.protocol.errors import error_responses
+from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Backend, Completion, Generation
 from app.services.registry import BACKENDS, chat_backend
@@ -20,7 +31,17 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/api/chat", response_model=ChatResponse)
+@router.post(
+    "/api/chat",
+    response_model=ChatResponse,
+    responses={
+        **event_stream_response(
+            "The answer; with `stream: true`, Server-Sent Events ending with `event: done`.",
+            {"message": (TextEvent,), "done": (DoneEvent,), "error": ()},
+        ),
+        **error_responses(400, 413, 429, 503),
+    },
+)
 async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
     """Answers a chat (`messages`) or a raw `prompt`; with `"stream": true` as Server-Sent Events:
     `data: {"text": ...}` per piece, then `event: done` with finish reason and usage."""
@@ -29,10 +50,10 @@ async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
     if body.stream:
         return EventSourceResponse(_events(generation, backend))
     completion = Completion.from_events([event async for event in generation])
-    return chat_response(completion, backend.name, backend.model_name)
+    return chat_response(completion, backend.name, generation.model_name)
 
 
-@router.get("/api/info")
+@router.get("/api/info", response_model=InfoResponse)
 def info() -> dict[str, Any]:
     return {"backends": {name: backend.info() for name, backend in BACKENDS.items()}}
 
@@ -46,7 +67,7 @@ async def _events(generation: Generation, backend: Backend) -> AsyncIterator[Ser
                 done = DoneEvent(
                     finish_reason=event.finish_reason,
                     backend=backend.name,
-                    model=backend.model_name,
+                    model=generation.model_name,
                     usage=usage_body(event.usage),
                 )
                 yield ServerSentEvent(done.model_dump_json(), event="done")

@@ -6,19 +6,21 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.errors import BackendUnavailableError
+from app.protocol.api import HealthResponse, ReadyResponse
+from app.protocol.errors import error_responses
 from app.services.registry import BACKENDS
 
 router = APIRouter()
 
 
-@router.get("/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/health", response_model=HealthResponse)
+def health() -> HealthResponse:
+    return HealthResponse(status="ok")
 
 
-@router.get("/ready")
-def ready() -> dict[str, str | list[str]]:
+@router.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
+def ready() -> ReadyResponse:
     loaded = [name for name, backend in BACKENDS.items() if backend.is_loaded]
     if not loaded:
         raise BackendUnavailableError("no backend has a model loaded")
-    return {"status": "ready", "backends": loaded}
+    return ReadyResponse(status="ready", backends=loaded)

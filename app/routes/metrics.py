@@ -9,7 +9,16 @@ from app import metrics
 router = APIRouter()
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus' text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def prometheus_metrics() -> Response:
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

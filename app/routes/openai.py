@@ -17,7 +17,9 @@ from fastapi import APIRouter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.errors import HychatError, error_body
+from app.protocol.errors import error_responses
 from app.protocol.openai import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatStream,
@@ -32,21 +34,45 @@ from app.protocol.openai import (
     to_chat_generation_request,
     to_completion_generation_request,
 )
+from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Generation, GenerationRequest
 from app.services.registry import backend_for_model, served_backends
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
+GENERATION_ERRORS = error_responses(400, 404, 413, 429, 503)
 
 
-@router.post("/chat/completions", response_model=ChatCompletionResponse)
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={
+        **event_stream_response(
+            "With `stream: true`: `data: {chat.completion.chunk}` lines, then `data: [DONE]`.",
+            {"message": (ChatCompletionChunk,)},
+            "[DONE]",
+        ),
+        **GENERATION_ERRORS,
+    },
+)
 async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -> Any:
     request = to_chat_generation_request(body, settings.max_tokens_limit)
     return await _answer(body, request, settings, "chatcmpl", ChatStream, chat_completion_response)
 
 
-@router.post("/completions", response_model=CompletionResponse)
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    responses={
+        **event_stream_response(
+            "With `stream: true`: `data: {text_completion}` lines, then `data: [DONE]`.",
+            {"message": (CompletionResponse,)},
+            "[DONE]",
+        ),
+        **GENERATION_ERRORS,
+    },
+)
 async def completions(body: CompletionRequest, settings: SettingsDep) -> Any:
     request = to_completion_generation_request(body, settings.max_tokens_limit)
     return await _answer(body, request, settings, "cmpl", CompletionStream, completion_response)
@@ -57,7 +83,7 @@ async def _answer(body: Any, request: GenerationRequest, settings: Any, kind: st
     Server-Sent Events or, once the generation is complete, JSON."""
     backend = backend_for_model(settings, body.model)
     generation = backend.start(request)
-    meta = response_meta(kind, backend.model_name or body.model)
+    meta = response_meta(kind, generation.model_name or body.model)
     log.debug("%s: %s on %s", meta.id, kind, backend.name)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

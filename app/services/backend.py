@@ -236,6 +236,8 @@ class Completion:
 class Generation:
     """A validated request, ready to stream. Iterate it from a thread or `async for` it."""
 
+    model_name: str | None = None
+
     def __init__(self, worker: Worker, job: Job, backend_name: str):
         self._worker, self._job, self._backend_name = worker, job, backend_name
 
@@ -258,6 +260,9 @@ class Generation:
 
 class LoadedModel(Protocol):
     n_ctx: int
+
+    @property
+    def name(self) -> str: ...  # the model's file or folder name, as the API reports it
 
 
 class Backend(ABC):
@@ -283,7 +288,7 @@ class Backend(ABC):
 
     @property
     def model_name(self) -> str | None:
-        return None
+        return self._model.name if self._model is not None else None
 
     def unload(self) -> None:
         self._model = None  # a generation in flight keeps its model alive until it ends
@@ -300,7 +305,9 @@ class Backend(ABC):
         prompt_ids = self._prompt_ids(m, request)
         check_prompt_fits(len(prompt_ids), m.n_ctx)
         clock = UsageClock(len(prompt_ids), t_start)
-        return self._generation(m, prompt_ids, request.params, clock)
+        generation = self._generation(m, prompt_ids, request.params, clock)
+        generation.model_name = m.name  # the model that answers, even if another is loaded meanwhile
+        return generation
 
     def _generation(self, m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
         """By default a backend's generations run one at a time on its own worker thread."""

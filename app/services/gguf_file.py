@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,6 +26,8 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_COUNT = 1 << 24  # far above any real model's tensor or key count; stops absurd headers early
 SMALL_ARRAY = 64  # arrays up to this length keep their values; longer ones only their length
+MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dimension, type, offset
+MIN_KEY_VALUE = 8 + 4 + 1  # key length, value type, the smallest value
 
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _SCALARS = {kind: struct.Struct(fmt) for kind, fmt in _FORMATS.items()}
@@ -73,20 +76,26 @@ class GGUFHeader:
 def read_gguf(path: str | Path) -> GGUFHeader:
     """Parses the header and checks the tensor layout; raises ModelFileError naming the problem."""
     path = Path(path)
+    if "\0" in str(path):
+        raise ModelFileError(path, "not a file name (it contains a NUL byte)")
     if not path.exists():
         raise ModelFileError(path, "file not found")
+    # Never opened otherwise: a device (/dev/zero) or a FIFO would be read forever or block.
     if not path.is_file():
         raise ModelFileError(path, "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelFileError(path, "not a GGUF file (the file is empty)")
     try:
-        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            header = _Parser(buf, path, size).parse()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size  # of the file opened, not of whatever the path names now
+            if size == 0:
+                raise ModelFileError(path, "not a GGUF file (the file is empty)")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                header = _Parser(buf, path, size).parse()
     except struct.error:
         raise ModelFileError(path, f"truncated: the header ends past the end of the file ({size} bytes)") from None
-    except (UnicodeDecodeError, OverflowError, MemoryError) as error:
+    except (UnicodeDecodeError, OverflowError, MemoryError, RecursionError) as error:
         raise ModelFileError(path, f"corrupt GGUF header ({error.__class__.__name__})") from None
+    except (OSError, ValueError) as error:  # unreadable, or shrank to nothing since the check (mmap's ValueError)
+        raise ModelFileError(path, f"cannot read it ({error.__class__.__name__}: {error})") from None
     _check_tensors(header)
     return header
 
@@ -110,6 +119,10 @@ class _Parser:
         n_tensors, n_kv = self.scalar(10), self.scalar(10)
         if n_tensors > MAX_COUNT or n_kv > MAX_COUNT:
             raise self.fail(f"corrupt header: {n_tensors} tensors, {n_kv} metadata keys")
+        if self.pos + n_tensors * MIN_TENSOR_INFO + n_kv * MIN_KEY_VALUE > self.size:
+            raise self.fail(
+                f"corrupt header: {n_tensors} tensors and {n_kv} metadata keys cannot fit in {self.size} bytes"
+            )
         metadata = {}
         for _ in range(n_kv):
             key = self.string()
@@ -195,14 +208,17 @@ def _tensor_bytes(parser: _Parser, name: str, shape: tuple[int, ...], ggml_type:
         n_rows *= dim
     n_bytes = shape[0] // block * block_bytes * n_rows
     if n_bytes > parser.size:
-        raise parser.fail(f"corrupt header: tensor {name} claims {n_bytes} bytes, the file has {parser.size}")
+        raise parser.fail(f"truncated or corrupt: tensor {name} needs {n_bytes} bytes, the file has {parser.size}")
     return n_bytes
 
 
 def _check_tensors(header: GGUFHeader) -> None:
     if header.expected_size > header.file_size:
+        last = max(header.tensors, key=lambda t: t.offset + t.n_bytes)
         raise ModelFileError(
-            header.path, f"truncated: expected at least {header.expected_size} bytes, file has {header.file_size}"
+            header.path,
+            f"truncated: expected at least {header.expected_size} bytes, file has {header.file_size} "
+            f"(tensor {last.name} at data offset {last.offset} ends past the end)",
         )
 
 

@@ -24,6 +24,11 @@ _CONVERTER_ERRORS = (
     RecursionError,
     re.error,
 )
+# llama-cpp-python's port of the schema converter lets raw control characters into strings
+# (`[^"\\]`), which no JSON parser accepts (a soak run got a raw newline); llama.cpp's own converter
+# and llama-cpp-python's JSON_GBNF exclude them.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 def json_grammar() -> str:
@@ -37,9 +42,10 @@ def json_schema_grammar(schema: dict[str, Any], param: str | None = None) -> str
         raise InvalidParameterError("the JSON schema must be an object", param)
     module = _grammar_module()
     try:
-        return module.json_schema_to_gbnf(json.dumps(schema))
+        grammar = module.json_schema_to_gbnf(json.dumps(schema))
     except _CONVERTER_ERRORS as error:
         raise InvalidParameterError(f"cannot turn this JSON schema into a grammar: {error}", param) from None
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def _grammar_module() -> Any:

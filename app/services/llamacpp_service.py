@@ -25,6 +25,7 @@ from app import metrics
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
+    EngineClosedError,
     InvalidParameterError,
     ModelFileError,
 )
@@ -70,6 +71,10 @@ class _Loaded:
     formatter: Any = None  # Jinja2ChatFormatter, None when the template does not compile
     template_error: str | None = None
     pieces: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.header.path.name
 
 
 class LlamaCppBackend(Backend):
@@ -180,10 +185,6 @@ class LlamaCppBackend(Backend):
             "lora_scale": m.llm.lora_scale if m.llm.lora_path else None,
         }
 
-    @property
-    def model_name(self) -> str | None:
-        return self._model.header.path.name if self._model else None
-
     # -- generation ----------------------------------------------------------------------------
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -193,6 +194,12 @@ class LlamaCppBackend(Backend):
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text the model sees for `messages`, from its own chat template."""
         return _render(self._require(), messages)
+
+    def start(self, request: GenerationRequest) -> Generation:
+        try:
+            return super().start(request)
+        except EngineClosedError:  # the model was swapped while this request was read: once more, on the new one
+            return super().start(request)
 
     def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
         if request.messages is None:

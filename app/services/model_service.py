@@ -57,6 +57,10 @@ class _Loaded:
     lora_merged: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        return self.path.name
+
 
 class TorchBackend(Backend):
     name = "pytorch"
@@ -100,10 +104,6 @@ class TorchBackend(Backend):
         if self._model is None:
             return {"backend": self.name, "available": self.available, "loaded": False}
         return dict(self._model.info)
-
-    @property
-    def model_name(self) -> str | None:
-        return self._model.path.name if self._model else None
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -202,6 +202,12 @@ class _OpenAIPenalties:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+# transformers divides the logits by the temperature and the repetition penalty in float32: a value
+# near 0 (5e-324 is valid JSON) overflows them to inf and the sampling probabilities to NaN, and
+# generate() raises. Within [1 / MAX_LOGIT_SCALE, MAX_LOGIT_SCALE] they stay finite.
+MAX_LOGIT_SCALE = 1e4
+
+
 def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, budget: int) -> dict[str, Any]:
     eog = sorted(m.eog_ids)
     kwargs: dict[str, Any] = {
@@ -210,12 +216,12 @@ def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, 
         # ignore_eos: transformers masks end-of-generation tokens until the budget is spent.
         "min_new_tokens": budget if params.ignore_eos else None,
         "pad_token_id": eog[0] if eog else None,
-        "repetition_penalty": params.repetition_penalty,
+        "repetition_penalty": min(max(params.repetition_penalty, 1 / MAX_LOGIT_SCALE), MAX_LOGIT_SCALE),
     }
     if params.presence_penalty or params.frequency_penalty:
         penalties = _OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty)
         kwargs["logits_processor"] = transformers.LogitsProcessorList([penalties])
-    if params.temperature == 0:
+    if params.temperature < 1 / MAX_LOGIT_SCALE:  # sampling that cold is greedy (llama.cpp's too)
         return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     return kwargs | {
         "do_sample": True,

@@ -67,44 +67,6 @@ def test_raw_prompt_with_stop_sequence(client):
     assert cut["response"] == full["response"][: full["response"].index(" 7")] and cut["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize(
-    "body, status, needle",
-    [
-        ({"messages": CHINESE, "temperature": -1}, 400, "temperature"),
-        ({"messages": CHINESE, "top_p": 2}, 400, "top_p"),
-        ({"messages": CHINESE, "max_new_tokens": 0}, 400, "max_new_tokens"),
-        ({"messages": CHINESE, "temperature": "hot"}, 400, "temperature"),
-        ({"messages": []}, 400, "non-empty"),
-        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
-        ({"messages": CHINESE, "prompt": "both"}, 400, "exactly one"),
-        ({}, 400, "exactly one"),
-        ({"messages": CHINESE, "max_token": 5}, 400, "max_token"),
-        ({"messages": CHINESE, "max_new_tokens": 5000}, 400, "HYCHAT_MAX_TOKENS_LIMIT"),
-        ({"prompt": "你好" * 2000}, 400, "context window"),
-    ],
-)
-def test_invalid_requests_get_4xx_with_a_message(client, body, status, needle):
-    r = client.post("/api/chat", json=body)
-    assert r.status_code == status, r.text
-    assert needle in r.json()["error"]["message"]
-
-
-def test_malformed_json_and_oversized_bodies(client):
-    r = client.post("/api/chat", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = client.post("/api/chat", content=b"\xff\xfe{}", headers={"content-type": "application/json"})
-    assert r.status_code == 400
-    r = client.post("/api/chat", json={"prompt": "x" * 2_000_000})
-    assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
-
-    def chunks():  # no Content-Length: the limit must count what arrives
-        for _ in range(40):
-            yield b"x" * 50_000
-
-    r = client.post("/api/chat", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413
-
-
 def test_a_client_that_disconnects_mid_stream_does_not_hurt_the_server(client, server):
     for _ in range(3):
         with (
@@ -130,27 +92,3 @@ def test_without_llamacpp_enabled_the_pytorch_backend_answers(start_server):
     assert r.status_code == 200 and r.json()["backend"] == "pytorch"
     r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "backend": "llamacpp"}, timeout=30)
     assert r.status_code == 503 and r.json()["error"]["message"] == "the llamacpp backend has no model loaded"
-
-
-PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/ready")}
-
-
-def test_api_key_protects_every_route_but_health(start_server):
-    from app.main import create_app
-
-    # Enumerated from the app itself, so a new route cannot slip through unprotected.
-    paths = create_app().openapi()["paths"]
-    routes = {(method.upper(), path) for path, ops in paths.items() for method in ops} - PUBLIC_ROUTES
-    assert ("POST", "/api/chat") in routes and ("GET", "/api/info") in routes
-    assert ("POST", "/v1/chat/completions") in routes and ("GET", "/v1/models") in routes
-
-    server = start_server({"HYCHAT_API_KEY": "s3cret"})
-    for method, path in sorted(routes):
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
-            r = httpx.request(method, server.url + path, json={"prompt": "hi"}, headers=headers, timeout=30)
-            assert r.status_code == 401, (method, path, headers)
-            assert r.headers["www-authenticate"] == "Bearer"
-    good = {"prompt": "你好", "max_new_tokens": 4}
-    for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
-        assert httpx.post(f"{server.url}/api/chat", json=good, headers=headers, timeout=60).status_code == 200
-    assert httpx.get(f"{server.url}/health").status_code == 200  # liveness stays open

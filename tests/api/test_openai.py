@@ -226,7 +226,7 @@ def assert_openai_error(error: openai.APIStatusError, status: int, error_type: s
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"seed": -1}, "seed"),
-        ({"stop": ["a"] * 20}, None),
+        ({"stop": ["a"] * 20}, "stop"),
         ({"response_format": {"type": "xml"}}, "response_format"),
     ],
 )
@@ -243,17 +243,6 @@ def test_max_tokens_above_the_limit_says_what_the_limit_is(client, server):
     assert raised.value.param == "max_tokens" and "at most 4096" in raised.value.message
     r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "max_new_tokens": 5000}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens"
-
-
-def test_malformed_bodies_are_400(server):
-    url = f"{server.url}/v1/chat/completions"
-    good = {"model": MODEL, "messages": CHINESE, "max_tokens": 2}
-    for body in ({**good, "tools": []}, {**good, "temperature": "hot"}, {"model": MODEL}, {**good, "messages": []}):
-        r = httpx.post(url, json=body, timeout=30)
-        assert r.status_code == 400, body
-        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"]
-    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_unknown_model_is_404(client):

@@ -3,8 +3,10 @@ them, and a failed load leaves the model that was loaded serving."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,33 @@ def write(tmp_path: Path, data: bytes, name: str = "damaged.gguf") -> Path:
 
 def patched(data: bytes, offset: int, value: bytes) -> bytes:
     return data[:offset] + value + data[offset + len(value) :]
+
+
+def symlink(tmp: Path, target: Path) -> Path:
+    path = tmp / "link.gguf"
+    path.symlink_to(target)
+    return path
+
+
+def fifo(tmp: Path) -> Path:
+    path = tmp / "pipe.gguf"
+    os.mkfifo(path)
+    return path
+
+
+def sparse(tmp: Path, size: int) -> Path:
+    """A file of `size` zero bytes that takes no disk space: reading it whole would take minutes."""
+    path = tmp / "huge.gguf"
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def nested_arrays(depth: int) -> bytes:
+    """A header whose one metadata value is an array of an array of ... `depth` deep."""
+    key = b"a"
+    nested = struct.pack("<I", 9) + (struct.pack("<IQ", 9, 1) * depth) + struct.pack("<IQ", 4, 0)
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + nested
 
 
 def first_tensor_offset_field(data: bytes) -> int:
@@ -62,13 +91,31 @@ CASES = {
         "corrupt header: 1099511627776 tensors",
     ),
     "absurd_string_length": (
-        lambda tmp, data: write(tmp, patched(data[:4096], 24, struct.pack("<Q", 1 << 50))),
+        lambda tmp, data: write(tmp, patched(data[:20_000], 24, struct.pack("<Q", 1 << 50))),
         "claims 1125899906842624 bytes",
     ),
     "absurd_tensor_offset": (
         lambda tmp, data: write(tmp, patched(data, first_tensor_offset_field(data), struct.pack("<Q", 1 << 45))),
-        "truncated: expected at least",
+        "truncated: expected at least .*tensor token_embd.weight at data offset 35184372088832 ends past the end",
     ),
+    "dangling_symlink": (lambda tmp, data: symlink(tmp, tmp / "gone.gguf"), "file not found"),
+    "symlink_to_dev_zero": (lambda tmp, data: symlink(tmp, Path("/dev/zero")), "not a regular file"),
+    "fifo": (lambda tmp, data: fifo(tmp), "not a regular file"),  # opening it would block
+    "huge_sparse_file": (lambda tmp, data: sparse(tmp, 10 << 30), r"bad magic b'\\x00\\x00\\x00\\x00'"),
+    "version_1": (lambda tmp, data: write(tmp, patched(data[:4096], 4, struct.pack("<I", 1))), "version 1 "),
+    "absurd_key_count": (
+        lambda tmp, data: write(tmp, patched(data[:4096], 16, struct.pack("<Q", 1 << 40))),
+        "corrupt header: .* 1099511627776 metadata keys",
+    ),
+    "key_count_past_the_file": (
+        lambda tmp, data: write(tmp, patched(data[:4096], 16, struct.pack("<Q", 1_000_000))),
+        "272 tensors and 1000000 metadata keys cannot fit in 4096 bytes",
+    ),
+    "tensor_count_past_the_file": (
+        lambda tmp, data: write(tmp, patched(data[:4096], 8, struct.pack("<Q", 1_000_000))),
+        "1000000 tensors and .* metadata keys cannot fit in 4096 bytes",
+    ),
+    "nested_arrays": (lambda tmp, data: write(tmp, nested_arrays(5000)), r"corrupt GGUF header \(RecursionError\)"),
     "misaligned_tensor_offset": (
         lambda tmp, data: write(tmp, patched(data, first_tensor_offset_field(data), struct.pack("<Q", 3))),
         "not aligned to 32",
@@ -80,8 +127,10 @@ CASES = {
 def test_damaged_file_is_refused_with_a_clear_message(case, tmp_path, original, service):
     make, message = CASES[case]
     path = make(tmp_path, original)
+    start = time.perf_counter()
     with pytest.raises(ModelFileError, match=message) as caught:
         service.load_model(model_path=str(path))
+    assert time.perf_counter() - start < 2  # a header scan: nothing reads the whole file
     assert caught.value.path == str(path)
     assert str(path) in str(caught.value)
     # The model loaded before keeps answering.

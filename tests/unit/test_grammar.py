@@ -54,3 +54,22 @@ def test_a_schema_the_converter_cannot_handle_is_a_400(schema):
     with pytest.raises(InvalidParameterError, match="grammar") as raised:
         json_schema_grammar(schema, "response_format")
     assert raised.value.param == "response_format" and raised.value.status_code == 400
+
+
+def test_schema_strings_refuse_raw_control_characters(llm):
+    """JSON forbids raw control characters inside strings; llama-cpp-python's converter admitted them."""
+    import llama_cpp
+
+    from app.engine.sampler import RequestSampler
+    from app.services.backend import SamplingParams
+
+    grammar = json_schema_grammar({"type": "object", "properties": {"poem": {"type": "string"}}})
+    sampler = RequestSampler(llm._model.vocab, llm.n_vocab(), SamplingParams(grammar=grammar, temperature=0))
+    try:
+        for token in llm.tokenize(b'{"poem": "Roses', add_bos=False):
+            llama_cpp.llama_sampler_accept(sampler.grammar, token)
+        newline, tab, letters = (llm.tokenize(text.encode(), add_bos=False) for text in ("\n", "\t", " are"))
+        assert not sampler._allowed(newline[0]) and not sampler._allowed(tab[0])
+        assert sampler._allowed(letters[0])
+    finally:
+        sampler.free()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from app.errors import (
     AuthenticationError,
@@ -112,8 +113,8 @@ def test_completion_prompt_and_default_max_tokens():
     request = to_completion_generation_request(body, 4096)
     assert request.prompt == "only one" and request.params.max_new_tokens == 16 and request.params.logprobs == 3
     assert to_completion_generation_request(body, 8).params.max_new_tokens == 8
-    with pytest.raises(InvalidParameterError, match="one prompt"):
-        to_completion_generation_request(CompletionRequest(model="m", prompt=["a", "b"]), 4096)
+    with pytest.raises(ValidationError, match="at most 1 item"):  # one prompt per request, by the wire type
+        CompletionRequest(model="m", prompt=["a", "b"])
 
 
 def test_a_chat_completion_with_logprobs_and_usage():

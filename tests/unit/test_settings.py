@@ -53,12 +53,16 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_MODEL_DTYPE": "bfloat16",
         "HYCHAT_MODEL_N_CTX": "1024",
         "HYCHAT_MODEL_N_THREADS": "2",
+        "HYCHAT_CORS_ORIGINS": "https://a.example, https://b.example",
+        "HYCHAT_MODEL_DIRS": f"{tmp_path}/a,{tmp_path}/b",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     s = Settings(_env_file=None)
     assert (s.host, s.port, s.api_key, s.max_request_bytes, s.log_level) == ("0.0.0.0", 9001, "secret", 4096, "debug")
     assert s.max_tokens_limit == 512
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.model_folders() == [tmp_path.resolve() / "a", tmp_path.resolve() / "b"]
     assert s.llamacpp_config() == {
         "enabled": False,
         "model_path": str(tmp_path / "m.gguf"),

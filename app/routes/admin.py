@@ -1,0 +1,41 @@
+"""Admin routes: `POST /admin/reload` loads another model file into a running server.
+
+They need the API key, and are refused outright (403) on a server without one: an open server must
+not be re-pointed by whoever can reach it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import AdminDisabledError
+from app.protocol.errors import error_responses
+from app.routes.deps import SettingsDep, require_api_key
+from app.services.reload import reload_model
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    if not settings.api_key:
+        raise AdminDisabledError("admin routes need HYCHAT_API_KEY: this server has no API key, so they are off")
+    require_api_key(request, settings)
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_path: str = Field(min_length=1, max_length=4096, description="Inside a model folder (HYCHAT_MODEL_DIRS).")
+    backend: Literal["llamacpp", "pytorch"] | None = Field(None, description="Default: the default backend.")
+
+
+@router.post("/reload", responses=error_responses(400, 401, 403, 409, 413, 503))
+async def reload(body: ReloadRequest, settings: SettingsDep) -> dict[str, Any]:
+    """Loads `model_path` into the backend; answers its new info (plus `previous_model`). A bad file is
+    a 400 and the model loaded before keeps serving; a path outside the model folders a 403; a reload
+    while another one runs a 409."""
+    return await run_in_threadpool(reload_model, settings, body.model_path, body.backend)
