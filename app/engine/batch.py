@@ -145,7 +145,10 @@ class BatchEngine:
             if self._closing:
                 ticket.sampler.free()
                 raise EngineClosedError("the model is being replaced or unloaded; retry")
-            if not self._waiting.offer(ticket, free_slots=self.n_slots - self.busy):
+            # A slot whose client has left is released before the next admission: it counts as free,
+            # so clients that hang up never make a newcomer's request a 429.
+            free = sum(s.ticket is None or s.ticket.cancelled for s in self._slots)
+            if not self._waiting.offer(ticket, free_slots=free):
                 ticket.sampler.free()
                 raise QueueFullError(
                     f"all {self.n_slots} slots are busy and {self._waiting.max_waiting} requests are waiting"

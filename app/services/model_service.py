@@ -221,7 +221,7 @@ def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, 
     if params.presence_penalty or params.frequency_penalty:
         penalties = _OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty)
         kwargs["logits_processor"] = transformers.LogitsProcessorList([penalties])
-    if params.temperature < 1 / MAX_LOGIT_SCALE:  # sampling that cold is greedy (llama.cpp's too)
+    if params.temperature < 1 / MAX_LOGIT_SCALE:  # sampling that cold is greedy in effect
         return kwargs | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     return kwargs | {
         "do_sample": True,

@@ -101,6 +101,19 @@ def test_a_reader_that_leaves_frees_its_slot_at_once(engine):
     assert _ids(engine.start(GenerationRequest(_greedy(4), prompt="Hi")))
 
 
+def test_a_slot_whose_reader_left_counts_as_free_before_the_engine_reaps_it(model_path):
+    """One slot, no line: the moment the only reader leaves, a newcomer is taken, not refused with a
+    429 for the few milliseconds until the engine's next step releases the slot."""
+    backend = LlamaCppBackend()
+    backend.load_model(model_path, n_ctx=256, parallel=1, max_waiting=0)
+    for _ in range(5):
+        events = iter(backend.start(GenerationRequest(_greedy(200), prompt="Once upon a time")))
+        next(events), next(events)  # generating: the slot is taken
+        events.close()
+        assert _ids(backend.start(GenerationRequest(_greedy(4), prompt="你好")))
+    backend.unload()
+
+
 def test_the_next_chat_turn_reuses_the_cached_prefix_and_answers_as_without_it(engine):
     history = [{"role": "user", "content": "你好！请用一句话介绍你自己。"}]
     first = list(engine.start(GenerationRequest(_greedy(16), messages=history)))
