@@ -53,6 +53,11 @@ class LevelResult:
     errors: int  # requests answered with an HTTP error, or whose connection failed
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (`q` in [0, 1]) of sorted, non-empty values."""
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
 def chat(url: str, index: int, max_tokens: int, api_key: str = "none") -> Answer:
     target = urlsplit(url.rstrip("/"))
     body = {
@@ -118,7 +123,7 @@ def run_level(url: str, concurrency: int, max_tokens: int, api_key: str = "none"
         wall_s=round(wall, 3),
         tokens_per_s=round(tokens / wall, 2),
         ttft_p50_s=round(statistics.median(firsts), 3),
-        ttft_p95_s=round(firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))], 3),
+        ttft_p95_s=round(percentile(firsts, 0.95), 3),
         cut_short=sum(a.cut_short for a in done) + concurrency - len(done),
         errors=sum(a.error is not None for a in done) + concurrency - len(done),
     )

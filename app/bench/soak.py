@@ -304,7 +304,7 @@ def soak(
         errors=len(tally.errors),
         first_errors=tally.errors[:10],
         latency_p50_s=round(statistics.median(latencies), 3),
-        latency_p95_s=round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
+        latency_p95_s=round(loadgen.percentile(latencies, 0.95), 3),
         rss_start_mib=round(start["rss_mib"], 1),
         rss_end_mib=round(end["rss_mib"], 1),
         busy_slots_end=end["busy"],
