@@ -5,11 +5,12 @@ A real server with the embedded model and one slot, so that every effect is visi
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import openai
 import pytest
+
+from app.bench.soak import server_state, wait_idle
 
 STORY = [{"role": "user", "content": "Write a long story about a cat who lives in a library."}]
 
@@ -28,23 +29,14 @@ def _client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def _gauge(server, name: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(f'{name}{{backend="llamacpp"}}'):
-            return float(line.split()[-1])
-    raise AssertionError(f"no {name} gauge")
-
-
 def _busy_slots(server) -> float:
-    return _gauge(server, "hychat_slots_busy")
+    return server_state(server.url)["busy"]
 
 
 def _wait_idle(server) -> None:
     """Until no request holds a slot or waits for one (a closed stream is dropped at the next step)."""
-    deadline = time.monotonic() + 30
-    while (_busy_slots(server) or _gauge(server, "hychat_queue_depth")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _busy_slots(server) == 0 and _gauge(server, "hychat_queue_depth") == 0
+    state = wait_idle(server.url, timeout_s=30)
+    assert (state["busy"], state["queued"]) == (0, 0)
 
 
 def test_a_full_line_answers_429_with_retry_after_at_once(one_slot):
