@@ -61,25 +61,36 @@ def load_configured(settings: Settings) -> None:
     when enabled, PyTorch when enabled or when it is the default backend."""
     default = default_backend_name(settings)
     if LLAMACPP_AVAILABLE and (settings.llamacpp_enabled or default == "llamacpp") and not llamacpp_service.is_loaded:
+        path = _required_path(settings.llamacpp_config()["model_path"], "HYCHAT_LLAMACPP_MODEL_PATH")
+        load_with_settings(llamacpp_service, settings, path)
+    if MODEL_AVAILABLE and (settings.model_enabled or default == "pytorch") and not model_service.is_loaded:
+        path = _required_path(settings.torch_config()["model_path"], "HYCHAT_MODEL_PATH")
+        load_with_settings(model_service, settings, path)
+
+
+def load_with_settings(backend: Backend, settings: Settings, model_path: str, with_lora: bool = True) -> None:
+    """Loads `model_path` into `backend` with the configured load options; `with_lora=False` leaves
+    out the configured adapter (made for the configured base model, not for any other file)."""
+    if backend.name == "llamacpp":
         config = settings.llamacpp_config()
-        llamacpp_service.load_model(
-            model_path=_required_path(config["model_path"], "HYCHAT_LLAMACPP_MODEL_PATH"),
+        lora = {"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]}
+        backend.load_model(
+            model_path=model_path,
             n_ctx=config["n_ctx"],
             n_threads=config["n_threads"],
             n_gpu_layers=config["n_gpu_layers"],
             parallel=config["parallel"],
             max_waiting=config["queue_size"],
-            **({"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]} if config["lora_path"] else {}),
+            **(lora if with_lora and config["lora_path"] else {}),
         )
-    if MODEL_AVAILABLE and (settings.model_enabled or default == "pytorch") and not model_service.is_loaded:
+    else:
         config = settings.torch_config()
-        model_service.load_model(
-            model_path=_required_path(config["model_path"], "HYCHAT_MODEL_PATH"),
+        backend.load_model(
+            model_path=model_path,
             n_ctx=config["n_ctx"],
             n_threads=config["n_threads"],
             dtype=config["dtype"],
-            lora_path=config["lora_path"],
-            merge_lora=config["merge_lora"],
+            **({"lora_path": config["lora_path"], "merge_lora": config["merge_lora"]} if with_lora else {}),
         )
 
 

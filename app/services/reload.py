@@ -26,7 +26,7 @@ from app.errors import (
     ReloadInProgressError,
 )
 from app.services.backend import Backend
-from app.services.registry import BACKENDS, default_backend_name
+from app.services.registry import BACKENDS, default_backend_name, load_with_settings
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def reload_model(settings: Settings, model_path: str, backend_name: str | None =
     try:
         previous = backend.model_name
         log.info("reloading %s: %s -> %s", backend.name, previous, path)
-        _load(settings, backend, str(path))
+        # Not the configured LoRA adapter: it was made for the configured base model.
+        load_with_settings(backend, settings, str(path), with_lora=False)
         log.info("reloaded %s: now serving %s", backend.name, backend.model_name)
         return {**backend.info(), "previous_model": previous}
     finally:
@@ -77,21 +78,3 @@ def _reloadable_backend(settings: Settings, name: str | None) -> Backend:
     if not backend.available:
         raise BackendUnavailableError(f"the {name} backend is not installed")
     return backend
-
-
-def _load(settings: Settings, backend: Backend, path: str) -> None:
-    """The configured load settings with the new file. The configured LoRA adapter is not applied:
-    it was made for the configured base model, not for whatever file a reload names."""
-    if backend.name == "llamacpp":
-        config = settings.llamacpp_config()
-        backend.load_model(
-            model_path=path,
-            n_ctx=config["n_ctx"],
-            n_threads=config["n_threads"],
-            n_gpu_layers=config["n_gpu_layers"],
-            parallel=config["parallel"],
-            max_waiting=config["queue_size"],
-        )
-    else:
-        config = settings.torch_config()
-        backend.load_model(model_path=path, n_ctx=config["n_ctx"], n_threads=config["n_threads"], dtype=config["dtype"])
