@@ -78,10 +78,14 @@ def read_gguf(path: str | Path) -> GGUFHeader:
     path = Path(path)
     if "\0" in str(path):
         raise ModelFileError(path, "not a file name (it contains a NUL byte)")
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as error:  # a name longer than the file system allows, a loop of symlinks...
+        raise ModelFileError(path, f"not a usable file name ({error.strerror})") from None
+    if not exists:
         raise ModelFileError(path, "file not found")
     # Never opened otherwise: a device (/dev/zero) or a FIFO would be read forever or block.
-    if not path.is_file():
+    if not regular:
         raise ModelFileError(path, "not a regular file")
     try:
         with path.open("rb") as f:

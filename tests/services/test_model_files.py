@@ -101,6 +101,8 @@ CASES = {
     "dangling_symlink": (lambda tmp, data: symlink(tmp, tmp / "gone.gguf"), "file not found"),
     "symlink_to_dev_zero": (lambda tmp, data: symlink(tmp, Path("/dev/zero")), "not a regular file"),
     "fifo": (lambda tmp, data: fifo(tmp), "not a regular file"),  # opening it would block
+    # 600 bytes of UTF-8, over the 255 a file name may have (a fuzzed reload path found the 500 it gave)
+    "name_too_long": (lambda tmp, data: tmp / ("模" * 200 + ".gguf"), r"not a usable file name \(File name too long\)"),
     "huge_sparse_file": (lambda tmp, data: sparse(tmp, 10 << 30), r"bad magic b'\\x00\\x00\\x00\\x00'"),
     "version_1": (lambda tmp, data: write(tmp, patched(data[:4096], 4, struct.pack("<I", 1))), "version 1 "),
     "absurd_key_count": (
