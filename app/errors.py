@@ -34,12 +34,25 @@ class MaxTokensTooLargeError(InvalidParameterError):
 class PromptTooLongError(InvalidParameterError):
     code = "context_length_exceeded"
 
-    def __init__(self, n_prompt: int, n_ctx: int):
+    def __init__(self, n_prompt: int, n_ctx: int, param: str = "messages"):
         super().__init__(
-            f"prompt is {n_prompt} tokens but the context window is {n_ctx} tokens "
-            f"(at least one token must stay free for the answer)"
+            f"the prompt is {n_prompt} tokens but the context window is {n_ctx} tokens per request "
+            f"(at least one token must stay free for the answer); shorten it"
+            + (", or set HYCHAT_CONTEXT_OVERFLOW=truncate to drop the oldest turns" if param == "messages" else ""),
+            param,
         )
         self.n_prompt, self.n_ctx = n_prompt, n_ctx
+
+
+class ToolCallMissingError(InvalidParameterError):
+    code = "tool_call_missing"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "tool_choice asks for a tool call, but the answer holds none (a backend without grammars, PyTorch, "
+            "cannot force one as llama.cpp does; or max_tokens cut it short)",
+            "tool_choice",
+        )
 
 
 class ChatTemplateError(HychatError):

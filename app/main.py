@@ -18,7 +18,7 @@ from app.errors import AuthenticationError, HychatError, InvalidParameterError, 
 from app.limits import BodySizeLimit
 from app.protocol.errors import error_responses, invalid_body
 from app.protocol.openapi import without_validation_422
-from app.routes import admin, api, health, openai, web
+from app.routes import admin, api, health, openai, tokens, web
 from app.routes import metrics as metrics_route
 from app.routes.deps import require_api_key
 from app.services.registry import BACKENDS, load_configured
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.include_router(openai.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    app.include_router(tokens.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.include_router(web.router)
     web.mount_static(app)
     app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
+    # Chats
+    think: bool | None = Field(None, description="Let models reason before answering; None: each model's default.")
+    reasoning_format: Literal["auto", "none"] = Field(
+        "auto", description="auto: reasoning apart from the answer (reasoning_content); none: the raw text."
+    )
+    context_overflow: Literal["error", "truncate"] = Field(
+        "error", description="A chat longer than the context: 400, or drop its oldest turns (never the system prompt)."
+    )
+
     # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
     # enabled, PyTorch otherwise.
     backend: Literal["auto", "llamacpp", "pytorch"] = "auto"
@@ -76,6 +85,14 @@ class Settings(BaseSettings):
     model_dirs: CommaList = Field(
         default_factory=list, description="Model folders (comma-separated); none: the configured models' folders."
     )
+
+    def chat_defaults(self) -> dict:
+        """What a chat request leaves unset takes these (the protocol converters' keyword arguments)."""
+        return {
+            "think": self.think,
+            "reasoning_format": self.reasoning_format,
+            "truncate": self.context_overflow == "truncate",
+        }
 
     def llamacpp_config(self) -> dict:
         return {

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,23 @@ def model_path() -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def token_pieces(model_path: str) -> Callable[[str], list[str]]:
+    """Text pieces as the product sees them: SmolLM2 tokens' bytes through an incremental UTF-8 decoder."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=model_path, vocab_only=True, verbose=False)
+
+    def pieces(text: str) -> list[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+        out = [decoder.decode(llm.detokenize([t])) for t in tokens] + [decoder.decode(b"", final=True)]
+        assert "".join(out) == text
+        return out
+
+    return pieces
+
+
 @pytest.fixture
 def service(model_path: str):
     """The user's singleton with the embedded model loaded at the default settings."""
@@ -44,6 +62,13 @@ def hunyuan_dir(tmp_path_factory) -> Path:
     from tests.torch_models import build_tiny_hunyuan
 
     return build_tiny_hunyuan(tmp_path_factory.mktemp("hunyuan"))
+
+
+@pytest.fixture(scope="session")
+def torch_beside_env(hunyuan_dir) -> dict[str, str]:
+    """Server settings that load the PyTorch backend on that checkpoint beside llama.cpp
+    (`"model": "pytorch"` or `"backend": "pytorch"` picks it)."""
+    return {"HYCHAT_MODEL_ENABLED": "true", "HYCHAT_MODEL_PATH": str(hunyuan_dir), "HYCHAT_MODEL_DTYPE": "float32"}
 
 
 @pytest.fixture(scope="session")

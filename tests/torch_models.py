@@ -5,6 +5,7 @@ and peft LoRA adapters for it."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,18 @@ TEMPLATE = (
     "{% else %}{{ m['content'] }}<|eos|>{% endif %}{% endfor %}"
 )
 TOKENIZER_CODE = Path(__file__).with_name("tiny_tokenization_hy.py")
+# Hunyuan-7B-Instruct's real chat template, verbatim as the `tokenizer.chat_template` of a GGUF of
+# tencent/Hunyuan-7B-Instruct carries it (system prompt, tools in <tools>, calls in ```json fences,
+# the <answer> stripping of earlier turns, the enable_thinking switch).
+HUNYUAN_7B_TEMPLATE = Path(__file__).with_name("hunyuan_7b_chat_template.jinja")
+# Hunyuan-7B's special tokens at its ids (its tokenization_hy.py numbers them after the 127957 ranks).
+HUNYUAN_7B_IDS = {"<|endoftext|>": 127957, "<|startoftext|>": 127958, "<|bos|>": 127959, "<|eos|>": 127960,
+                  "<|pad|>": 127961}  # fmt: skip
+HUNYUAN_7B_FIRST_EXTRA = 127962  # <|extra_0|>; the 7B has <|extra_0|>..<|extra_204|> (vocab_size 128167)
+HUNYUAN_7B_N_EXTRA = 205
+# generation_config.json's stop ids as Tencent's Hunyuan examples set them (<|eos|>, <|extra_5|>);
+# llama.cpp's converter makes the first of such a list the GGUF's end-of-turn token.
+HUNYUAN_7B_STOP_IDS = [127960, 127967]
 
 
 def build_tiny_hunyuan(path: Path, hidden: int = 256, seed: int = 0, tie: bool = False) -> Path:
@@ -69,6 +82,68 @@ def build_tiny_hunyuan_tiktoken(path: Path, hidden: int = 256, seed: int = 0) ->
     return path
 
 
+def build_tiny_hunyuan_7b(path: Path, hidden: int = 64, seed: int = 0) -> Path:
+    """Hunyuan-7B-Instruct's tokenizer layout in a tiny random checkpoint: a `tokenizer.json` whose
+    special tokens sit at the 7B's ids (a BPE trained here, padded up to them with filler tokens that
+    no merge produces), its real chat template, and its config's bos/eod/pad and stop ids. Tied
+    embeddings and a small `hidden` keep the ~128k-row embedding small."""
+    import transformers
+
+    path = Path(path)
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=_hunyuan_7b_tokenizer(), bos_token="<|startoftext|>", eos_token="<|eos|>",
+        pad_token="<|pad|>",
+    )  # fmt: skip
+    tokenizer.chat_template = HUNYUAN_7B_TEMPLATE.read_text()
+    tokenizer.model_max_length = 32768
+    tokenizer.save_pretrained(path)
+    _save_random_model(path, len(tokenizer), HUNYUAN_7B_IDS, hidden, seed, tie=True, stop_ids=HUNYUAN_7B_STOP_IDS)
+    return path
+
+
+@functools.cache
+def converted_tiny_hunyuan_7b(root: Path) -> tuple[Path, Any]:
+    """The tiny Hunyuan-7B checkpoint under `root` and its f32 GGUF made by the product's converter
+    (a ConvertResult): built once per test process, whichever test module asks first (~15 s)."""
+    from app.pipeline.convert import convert
+    from config.settings import Settings
+
+    hf_dir = build_tiny_hunyuan_7b(Path(root) / "hf")
+    # Its tokenizer is trained here, so the converter cannot know the pre-tokenizer by its hash.
+    result = convert(hf_dir, Path(root) / "tiny-7b-f32.gguf", Path(Settings().cache_dir), "f32", vocab_pre="hunyuan")
+    return hf_dir, result
+
+
+def _hunyuan_7b_tokenizer() -> Any:
+    """Byte-level BPE with the 7B's split pattern; vocabulary ids up to 127956 (trained tokens, then
+    unreachable fillers), then the 7B's special tokens at their ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tests.tiny_tokenization_hy import PAT_STR
+
+    tok = Tokenizer(models.BPE())
+    split = pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    first_special = min(HUNYUAN_7B_IDS.values())
+    # Bracketed names no merge builds (as llama.cpp's converter names the 7B's own gaps).
+    vocab.update({f"[PAD{i}]": i for i in range(len(vocab), first_special)})
+    names = [*HUNYUAN_7B_IDS, *(f"<|extra_{i}|>" for i in range(HUNYUAN_7B_N_EXTRA))]
+    assert first_special + len(HUNYUAN_7B_IDS) == HUNYUAN_7B_FIRST_EXTRA
+    data["added_tokens"] = [
+        {"id": first_special + i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for i, name in enumerate(names)
+    ]  # fmt: skip
+    return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
+
+
 def _train_bpe(special: list[str]) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -103,7 +178,16 @@ def _bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def _save_random_model(path: Path, vocab_size: int, ids: dict[str, int], hidden: int, seed: int, tie: bool) -> None:
+def _save_random_model(
+    path: Path,
+    vocab_size: int,
+    ids: dict[str, int],
+    hidden: int,
+    seed: int,
+    tie: bool,
+    stop_ids: list[int] | None = None,
+) -> None:
+    """`stop_ids`: generation_config.json's eos_token_id (default: the EOS token alone)."""
     import torch
     import transformers
 
@@ -126,7 +210,7 @@ def _save_random_model(path: Path, vocab_size: int, ids: dict[str, int], hidden:
     )
     torch.manual_seed(seed)
     model = transformers.HunYuanDenseV1ForCausalLM(config)
-    model.generation_config.eos_token_id = eos
+    model.generation_config.eos_token_id = stop_ids or eos
     model.save_pretrained(path)
 
 

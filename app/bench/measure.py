@@ -52,7 +52,7 @@ def measure(job: Job) -> None:
     emit("loaded", load_s=time.time() - job.spawned_at, rss_mb=_peak_rss_mb())
     prompts = {"short": _chat_request}
     if job.prompt_tokens:
-        unit_tokens = len(backend.tokenize(LONG_UNIT, special=False))
+        unit_tokens = len(backend.tokenize(LONG_UNIT, add_special=False))
         prompts["long"] = lambda tag, params: _long_request(tag, params, max(1, round(job.prompt_tokens / unit_tokens)))
     params = SamplingParams(max_new_tokens=job.tokens, temperature=0, ignore_eos=True)
     for kind, make_request in prompts.items():

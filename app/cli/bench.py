@@ -149,6 +149,42 @@ def soak(url: str, duration: float, clients: int, max_tokens: int, max_rss_growt
         raise click.ClickException("; ".join(report.problems))
 
 
+@bench.command()
+@click.option("--gguf", type=click.Path(), help="GGUF to run (default: the embedded model).")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Pairs of runs, parsing off and on.")
+@click.option("--threads", type=int, help="CPU threads (default: physical cores).")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the report here.")
+def parsing(gguf: str | None, rounds: int, threads: int | None, json_path: str | None) -> None:
+    """Streamed decode rate with chat output parsing (reasoning apart, tool calls) against the rate
+    without it: the same greedy generation, alternated in this process."""
+    import json
+
+    from tqdm import tqdm
+
+    from app.bench.parsing import measure
+    from app.pipeline.files import atomic_output
+    from app.services.llamacpp_service import llamacpp_service
+
+    if rounds < 1:
+        raise click.BadParameter("--rounds must be >= 1")
+    path = gguf or embedded_model_path()
+    if not path:
+        raise click.ClickException("no --gguf given and the embedded model is not installed")
+    try:
+        llamacpp_service.load_model(model_path=path, n_threads=threads)
+    except HychatError as error:
+        raise click.ClickException(str(error)) from None
+    with tqdm(total=2 * rounds, unit="run", file=sys.stderr) as bar:
+        report = measure(llamacpp_service, rounds, on_run=lambda: bar.update(1))
+    click.echo(f"tokens per answer: {report.tokens}, {rounds} rounds")
+    click.echo(f"parsing off: {' '.join(f'{r:.1f}' for r in report.rates_off)} tokens/s")
+    click.echo(f"parsing on:  {' '.join(f'{r:.1f}' for r in report.rates_on)} tokens/s")
+    click.echo(f"ratio (medians, on / off): {report.ratio:.3f}")
+    if json_path:
+        with atomic_output(Path(json_path), force=True) as temporary:
+            temporary.write_text(json.dumps(report.to_dict(), indent=2))
+
+
 def _soak_lines(report) -> list[str]:
     served = sum(report.requests.values())
     by_kind = ", ".join(f"{kind} {n}" for kind, n in report.requests.items())

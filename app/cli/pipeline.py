@@ -59,7 +59,7 @@ def quantize(source: str, target: str, quant: str, imatrix: str | None, force: b
 @click.option("--out", required=True, type=click.Path(), help="GGUF file to write.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "auto"]), default="f16", show_default=True)
 @click.option("--vocab-pre", help="Pre-tokenizer name, when the converter does not recognise the tokenizer.")
-@click.option("--verify", is_flag=True, help="Also compare the GGUF's logits with the checkpoint's.")
+@click.option("--verify", is_flag=True, help="Also compare the GGUF's logits and chat prompts with the checkpoint's.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def convert(hf_dir: str, out: str, outtype: str, vocab_pre: str | None, verify: bool, force: bool) -> None:
     """Convert a Hugging Face checkpoint to GGUF with llama.cpp's own converter, then check it."""
@@ -69,6 +69,8 @@ def convert(hf_dir: str, out: str, outtype: str, vocab_pre: str | None, verify: 
     click.echo(f"{result.path}: {result.outtype}, {result.size_bytes:,} bytes")
     for line in result.checks:
         click.echo(f"  ok  {line}")
+    for line in result.notes:
+        click.echo(f"  note  {line}")
     if verify:
         from app.pipeline.compare import compare_backends
 
@@ -79,6 +81,9 @@ def convert(hf_dir: str, out: str, outtype: str, vocab_pre: str | None, verify: 
             f"  verify: top-1 agreement {report.top1_agreement:.1%} over {report.positions} positions, "
             f"max |logit diff| {report.max_abs_logit_diff:.4f}"
         )
+        problem = _check_template(result.path, Path(hf_dir), indent="  verify: ")
+        if problem:
+            raise click.ClickException(problem)
 
 
 @click.command("merge-lora")
@@ -141,6 +146,17 @@ def build(base: str, adapter: str | None, quant: str, out_dir: str, outtype: str
         click.echo(f"| {name} | {b.type} | {b.size_bytes / 2**20:.1f} | {b.bits_per_weight} | {b.loads} | {figures} |")
 
 
+def _check_template(gguf: Path, hf_dir: Path, indent: str) -> str | None:
+    """Prints whether the GGUF gives each test conversation the checkpoint's prompt; returns the
+    first difference, if any."""
+    from app.pipeline.template_check import check_template, describe
+
+    report = _pipeline(check_template, gguf, hf_dir)
+    for line in describe(report):
+        click.echo(f"{indent}{line}")
+    return report.problem
+
+
 class Interrupted(click.ClickException):
     exit_code = 130  # the shell's code for a command stopped by SIGINT
 
@@ -185,12 +201,15 @@ def _spinner(label: str) -> Iterator[None]:
 @click.command()
 @click.option("--prompt", default="请用中文介绍一下长城。The Great Wall of China is", show_default=True)
 @click.option("--model", "gguf", help="GGUF file (default: the embedded SmolLM2).")
-@click.option("--hf-model", help="Checkpoint folder the GGUF was converted from (default: the GGUF itself).")
+@click.option(
+    "--hf-model", help="Checkpoint folder the GGUF was converted from (default: the GGUF itself); its chat prompts too."
+)
 @click.option("--tokens", type=int, default=64, show_default=True, help="Greedy continuation length.")
 @click.option("--min-agreement", type=float, default=0.95, show_default=True, help="Exit 1 below this.")
 def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, min_agreement: float) -> None:
     """Check that llama.cpp and PyTorch compute the same model: teacher-forced top-1 agreement and
-    logit differences over the prompt and a greedy continuation."""
+    logit differences over the prompt and a greedy continuation. With --hf-model, also that the GGUF
+    gives a set of chats the same prompt token ids as the checkpoint's own chat template."""
     from app.pipeline.compare import compare_backends
     from config.settings import embedded_model_path
 
@@ -205,8 +224,15 @@ def compare(prompt: str, gguf: str | None, hf_model: str | None, tokens: int, mi
     click.echo(f"mean |logit diff|    {report.mean_abs_logit_diff:.4f}")
     click.echo(f"first disagreement   {report.first_disagreement if report.first_disagreement is not None else 'none'}")
     click.echo(f"continuation         {report.continuation!r}")
+    problems = []
     if report.top1_agreement < min_agreement:
-        raise click.ClickException(f"top-1 agreement {report.top1_agreement:.1%} is below {min_agreement:.0%}")
+        problems.append(f"top-1 agreement {report.top1_agreement:.1%} is below {min_agreement:.0%}")
+    if hf_model and Path(hf_model).is_dir():  # the checkpoint's own chat prompts against the GGUF's
+        template_problem = _check_template(Path(gguf), Path(hf_model), indent="chat prompt          ")
+        if template_problem:
+            problems.append(template_problem)
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 COMMANDS = [inspect, quantize, convert, merge_lora, lora_to_gguf, build, compare]

@@ -58,8 +58,13 @@ def _llama_logits(
 ) -> tuple[list, list, str, Any]:
     import llama_cpp
 
-    llm = logits_model(path, n_ctx=0, n_threads=n_threads, lora_path=lora_path)
-    prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    prompt_ids = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).tokenize(
+        prompt.encode("utf-8"), add_bos=True, special=True
+    )
+    # A context just long enough: logits_all keeps n_ctx x n_vocab floats, and the model's own context
+    # would be 125 GiB of them for Hunyuan-7B (262144 positions, 128167 tokens).
+    n_ctx = len(prompt_ids) + n_continue + 1
+    llm = logits_model(path, n_ctx=n_ctx, n_threads=n_threads, lora_path=lora_path)
     vocab = llm._model.vocab
     continuation: list[int] = []
     for token in llm.generate(prompt_ids, temp=0):

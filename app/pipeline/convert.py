@@ -25,6 +25,7 @@ class ConvertResult:
     outtype: str
     size_bytes: int
     checks: list[str] = field(default_factory=list)  # what was verified, one line each
+    notes: list[str] = field(default_factory=list)  # what differs but does not make the GGUF wrong
 
 
 def convert(
@@ -48,8 +49,8 @@ def convert(
     with atomic_output(out, force=force, need_bytes=need, inputs=(hf_dir,)) as partial:
         _run_converter(folder, hf_dir, partial, outtype, vocab_pre)
         header = read_gguf(partial)
-        checks = check_conversion(hf_dir, partial, header)
-    return ConvertResult(Path(out), outtype, Path(out).stat().st_size, checks)
+        checks, notes = check_conversion(hf_dir, partial, header)
+    return ConvertResult(Path(out), outtype, Path(out).stat().st_size, checks, notes)
 
 
 def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pre: str | None) -> None:
@@ -68,13 +69,14 @@ def _run_converter(folder: Path, hf_dir: Path, out: Path, outtype: str, vocab_pr
         ) from None
 
 
-def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[str]:
-    """Special token ids, chat template and tokenization of the GGUF against the checkpoint's."""
+def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> tuple[list[str], list[str]]:
+    """Special token ids, chat template and tokenization of the GGUF against the checkpoint's: what
+    was checked, and notes on what differs without making the GGUF wrong."""
     import llama_cpp
 
     config = _json(hf_dir / "config.json")
     generation = _json(hf_dir / "generation_config.json")
-    problems, checks = [], []
+    problems, checks, notes = [], [], []
     meta = header.metadata
 
     expected_eos = config.get("eod_token_id", config.get("eos_token_id"))  # Hunyuan's converter reads eod
@@ -85,13 +87,23 @@ def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[
     else:
         checks.append(f"EOS id {meta.get('tokenizer.ggml.eos_token_id')} matches the checkpoint")
     vocab = _vocab(gguf_path)
-    stops = generation.get("eos_token_id")
-    stops = set(stops if isinstance(stops, list) else [stops]) - {None}
-    missing = sorted(t for t in stops if not llama_cpp.llama_vocab_is_eog(vocab._model.vocab, t))
+    listed = generation.get("eos_token_id")
+    listed = [t for t in (listed if isinstance(listed, list) else [listed]) if t is not None]
+    stops = set(listed)
+    ends = {t for t in stops if llama_cpp.llama_vocab_is_eog(vocab._model.vocab, t)}
+    # The converter can mark only the EOS and one end-of-turn id (Hunyuan's: the list's first); a further
+    # stop id, such as the <|extra_5|> Hunyuan's generation configs list after <|eos|>, has no GGUF field.
+    required = {t for t in (expected_eos, *listed[:1]) if t is not None}
+    missing = sorted((stops & required) - ends)
     if missing:
         problems.append(f"generation stops on {sorted(stops)}, but {missing} do not end generation in the GGUF")
-    elif stops:
-        checks.append(f"end-of-generation ids {sorted(stops)} are end-of-generation in the GGUF")
+    elif ends:
+        checks.append(f"end-of-generation ids {sorted(ends)} are end-of-generation in the GGUF")
+    if stops - ends - required:
+        notes.append(
+            f"generation_config.json also stops on {sorted(stops - ends - required)}, which the GGUF cannot mark as "
+            "end-of-generation: llama.cpp will not stop on it (transformers does)"
+        )
 
     template = _hf_chat_template(hf_dir)
     if template and meta.get("tokenizer.chat_template") != template:
@@ -113,7 +125,7 @@ def check_conversion(hf_dir: Path, gguf_path: Path, header: GGUFHeader) -> list[
         )
     if problems:
         raise PipelineError(f"{gguf_path.name} does not match {hf_dir}: " + "; ".join(problems))
-    return checks
+    return checks, notes
 
 
 def _json(path: Path) -> dict:
@@ -134,10 +146,14 @@ def _vocab(gguf_path: Path) -> Any:
 
 
 def _hf_tokenize(hf_dir: Path, text: str) -> list[int]:
+    return load_hf_tokenizer(hf_dir)(text, add_special_tokens=False).input_ids
+
+
+def load_hf_tokenizer(hf_dir: Path) -> Any:
+    """The checkpoint's own tokenizer, as llama.cpp's converter loads it."""
     import transformers
 
     # Hunyuan-7B ships its tokenizer as code (tokenization_hy.py + hy.tiktoken); the converter runs
-    # that same code, so the check does too.
-    remote_code = any(hf_dir.glob("tokenization_*.py"))
-    hf = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=remote_code)
-    return hf(text, add_special_tokens=False).input_ids
+    # that same code, so the checks do too.
+    remote_code = any(Path(hf_dir).glob("tokenization_*.py"))
+    return transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, trust_remote_code=remote_code)

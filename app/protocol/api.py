@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.errors import MaxTokensTooLargeError
-from app.services.backend import MAX_STOP_SEQUENCES, Completion, GenerationRequest, SamplingParams, Usage
+from app.services.backend import (
+    MAX_STOP_SEQUENCES,
+    Completion,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    Usage,
+)
+from app.services.chat_format import ChatOptions
+from app.services.chat_output import ChatOutputParser
 
 MAX_MESSAGES = 512
 MAX_TEXT_CHARS = 200_000
 MAX_TOP_K = 2**31 - 1  # llama.cpp takes an int32
+MAX_GRAMMAR_CHARS = 100_000
+# Variables for the chat template (enable_thinking...), as llama-server and vLLM take them.
+TemplateKwargs = Annotated[dict[str, Any], Field(max_length=64)]
 
 # The ranges of `SamplingParams`, stated in the schema too: clients see them, and a value out of range
 # is a 400 that names its field.
@@ -47,11 +60,20 @@ class ChatRequest(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, lt=2**32)
+    think: bool | None = Field(None, description="Let the model reason first; default: the server's, else the model's.")
+    reasoning_format: Literal["auto", "none"] | None = Field(
+        None, description="auto: the reasoning apart, in `reasoning`; none: the raw text. Default: the server's."
+    )
+    chat_template_kwargs: TemplateKwargs | None = None
+    grammar: str | None = Field(
+        None, min_length=1, max_length=MAX_GRAMMAR_CHARS, description="GBNF the answer must match (llama.cpp)."
+    )
 
 
 class UsageBody(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int  # of the completion's tokens
     ttft_ms: float
     tokens_per_s: float
     total_ms: float
@@ -59,6 +81,8 @@ class UsageBody(BaseModel):
 
 class ChatResponse(BaseModel):
     response: str
+    reasoning: str | None = None  # what the model wrote in its <think> block
+    truncated_messages: int | None = None  # the oldest messages left out so that the prompt fits
     finish_reason: str
     backend: str
     model: str | None
@@ -94,6 +118,12 @@ class TextEvent(BaseModel):
     text: str
 
 
+class ReasoningEvent(BaseModel):
+    """A piece of the streamed reasoning, before the answer (`data:` of a plain event)."""
+
+    reasoning: str
+
+
 class DoneEvent(BaseModel):
     """The last Server-Sent Event of a stream (`event: done`)."""
 
@@ -103,7 +133,15 @@ class DoneEvent(BaseModel):
     usage: UsageBody
 
 
-def to_generation_request(body: ChatRequest, max_tokens_limit: int) -> GenerationRequest:
+def to_generation_request(
+    body: ChatRequest,
+    max_tokens_limit: int,
+    *,
+    think: bool | None = None,
+    reasoning_format: str = "auto",
+    truncate: bool = False,
+) -> GenerationRequest:
+    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
     max_new_tokens = body.max_new_tokens
     if "max_new_tokens" not in body.model_fields_set:
         max_new_tokens = min(max_new_tokens, max_tokens_limit)  # the default bows to a lower server limit
@@ -118,26 +156,44 @@ def to_generation_request(body: ChatRequest, max_tokens_limit: int) -> Generatio
         repetition_penalty=body.repetition_penalty,
         stop=body.stop or (),
         seed=body.seed,
+        grammar=body.grammar,
+    )
+    chat = ChatOptions(
+        think=body.think if body.think is not None else think,
+        reasoning_format=body.reasoning_format or reasoning_format,
+        template_kwargs=body.chat_template_kwargs or {},
+        truncate=truncate,
     )
     messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
-    return GenerationRequest(params, prompt=body.prompt, messages=messages)
+    return GenerationRequest(params, prompt=body.prompt, messages=messages, chat=chat)
 
 
-def usage_body(usage: Usage) -> UsageBody:
+def usage_body(usage: Usage, reasoning_tokens: int = 0) -> UsageBody:
     return UsageBody(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
+        reasoning_tokens=reasoning_tokens,
         ttft_ms=round(usage.ttft_ms, 2),
         tokens_per_s=round(usage.decode_tokens_per_s, 2),
         total_ms=round(usage.total_ms, 2),
     )
 
 
-def chat_response(completion: Completion, backend: str, model: str | None) -> ChatResponse:
+def chat_response(
+    events: Sequence[TokenEvent], parser: ChatOutputParser | None, backend: str, model: str | None, truncated: int
+) -> ChatResponse:
+    """`parser`: for chats, splits the reasoning from the answer (None: a raw prompt's text as it is)."""
+    completion = Completion.from_events(events)
+    text, reasoning = completion.text, None
+    if parser is not None:
+        deltas = [parser.feed(e.text) for e in events] + [parser.finish()]
+        text, reasoning = "".join(d.content for d in deltas), "".join(d.reasoning for d in deltas) or None
     return ChatResponse(
-        response=completion.text,
+        response=text,
+        reasoning=reasoning,
+        truncated_messages=truncated or None,
         finish_reason=completion.finish_reason,
         backend=backend,
         model=model,
-        usage=usage_body(completion.usage),
+        usage=usage_body(completion.usage, parser.reasoning_tokens if parser else 0),
     )

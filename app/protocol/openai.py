@@ -1,4 +1,5 @@
-"""Wire types of the OpenAI-compatible API (`/v1`) and their conversion to and from internal types.
+"""Requests of the OpenAI-compatible API (`/v1`) and their conversion to internal types (the answers:
+`openai_responses.py`).
 
 Only what the service honours is accepted: an unknown field is a 400, never silently ignored. Unset
 sampling fields take the service's defaults (those of `SamplingParams`), as with `/api/chat`.
@@ -7,25 +8,20 @@ Fields that are not OpenAI's are marked.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
-from app.protocol.api import MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop
+from app.protocol.api import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
 from app.services.backend import (
     MAX_LOGPROBS,
-    Completion,
     GenerationRequest,
     SamplingParams,
-    TokenEvent,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
 )
+from app.services.chat_format import ChatOptions
 from app.services.grammar import json_grammar, json_schema_grammar
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers run to the limit
@@ -45,10 +41,50 @@ class ContentPart(BaseModel):
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+
+
+class FunctionCallBody(_Strict):
+    name: FunctionName
+    arguments: str = Field(max_length=MAX_TEXT_CHARS)  # JSON text
+
+
+class ToolCallBody(_Strict):
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallBody
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]  # developer: OpenAI's new name for system
-    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=64)]
-    name: str | None = Field(None, max_length=64)  # accepted; chat templates do not show it
+    content: (
+        Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=64)] | None
+    ) = None  # None only for an assistant message with tool_calls
+    name: str | None = Field(None, max_length=64)  # a tool result's function name
+    tool_calls: list[ToolCallBody] | None = Field(None, max_length=128)  # an assistant's earlier calls
+    tool_call_id: str | None = Field(None, max_length=256)  # which call a tool message answers
+    reasoning_content: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # accepted back, not shown to the model
+
+
+class FunctionDefinition(_Strict):
+    name: FunctionName
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    parameters: dict[str, Any] | None = None  # a JSON schema
+    strict: bool | None = None  # a grammar enforces the schema where tool_choice forces a call
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: FunctionName
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -105,6 +141,15 @@ class ChatCompletionRequest(_GenerationFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Not OpenAI's (llama-server's and vLLM's): variables for the chat template, the thinking switch,
+    # whether to split the reasoning from the answer, a GBNF grammar the answer must match.
+    chat_template_kwargs: TemplateKwargs | None = None
+    think: bool | None = None
+    reasoning_format: Literal["auto", "deepseek", "none"] | None = None  # deepseek: llama-server's name for auto
+    grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
 
 
 class CompletionRequest(_GenerationFields):
@@ -118,131 +163,18 @@ class CompletionRequest(_GenerationFields):
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
-# -- responses ---------------------------------------------------------------------------------
-
-
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
-
-
-class TopLogprobBody(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprobBody(TopLogprobBody):
-    top_logprobs: list[TopLogprobBody]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprobBody]
-    refusal: None = None
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: str
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: CompletionUsage
-
-
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _changed_fields_only(self, handler: Any) -> dict[str, Any]:  # as OpenAI sends deltas
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class ChatChunkChoice(BaseModel):
-    index: int = 0
-    delta: ChatDelta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: CompletionUsage | None = None
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class CompletionResponse(BaseModel):
-    """A text completion, and also each chunk of a streamed one (as OpenAI sends them)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "hychat"
-    backend: str  # not OpenAI's: which backend serves it
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ResponseMeta(NamedTuple):
-    """What every response and chunk of one request repeats."""
-
-    id: str
-    created: int
-    model: str
-
-
 # -- requests to internal types ----------------------------------------------------------------
 
 
-def to_chat_generation_request(body: ChatCompletionRequest, max_tokens_limit: int) -> GenerationRequest:
+def to_chat_generation_request(
+    body: ChatCompletionRequest,
+    max_tokens_limit: int,
+    *,
+    think: bool | None = None,
+    reasoning_format: str = "auto",
+    truncate: bool = False,
+) -> GenerationRequest:
+    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidParameterError("top_logprobs needs logprobs: true", "top_logprobs")
     if body.max_completion_tokens is not None:
@@ -250,7 +182,33 @@ def to_chat_generation_request(body: ChatCompletionRequest, max_tokens_limit: in
     else:
         max_new_tokens = _max_new_tokens(body.max_tokens, "max_tokens", max_tokens_limit)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    return GenerationRequest(_sampling_params(body, max_new_tokens, logprobs), messages=to_chat_messages(body.messages))
+    params = _sampling_params(body, max_new_tokens, logprobs)
+    if body.grammar is not None:
+        if params.grammar is not None:
+            raise InvalidParameterError("give either grammar or response_format", "grammar")
+        params = replace(params, grammar=body.grammar)
+    chat = to_chat_options(body, think, reasoning_format, truncate)
+    return GenerationRequest(params, messages=to_chat_messages(body.messages), chat=chat)
+
+
+def to_chat_options(
+    body: ChatCompletionRequest, think: bool | None, reasoning_format: str, truncate: bool
+) -> ChatOptions:
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function.name
+    tools = tuple(tool.model_dump(exclude_none=True) for tool in body.tools or ())
+    if choice is not None and choice != "none" and not tools:
+        raise InvalidParameterError("tool_choice needs tools", "tool_choice")
+    return ChatOptions(
+        tools=tools,
+        tool_choice=choice or "auto",
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        think=body.think if body.think is not None else think,
+        reasoning_format="none" if (body.reasoning_format or reasoning_format) == "none" else "auto",
+        template_kwargs=body.chat_template_kwargs or {},
+        truncate=truncate,
+    )
 
 
 def to_completion_generation_request(body: CompletionRequest, max_tokens_limit: int) -> GenerationRequest:
@@ -260,21 +218,35 @@ def to_completion_generation_request(body: CompletionRequest, max_tokens_limit: 
     return GenerationRequest(_sampling_params(body, max_new_tokens, body.logprobs), prompt=prompt)
 
 
-def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """Roles and texts; a list of content parts becomes their texts, one per line."""
+def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Roles and texts (a list of content parts becomes their texts, one per line), and the fields of
+    tool calling."""
     converted = []
     for i, message in enumerate(messages):
-        content = message.content
-        if not isinstance(content, str):
-            for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
-                    raise InvalidParameterError(
-                        f"messages[{i}].content[{j}] is a {part.type!r} part; only text parts are supported",
-                        f"messages[{i}].content",
-                    )
-            content = "\n".join(part.text or "" for part in content)
-        converted.append({"role": "system" if message.role == "developer" else message.role, "content": content})
+        entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
+        entry["content"] = _text(i, message.content)
+        if message.content is None and not message.tool_calls:
+            raise InvalidParameterError(f"messages[{i}].content is missing", f"messages[{i}].content")
+        if message.tool_calls:
+            if message.role != "assistant":
+                raise InvalidParameterError(f"messages[{i}]: only assistant messages have tool_calls", "messages")
+            entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        if message.role == "tool":
+            entry.update(tool_call_id=message.tool_call_id, name=message.name)
+        converted.append(entry)
     return converted
+
+
+def _text(i: int, content: str | list[ContentPart] | None) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    for j, part in enumerate(content):
+        if part.type != "text" or part.text is None:
+            raise InvalidParameterError(
+                f"messages[{i}].content[{j}] is a {part.type!r} part; only text parts are supported",
+                f"messages[{i}].content",
+            )
+    return "\n".join(part.text or "" for part in content)
 
 
 def response_format_grammar(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None) -> str | None:
@@ -317,122 +289,3 @@ def _sampling_params(body: _GenerationFields, max_new_tokens: int, logprobs: int
         logprobs=logprobs,
         **{name: value for name, value in given.items() if value is not None},
     )
-
-
-# -- internal types to responses ---------------------------------------------------------------
-
-
-def response_meta(prefix: str, model: str) -> ResponseMeta:
-    return ResponseMeta(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model)
-
-
-def usage_body(usage: Usage) -> CompletionUsage:
-    return CompletionUsage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.prompt_tokens + usage.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChoiceLogprobs:
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprobBody(
-                token=lp.token,
-                logprob=lp.logprob,
-                bytes=list(lp.bytes),
-                top_logprobs=[_top_logprob(top) for top in lp.top],
-            )
-            for lp in logprobs
-        ]
-    )
-
-
-def completion_logprobs(logprobs: Sequence[TokenLogprob], text_offset: int = 0) -> CompletionLogprobs:
-    """`text_offset` counts characters of the token texts before the first of these tokens."""
-    offsets = []
-    for lp in logprobs:
-        offsets.append(text_offset)
-        text_offset += len(lp.token)
-    return CompletionLogprobs(
-        tokens=[lp.token for lp in logprobs],
-        token_logprobs=[lp.logprob for lp in logprobs],
-        top_logprobs=[{t.token: t.logprob for t in lp.top} for lp in logprobs],
-        text_offset=offsets,
-    )
-
-
-def chat_completion_response(
-    events: Sequence[TokenEvent], meta: ResponseMeta, with_logprobs: bool
-) -> ChatCompletionResponse:
-    completion = Completion.from_events(events)
-    logprobs = chat_logprobs(_logprobs(events)) if with_logprobs else None
-    choice = ChatChoice(
-        message=AssistantMessage(content=completion.text), logprobs=logprobs, finish_reason=completion.finish_reason
-    )
-    return ChatCompletionResponse(**meta._asdict(), choices=[choice], usage=usage_body(completion.usage))
-
-
-def completion_response(events: Sequence[TokenEvent], meta: ResponseMeta, with_logprobs: bool) -> CompletionResponse:
-    completion = Completion.from_events(events)
-    logprobs = completion_logprobs(_logprobs(events)) if with_logprobs else None
-    choice = CompletionChoice(text=completion.text, logprobs=logprobs, finish_reason=completion.finish_reason)
-    return CompletionResponse(**meta._asdict(), choices=[choice], usage=usage_body(completion.usage))
-
-
-class ChatStream:
-    """A generation's events as `chat.completion.chunk`s: the assistant role first, a chunk per piece
-    of text (with its token's logprobs), one with the finish reason, then the usage when asked."""
-
-    def __init__(self, meta: ResponseMeta, include_usage: bool):
-        self.meta, self.include_usage = meta, include_usage
-
-    def first(self) -> list[ChatCompletionChunk]:
-        return [self._chunk(ChatChunkChoice(delta=ChatDelta(role="assistant", content="")))]
-
-    def chunks(self, event: TokenEvent) -> list[ChatCompletionChunk]:
-        chunks = []
-        if event.text or event.logprob:  # a token whose text is held back still has its logprob
-            logprobs = chat_logprobs([event.logprob]) if event.logprob else None
-            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDelta(content=event.text), logprobs=logprobs)))
-        if event.finish_reason:
-            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDelta(), finish_reason=event.finish_reason)))
-            if self.include_usage and event.usage:
-                chunks.append(ChatCompletionChunk(**self.meta._asdict(), choices=[], usage=usage_body(event.usage)))
-        return chunks
-
-    def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
-        return ChatCompletionChunk(**self.meta._asdict(), choices=[choice])
-
-
-class CompletionStream:
-    """A generation's events as streamed `text_completion`s, the usage last when asked."""
-
-    def __init__(self, meta: ResponseMeta, include_usage: bool):
-        self.meta, self.include_usage = meta, include_usage
-        self._text_offset = 0
-
-    def first(self) -> list[CompletionResponse]:
-        return []
-
-    def chunks(self, event: TokenEvent) -> list[CompletionResponse]:
-        chunks = []
-        if event.text or event.logprob or event.finish_reason:
-            logprobs = None
-            if event.logprob:
-                logprobs = completion_logprobs([event.logprob], self._text_offset)
-                self._text_offset += len(event.logprob.token)
-            choice = CompletionChoice(text=event.text, logprobs=logprobs, finish_reason=event.finish_reason)
-            chunks.append(CompletionResponse(**self.meta._asdict(), choices=[choice]))
-        if event.finish_reason and self.include_usage and event.usage:
-            chunks.append(CompletionResponse(**self.meta._asdict(), choices=[], usage=usage_body(event.usage)))
-        return chunks
-
-
-def _top_logprob(lp: TopLogprob) -> TopLogprobBody:
-    return TopLogprobBody(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes))
-
-
-def _logprobs(events: Sequence[TokenEvent]) -> list[TokenLogprob]:
-    return [e.logprob for e in events if e.logprob is not None]

@@ -16,6 +16,7 @@ from app.protocol.api import (
     ChatResponse,
     DoneEvent,
     InfoResponse,
+    ReasoningEvent,
     TextEvent,
     chat_response,
     to_generation_request,
@@ -24,7 +25,8 @@ from app.protocol.api import (
 from app.protocol.errors import error_responses
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
-from app.services.backend import Backend, Completion, Generation
+from app.services.backend import Backend, Generation
+from app.services.chat_output import ChatDelta, ChatOutputParser, output_parser
 from app.services.registry import BACKENDS, chat_backend
 
 log = logging.getLogger(__name__)
@@ -37,20 +39,23 @@ router = APIRouter()
     responses={
         **event_stream_response(
             "The answer; with `stream: true`, Server-Sent Events ending with `event: done`.",
-            {"message": (TextEvent,), "done": (DoneEvent,), "error": ()},
+            {"message": (TextEvent, ReasoningEvent), "done": (DoneEvent,), "error": ()},
         ),
         **error_responses(400, 413, 429, 503),
     },
 )
 async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
     """Answers a chat (`messages`) or a raw `prompt`; with `"stream": true` as Server-Sent Events:
-    `data: {"text": ...}` per piece, then `event: done` with finish reason and usage."""
+    `data: {"reasoning": ...}` and `data: {"text": ...}` pieces, then `event: done` with finish reason
+    and usage."""
     backend = chat_backend(settings, body.backend)
-    generation = backend.start(to_generation_request(body, settings.max_tokens_limit))
+    request = to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    generation = backend.start(request)
+    parser = output_parser(generation, request)
     if body.stream:
-        return EventSourceResponse(_events(generation, backend))
-    completion = Completion.from_events([event async for event in generation])
-    return chat_response(completion, backend.name, generation.model_name)
+        return EventSourceResponse(_events(generation, parser, backend))
+    events = [event async for event in generation]
+    return chat_response(events, parser, backend.name, generation.model_name, generation.prompt.dropped_messages)
 
 
 @router.get("/api/info", response_model=InfoResponse)
@@ -58,17 +63,24 @@ def info() -> dict[str, Any]:
     return {"backends": {name: backend.info() for name, backend in BACKENDS.items()}}
 
 
-async def _events(generation: Generation, backend: Backend) -> AsyncIterator[ServerSentEvent]:
+async def _events(
+    generation: Generation, parser: ChatOutputParser | None, backend: Backend
+) -> AsyncIterator[ServerSentEvent]:
     try:
         async for event in generation:
-            if event.text:
-                yield ServerSentEvent(json.dumps({"text": event.text}, ensure_ascii=False))
+            delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
+            if event.finish_reason and parser:
+                end = parser.finish()
+                delta = ChatDelta(delta.reasoning + end.reasoning, delta.content + end.content)
+            for key, text in (("reasoning", delta.reasoning), ("text", delta.content)):
+                if text:
+                    yield ServerSentEvent(json.dumps({key: text}, ensure_ascii=False))
             if event.finish_reason:
                 done = DoneEvent(
                     finish_reason=event.finish_reason,
                     backend=backend.name,
                     model=generation.model_name,
-                    usage=usage_body(event.usage),
+                    usage=usage_body(event.usage, parser.reasoning_tokens if parser else 0),
                 )
                 yield ServerSentEvent(done.model_dump_json(), event="done")
     except Exception as error:  # the response has started: report in-band, keep the server up

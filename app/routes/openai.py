@@ -19,11 +19,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.errors import HychatError, error_body
 from app.protocol.errors import error_responses
 from app.protocol.openai import (
-    ChatCompletionChunk,
     ChatCompletionRequest,
+    CompletionRequest,
+    to_chat_generation_request,
+    to_completion_generation_request,
+)
+from app.protocol.openai_responses import (
+    ChatCompletionChunk,
     ChatCompletionResponse,
     ChatStream,
-    CompletionRequest,
     CompletionResponse,
     CompletionStream,
     ModelCard,
@@ -31,12 +35,11 @@ from app.protocol.openai import (
     chat_completion_response,
     completion_response,
     response_meta,
-    to_chat_generation_request,
-    to_completion_generation_request,
 )
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Generation, GenerationRequest
+from app.services.chat_output import output_parser
 from app.services.registry import backend_for_model, served_backends
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,8 @@ GENERATION_ERRORS = error_responses(400, 404, 413, 429, 503)
     },
 )
 async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -> Any:
-    request = to_chat_generation_request(body, settings.max_tokens_limit)
-    return await _answer(body, request, settings, "chatcmpl", ChatStream, chat_completion_response)
+    request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    return await _answer(body, request, settings, "chatcmpl")
 
 
 @router.post(
@@ -75,21 +78,26 @@ async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -
 )
 async def completions(body: CompletionRequest, settings: SettingsDep) -> Any:
     request = to_completion_generation_request(body, settings.max_tokens_limit)
-    return await _answer(body, request, settings, "cmpl", CompletionStream, completion_response)
+    return await _answer(body, request, settings, "cmpl")
 
 
-async def _answer(body: Any, request: GenerationRequest, settings: Any, kind: str, stream: Any, respond: Any) -> Any:
+async def _answer(body: Any, request: GenerationRequest, settings: Any, kind: str) -> Any:
     """Starts the generation (a bad request fails here, before a response starts), then answers with
     Server-Sent Events or, once the generation is complete, JSON."""
     backend = backend_for_model(settings, body.model)
     generation = backend.start(request)
-    meta = response_meta(kind, generation.model_name or body.model)
+    meta = response_meta(kind, generation.model_name or body.model, generation.prompt.dropped_messages)
     log.debug("%s: %s on %s", meta.id, kind, backend.name)
+    parser = output_parser(generation, request)
+    with_logprobs = request.params.logprobs is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_sse(generation, stream(meta, include_usage)))
+        stream = ChatStream(meta, include_usage, parser) if parser else CompletionStream(meta, include_usage)
+        return EventSourceResponse(_sse(generation, stream))
     events = [event async for event in generation]
-    return respond(events, meta, with_logprobs=request.params.logprobs is not None)
+    if parser:
+        return chat_completion_response(events, meta, parser, with_logprobs)
+    return completion_response(events, meta, with_logprobs)
 
 
 @router.get("/models", response_model=ModelList)

@@ -8,23 +8,18 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import aclosing, closing, contextmanager
-from dataclasses import dataclass, field
+from contextlib import aclosing, closing
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Any, ClassVar, Protocol, TypedDict, Unpack
 
-import jinja2
-
 from app import metrics
 from app.engine.worker import Emit, Job, Worker
-from app.errors import BackendUnavailableError, ChatTemplateError, InvalidParameterError, PromptTooLongError
+from app.errors import BackendUnavailableError, InvalidParameterError, PromptTooLongError
+from app.services.chat_format import ChatFormat, ChatOptions, RenderedChat, tool_name
+from app.services.tool_grammar import tool_call_grammar
 
 ROLES = ("system", "user", "assistant", "tool")
-# Used for a model without a chat template, as llama.cpp does.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 MAX_STOP_SEQUENCES = 16
 MAX_LOGPROBS = 20
 
@@ -112,15 +107,30 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Role and text of each message, plus what tool calling adds: an assistant's `tool_calls`
+    (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`."""
     _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
-    checked = []
-    for i, message in enumerate(messages):
-        _check(isinstance(message, dict), f"messages[{i}] must be an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        _check(role in ROLES, f"messages[{i}].role must be one of {', '.join(ROLES)}")
-        _check(isinstance(content, str), f"messages[{i}].content must be a string")
-        checked.append({"role": role, "content": content})
+    return [_checked_message(i, message) for i, message in enumerate(messages)]
+
+
+def _checked_message(i: int, message: Any) -> dict[str, Any]:
+    _check(isinstance(message, dict), f"messages[{i}] must be an object with role and content")
+    role, content, calls = message.get("role"), message.get("content"), message.get("tool_calls")
+    _check(role in ROLES, f"messages[{i}].role must be one of {', '.join(ROLES)}")
+    _check(isinstance(content, str) or (content is None and bool(calls)), f"messages[{i}].content must be a string")
+    checked: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        _check(role == "assistant" and isinstance(calls, list), f"messages[{i}].tool_calls: only assistants call tools")
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            _check(isinstance(function, dict) and isinstance(function.get("name"), str),
+                   f"messages[{i}].tool_calls: each call needs function.name")  # fmt: skip
+        checked["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if message.get(key) is not None:
+            _check(isinstance(message[key], str), f"messages[{i}].{key} must be a string")
+            checked[key] = message[key]
     return checked
 
 
@@ -130,7 +140,8 @@ class GenerationRequest:
 
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    chat: ChatOptions = field(default_factory=ChatOptions)  # chats only: tools, thinking, truncation
 
     def __post_init__(self) -> None:
         _check((self.prompt is None) != (self.messages is None), "give exactly one of prompt or messages")
@@ -177,22 +188,23 @@ class UsageClock:
         )
 
 
-def check_prompt_fits(n_prompt: int, n_ctx: int) -> None:
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given for a request, and what is needed to read its answer."""
+
+    ids: list[int]
+    text: str  # the rendered chat, or the raw prompt
+    chat: RenderedChat | None = None  # None for a raw prompt
+    tool_format: str = "json"  # how this model writes tool calls
+    tool_names: tuple[str, ...] = ()  # the functions it may call ("tool_choice" none: none)
+    dropped_messages: int = 0  # the oldest turns left out so that the prompt fits (ChatOptions.truncate)
+
+
+def check_prompt_fits(n_prompt: int, n_ctx: int, param: str = "prompt") -> None:
     if n_prompt == 0:
-        raise InvalidParameterError("prompt is empty")
+        raise InvalidParameterError("prompt is empty", param)
     if n_prompt >= n_ctx:
-        raise PromptTooLongError(n_prompt, n_ctx)
-
-
-@contextmanager
-def template_errors() -> Iterator[None]:
-    """Turns what a chat template raises (in jinja2's sandbox) into ChatTemplateError."""
-    try:
-        yield
-    except jinja2.exceptions.SecurityError as error:
-        raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
-    except (ValueError, TypeError, jinja2.TemplateError) as error:  # raise_exception() in templates
-        raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
+        raise PromptTooLongError(n_prompt, n_ctx, param)
 
 
 @dataclass(frozen=True)
@@ -237,6 +249,7 @@ class Generation:
     """A validated request, ready to stream. Iterate it from a thread or `async for` it."""
 
     model_name: str | None = None
+    prompt: Prompt | None = None
 
     def __init__(self, worker: Worker, job: Job, backend_name: str):
         self._worker, self._job, self._backend_name = worker, job, backend_name
@@ -260,6 +273,7 @@ class Generation:
 
 class LoadedModel(Protocol):
     n_ctx: int
+    chat_format: ChatFormat  # from the model's own chat template
 
     @property
     def name(self) -> str: ...  # the model's file or folder name, as the API reports it
@@ -267,8 +281,9 @@ class LoadedModel(Protocol):
 
 class Backend(ABC):
     """What every inference backend offers. The user-facing methods are built on `start()`; a backend
-    supplies loading, `_prompt_ids`, and either `_decode` (run one at a time on the backend's worker
-    thread) or its own `_generation` (llama.cpp's batching engine)."""
+    supplies loading (its loaded model has a `chat_format`), `_encode_raw` / `_encode_chat`, and either
+    `_decode` (run one at a time on the backend's worker thread) or its own `_generation` (llama.cpp's
+    batching engine)."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # for messages: "llama.cpp", "PyTorch"
@@ -302,12 +317,46 @@ class Backend(ABC):
         m = self._require()
         self._check_supported(request.params)
         t_start = perf_counter()
-        prompt_ids = self._prompt_ids(m, request)
-        check_prompt_fits(len(prompt_ids), m.n_ctx)
-        clock = UsageClock(len(prompt_ids), t_start)
-        generation = self._generation(m, prompt_ids, request.params, clock)
+        prompt = self._prompt(m, request)
+        check_prompt_fits(len(prompt.ids), m.n_ctx, "prompt" if request.messages is None else "messages")
+        params = self._with_tool_grammar(request, prompt)
+        clock = UsageClock(len(prompt.ids), t_start)
+        generation = self._generation(m, prompt.ids, params, clock)
         generation.model_name = m.name  # the model that answers, even if another is loaded meanwhile
+        generation.prompt = prompt
         return generation
+
+    def prompt(self, request: GenerationRequest) -> Prompt:
+        """The text and token ids the model would be given for `request`."""
+        return self._prompt(self._require(), request)
+
+    def _prompt(self, m: Any, request: GenerationRequest) -> Prompt:
+        if request.messages is None:
+            return Prompt(self._encode_raw(m, request.prompt or ""), request.prompt or "")
+        fmt: ChatFormat = m.chat_format
+        messages, dropped = request.messages, 0
+        while True:
+            rendered = fmt.render(messages, request.chat)
+            ids = self._encode_chat(m, rendered.text)
+            shorter = drop_oldest_turn(messages) if request.chat.truncate and len(ids) >= m.n_ctx else None
+            if shorter is None:
+                break
+            dropped, messages = dropped + len(messages) - len(shorter), shorter
+        names = tuple(fmt.tool_names(request.chat))
+        return Prompt(ids, rendered.text, rendered, fmt.tool_format, names, dropped)
+
+    def _with_tool_grammar(self, request: GenerationRequest, prompt: Prompt) -> SamplingParams:
+        """`tool_choice` "required" or a named function: a grammar makes the answer that call, on a
+        backend with grammars (elsewhere the answer is parsed and refused if it holds no call)."""
+        chat, params = request.chat, request.params
+        if not chat.calls_tools or chat.tool_choice == "auto" or not self.supports_grammar:
+            return params
+        if params.grammar is not None:
+            raise InvalidParameterError("grammar or response_format cannot go with this tool_choice", "tool_choice")
+        tools = [t for t in chat.tools if chat.tool_choice in ("required", tool_name(t))]
+        think = prompt.chat.think if prompt.chat is not None else None
+        grammar = tool_call_grammar(tools, prompt.tool_format, chat.parallel_tool_calls, think)
+        return replace(params, grammar=grammar)
 
     def _generation(self, m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
         """By default a backend's generations run one at a time on its own worker thread."""
@@ -330,7 +379,12 @@ class Backend(ABC):
         return self._model
 
     @abstractmethod
-    def _prompt_ids(self, m: Any, request: GenerationRequest) -> list[int]: ...
+    def _encode_raw(self, m: Any, text: str) -> list[int]:
+        """A raw prompt's ids, with the BOS token the model expects."""
+
+    @abstractmethod
+    def _encode_chat(self, m: Any, text: str) -> list[int]:
+        """A rendered chat's ids: special tokens as written by the template, never a second BOS."""
 
     @staticmethod
     def _decode(m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
@@ -348,6 +402,14 @@ class Backend(ABC):
 
     def chat_stream(self, messages: list[dict[str, str]], **gen: Unpack[SamplingKwargs]) -> Iterator[str]:
         return _texts(self.start(GenerationRequest(SamplingParams.from_kwargs(**gen), messages=messages)))
+
+
+def drop_oldest_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """`messages` without the oldest turn (a user message and the answers and tool results after
+    it); the system prompt and the last turn always stay. None when nothing can go."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    later_user = next((i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"), None)
+    return None if later_user is None else messages[:first] + messages[later_user:]
 
 
 def _texts(generation: Generation) -> Iterator[str]:

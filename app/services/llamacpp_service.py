@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import jinja2
-
 from app import metrics
 from app.errors import (
     BackendUnavailableError,
@@ -29,22 +27,14 @@ from app.errors import (
     InvalidParameterError,
     ModelFileError,
 )
-from app.services.backend import (
-    CHATML_TEMPLATE,
-    Backend,
-    Generation,
-    GenerationRequest,
-    SamplingParams,
-    UsageClock,
-    is_int_at_least,
-    template_errors,
-)
+from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, UsageClock, is_int_at_least
+from app.services.chat_format import ChatFormat
+from app.services.chat_template import CHATML_TEMPLATE, compile_template
 from app.services.cpu import physical_cores
 from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf
 
 try:
     import llama_cpp
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from app.engine.batch import BatchEngine, Ticket, Vocabulary
     from app.engine.sampler import RequestSampler
@@ -68,8 +58,7 @@ class _Loaded:
     bos_text: str
     n_ctx: int = 0  # per slot: what one request may use
     engine: Any = None  # BatchEngine
-    formatter: Any = None  # Jinja2ChatFormatter, None when the template does not compile
-    template_error: str | None = None
+    chat_format: Any = None  # ChatFormat from the GGUF's template
     pieces: dict[int, bytes] = field(default_factory=dict)
 
     @property
@@ -124,13 +113,14 @@ class LlamaCppBackend(Backend):
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
         loaded.n_ctx = n_ctx or llm.n_ctx_train()
         loaded.engine = self._engine(loaded, parallel, max_waiting)
-        _compile_template(loaded)
+        loaded.chat_format = _chat_format(loaded)
         old, self._model = self._model, loaded
         if old is not None:
             old.engine.close()  # its running generations finish on the old weights
         log.info(
-            "llama.cpp loaded %s: %d slots of %d tokens, %d threads", header.path, parallel, loaded.n_ctx, n_threads
-        )
+            "llama.cpp loaded %s: %d slots of %d tokens (the context of each request), %d threads",
+            header.path, parallel, loaded.n_ctx, n_threads,
+        )  # fmt: skip
 
     def _engine(self, m: _Loaded, parallel: int, max_waiting: int) -> BatchEngine:
         llm = m.llm
@@ -174,8 +164,9 @@ class LlamaCppBackend(Backend):
             "quantization": file_type_name(h.metadata.get("general.file_type")),
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
-            "n_ctx": m.n_ctx,
+            "n_ctx": m.n_ctx,  # per request: each slot has its own
             "parallel": m.engine.n_slots,
+            "n_ctx_total": m.n_ctx * m.engine.n_slots,
             "n_ctx_train": h.arch_value("context_length"),
             "n_threads": m.n_threads,
             "n_gpu_layers": m.n_gpu_layers,
@@ -187,13 +178,24 @@ class LlamaCppBackend(Backend):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        m = self._require()
-        return _tokenize(m, text, add_bos=True, special=special)
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """`add_special`: the BOS token if the model wants one; `parse_special`: special tokens
+        written in the text become their ids."""
+        return _tokenize(self._require(), text, add_bos=add_special, special=parse_special)
 
-    def apply_template(self, messages: list[dict[str, str]]) -> str:
+    def detokenize(self, ids: list[int]) -> str:
+        return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_piece(self, token_id: int) -> bytes:
+        """The token's bytes, a special token as its text."""
+        m = self._require()
+        if not 0 <= token_id < m.llm.n_vocab():
+            raise InvalidParameterError(f"token id {token_id} is outside the vocabulary (0..{m.llm.n_vocab() - 1})")
+        return _token_to_piece(m.llm._model.vocab, token_id, special=True)
+
+    def apply_template(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, from its own chat template."""
-        return _render(self._require(), messages)
+        return self.prompt(GenerationRequest(messages=messages)).text
 
     def start(self, request: GenerationRequest) -> Generation:
         try:
@@ -201,13 +203,13 @@ class LlamaCppBackend(Backend):
         except EngineClosedError:  # the model was swapped while this request was read: once more, on the new one
             return super().start(request)
 
-    def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
-        if request.messages is None:
-            return _tokenize(m, request.prompt or "", add_bos=True, special=True)
-        prompt = _render(m, request.messages)
+    def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
+        return _tokenize(m, text, add_bos=True, special=True)
+
+    def _encode_chat(self, m: _Loaded, text: str) -> list[int]:
         # Templates that write the BOS text themselves must not get a second one from the tokenizer.
-        add_bos = not (m.bos_text and prompt.startswith(m.bos_text))
-        return _tokenize(m, prompt, add_bos=add_bos, special=True)
+        add_bos = not (m.bos_text and text.startswith(m.bos_text))
+        return _tokenize(m, text, add_bos=add_bos, special=True)
 
     def _generation(self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
         ticket = Ticket(
@@ -222,13 +224,6 @@ class LlamaCppBackend(Backend):
         generation = Generation(m.engine, m.engine.submit(ticket), self.name)
         weakref.finalize(generation, ticket.cancel)  # never iterated: its slot must not wait for a reader
         return generation
-
-
-def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
-    if m.formatter is None:
-        raise ChatTemplateError(f"the model's chat template does not compile: {m.template_error}")
-    with template_errors():
-        return m.formatter(messages=messages).prompt
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:
@@ -260,17 +255,17 @@ def _token_text(llm: Any, token: int) -> str:
     return _token_to_piece(llm._model.vocab, token, special=True).decode("utf-8", errors="replace")
 
 
-def _compile_template(m: _Loaded) -> None:
+def _chat_format(m: _Loaded) -> ChatFormat:
     template = m.header.metadata.get("tokenizer.chat_template")
     if not isinstance(template, str):
         log.warning("%s has no chat template; using ChatML", m.header.path)
         template = CHATML_TEMPLATE
-    eos_text = _token_text(m.llm, m.llm.token_eos())
     try:
-        m.formatter = Jinja2ChatFormatter(template, eos_token=eos_text, bos_token=m.bos_text)
-    except jinja2.TemplateError as error:
-        m.template_error = str(error)
-        log.warning("%s: chat template does not compile: %s", m.header.path, error)
+        compile_template(template)
+    except ChatTemplateError as error:  # the model still serves raw prompts; chats get this error
+        log.warning("%s: %s", m.header.path, error)
+    special = {"bos_token": m.bos_text, "eos_token": _token_text(m.llm, m.llm.token_eos())}
+    return ChatFormat.from_template(template, special)
 
 
 def _check_load_args(

@@ -20,15 +20,15 @@ from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
 from app.services.adapter import low_rank_on_embeddings, tensor_names
 from app.services.backend import (
-    CHATML_TEMPLATE,
     Backend,
     GenerationRequest,
     SamplingParams,
     TokenEvent,
     UsageClock,
     is_int_at_least,
-    template_errors,
 )
+from app.services.chat_format import ChatFormat
+from app.services.chat_template import CHATML_TEMPLATE
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler, WindowDecoder
 from app.services.gguf_file import read_gguf
@@ -56,6 +56,7 @@ class _Loaded:
     lora_path: str | None = None
     lora_merged: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    chat_format: Any = None  # ChatFormat from the tokenizer's template
 
     @property
     def name(self) -> str:
@@ -97,8 +98,11 @@ class TorchBackend(Backend):
         n_ctx = min(n_ctx, getattr(model.config, "max_position_embeddings", n_ctx) or n_ctx)
         loaded = _Loaded(model, tokenizer, path, n_ctx, n_threads, _eog_ids(model, tokenizer), lora_path, merge_lora)
         loaded.info = _describe(loaded, torch_dtype)
+        # The variables transformers' apply_chat_template passes: every named special token.
+        loaded.chat_format = ChatFormat.from_template(tokenizer.chat_template, tokenizer.special_tokens_map)
         self._install(loaded)
-        log.info("PyTorch loaded %s (%s, %d threads)", path, torch_dtype, n_threads)
+        log.info("PyTorch loaded %s (%s, %d threads): %d tokens of context, one request at a time",
+                 path, torch_dtype, n_threads, n_ctx)  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         if self._model is None:
@@ -107,27 +111,36 @@ class TorchBackend(Backend):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self._require().tokenizer(text, add_special_tokens=special).input_ids
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """`add_special`: the tokens the tokenizer adds around a text (BOS...); `parse_special`:
+        special tokens written in the text become their ids."""
+        tokenizer = self._require().tokenizer
+        return tokenizer(text, add_special_tokens=add_special, split_special_tokens=not parse_special).input_ids
 
-    def apply_template(self, messages: list[dict[str, str]]) -> str:
+    def detokenize(self, ids: list[int]) -> str:
+        return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_piece(self, token_id: int) -> bytes:
+        """The token's bytes, a special token as its text."""
+        tokenizer = self._require().tokenizer
+        if not 0 <= token_id < len(tokenizer):
+            raise InvalidParameterError(f"token id {token_id} is outside the vocabulary (0..{len(tokenizer) - 1})")
+        return _token_bytes(tokenizer, token_id)
+
+    def apply_template(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, from the tokenizer's chat template."""
-        return _render(self._require(), messages)
+        return self.prompt(GenerationRequest(messages=messages)).text
 
-    def _prompt_ids(self, m: _Loaded, request: GenerationRequest) -> list[int]:
-        if request.messages is None:
-            return m.tokenizer(request.prompt, add_special_tokens=True).input_ids
-        # The template writes every special token itself (transformers' own convention).
-        return m.tokenizer(_render(m, request.messages), add_special_tokens=False).input_ids
+    def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
+        return m.tokenizer(text, add_special_tokens=True).input_ids
+
+    def _encode_chat(self, m: _Loaded, text: str) -> list[int]:
+        # The template writes every special token itself (what apply_chat_template(tokenize=True) does).
+        return m.tokenizer(text, add_special_tokens=False).input_ids
 
     @staticmethod
     def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
         _decode(m, prompt_ids, params, clock, emit)
-
-
-def _render(m: _Loaded, messages: list[dict[str, str]]) -> str:
-    with template_errors():  # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment
-        return m.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -313,6 +326,29 @@ def _untie_embeddings(model: Any) -> None:
     model.config.tie_word_embeddings = False
 
 
+def _token_bytes(tokenizer: Any, token_id: int) -> bytes:
+    """A token's own bytes. `decode` would turn half a UTF-8 character into U+FFFD, so a byte-level
+    BPE token is mapped back through GPT-2's byte alphabet; other tokenizers' pieces are decoded."""
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    if token_id in tokenizer.all_special_ids:
+        return token.encode()
+    if not _is_byte_level(tokenizer):
+        return tokenizer.decode([token_id]).encode()
+    return bytes(_byte_alphabet()[c] for c in token)
+
+
+@cache
+def _byte_alphabet() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+
+
 def _eog_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
@@ -331,7 +367,9 @@ def _describe(m: _Loaded, dtype: Any) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "size_bytes": sum(f.stat().st_size for f in weights),
         "n_params": sum(p.numel() for p in m.model.parameters()),
-        "n_ctx": m.n_ctx,
+        "n_ctx": m.n_ctx,  # per request
+        "parallel": 1,  # generations run one at a time
+        "n_ctx_total": m.n_ctx,
         "n_threads": m.n_threads,
         "lora_path": m.lora_path,
         "lora_merged": m.lora_merged if m.lora_path else None,

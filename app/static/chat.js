@@ -1,10 +1,13 @@
 // The chat page: sends the conversation to POST /api/chat with "stream": true and renders the answer
-// as it arrives. Plain browser JavaScript, no build step; markdown-it 14.1.0 is vendored in vendor/.
+// as it arrives, with the model's reasoning (if any) in a collapsible block above it. Plain browser
+// JavaScript, no build step; markdown-it 14.1.0 is vendored in vendor/.
 "use strict";
 
 (() => {
   const SETTINGS_KEY = "hychat.settings";
-  const DEFAULTS = { temperature: 0.7, maxTokens: 512, system: "", apiKey: "" };
+  // think: "" leaves thinking to the server's default (the model's own behaviour), "on" or "off" asks.
+  const DEFAULTS = { temperature: 0.7, maxTokens: 512, think: "", system: "", apiKey: "" };
+  const THINK = { on: true, off: false };
 
   // html: false escapes any HTML in the model's output; markdown-it's validateLink drops javascript:,
   // vbscript:, file: and non-image data: links. The page's Content-Security-Policy is the second line.
@@ -32,6 +35,7 @@
     settings: $("settings"),
     temperature: $("temperature"),
     maxTokens: $("max-tokens"),
+    think: $("think"),
     system: $("system"),
     apiKey: $("api-key"),
   };
@@ -52,6 +56,7 @@
     const s = { ...DEFAULTS, ...saved };
     ui.temperature.value = s.temperature;
     ui.maxTokens.value = s.maxTokens;
+    ui.think.value = Object.hasOwn(THINK, s.think) ? s.think : DEFAULTS.think;
     ui.system.value = s.system;
     ui.apiKey.value = s.apiKey;
   }
@@ -61,6 +66,7 @@
     return {
       temperature: number(ui.temperature, DEFAULTS.temperature),
       maxTokens: Math.round(number(ui.maxTokens, DEFAULTS.maxTokens)),
+      think: ui.think.value,
       system: ui.system.value,
       apiKey: ui.apiKey.value.trim(),
     };
@@ -137,6 +143,36 @@
     return { article, content, meta };
   }
 
+  // The reasoning block above an answer's content, made when the first reasoning arrives. It is open
+  // while the reasoning streams; its text is shown as plain text, never as HTML.
+  function addReasoning(answer) {
+    const details = document.createElement("details");
+    details.className = "reasoning";
+    details.open = true;
+    details.dataset.state = "streaming";
+    const summary = document.createElement("summary");
+    summary.textContent = "Reasoning…";
+    const text = document.createElement("div");
+    text.className = "reasoning-text";
+    details.append(summary, text);
+    answer.content.before(details);
+    return { details, summary, text };
+  }
+
+  // Once the answer starts or the stream ends, the block closes (only then: a reader who opens it again
+  // keeps it open). `tokens`: usage.reasoning_tokens of the done event, when there is one.
+  function endReasoning(reasoning, tokens) {
+    const { details, summary } = reasoning;
+    if (details.dataset.state === "streaming") details.open = false;
+    details.dataset.state = "done";
+    if (Number.isInteger(tokens)) {
+      details.dataset.tokens = tokens;
+      summary.textContent = `Reasoning (${tokens} token${tokens === 1 ? "" : "s"})`;
+    } else if (!details.dataset.tokens) {
+      summary.textContent = "Reasoning";
+    }
+  }
+
   function nearBottom() {
     const m = ui.messages;
     return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
@@ -186,10 +222,13 @@
     setBusy(true);
 
     let text = "";
+    let thought = ""; // the reasoning: shown, never sent back to the model
+    let reasoning = null; // its block, once some has arrived
     let frame = 0; // one render per animation frame, however fast the tokens come
     const render = () => {
       frame = 0;
       const follow = nearBottom();
+      if (reasoning) reasoning.text.textContent = thought.trim();
       answer.content.innerHTML = renderMarkdown(text);
       if (follow) scrollToBottom();
     };
@@ -202,6 +241,7 @@
           stream: true,
           temperature: settings.temperature,
           max_new_tokens: settings.maxTokens,
+          think: THINK[settings.think], // undefined, so left out, for the model's default
         }),
         signal: controller.signal,
       });
@@ -210,9 +250,17 @@
       for await (const event of sseEvents(response.body)) {
         const data = JSON.parse(event.data);
         if (event.event === "message") {
-          text += data.text;
+          if (data.reasoning) {
+            reasoning ??= addReasoning(answer);
+            thought += data.reasoning;
+          }
+          if (data.text) {
+            text += data.text;
+            if (reasoning?.details.dataset.state === "streaming") endReasoning(reasoning);
+          }
           if (!frame) frame = requestAnimationFrame(render);
         } else if (event.event === "done") {
+          if (reasoning) endReasoning(reasoning, data.usage?.reasoning_tokens);
           showUsage(answer.meta, data);
           finished = true;
         } else if (event.event === "error") {
@@ -230,6 +278,7 @@
     } finally {
       cancelAnimationFrame(frame);
       render();
+      if (reasoning?.details.dataset.state === "streaming") endReasoning(reasoning);
       answer.article.classList.remove("streaming");
       // A stopped answer stays part of the conversation; a turn with no answer is left out.
       if (text) conversation.push(user, { role: "assistant", content: text });

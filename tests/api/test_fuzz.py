@@ -102,6 +102,7 @@ def schema(server):
 
 def test_every_route_is_in_the_schema():
     assert {"POST /api/chat", "POST /v1/chat/completions", "POST /v1/completions", "GET /health"} <= set(OPERATIONS)
+    assert {"POST /tokenize", "POST /detokenize", "POST /apply-template"} <= set(OPERATIONS)
 
 
 @pytest.mark.parametrize("label", OPERATIONS)

@@ -51,7 +51,8 @@ def test_the_api_key_guards_every_route_but_the_probes_and_the_page(start_server
     guarded = routes - OPEN_ROUTES - {("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
                                       ("GET", "/openapi.json")}  # fmt: skip
     for needed in [("POST", "/api/chat"), ("GET", "/api/info"), ("POST", "/v1/chat/completions"),
-                   ("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/metrics")]:  # fmt: skip
+                   ("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/tokenize"),
+                   ("POST", "/detokenize"), ("POST", "/apply-template")]:  # fmt: skip
         assert needed in guarded
 
     server = start_server({"HYCHAT_API_KEY": "s3cret"})

@@ -209,6 +209,126 @@ def test_screenshot_of_a_conversation(page, tmp_path):
     assert (width, height) == (VIEWPORT["width"], VIEWPORT["height"])
 
 
+# GBNF grammars (the `grammar` field, not OpenAI's) that make the small model write reasoning, as a thinking
+# model does, so that the real server's reasoning split runs on the real engine's output.
+GREETING_GRAMMAR = r'root ::= "<think>\n用户在问候。\n</think>\n你好！"'
+HOSTILE_REASONING = '<img src=x onerror="window.pwned = 1"> <b>bold</b>'
+HOSTILE_GRAMMAR = r'root ::= "<think>\n' + HOSTILE_REASONING.replace('"', r"\"") + r'\n</think>\n好"'
+
+# Records the last answer's reasoning block (open or not, its summary) each time the page changes it, with the
+# length of the answer's text then and whether it had finished.
+WATCH_REASONING = """() => {
+    window.__reasoning = [];
+    new MutationObserver(() => {
+        const answers = document.querySelectorAll(".msg.assistant");
+        const last = answers[answers.length - 1];
+        const block = last?.querySelector("details.reasoning");
+        if (!block) return;
+        window.__reasoning.push({
+            open: block.open,
+            summary: block.querySelector("summary").textContent,
+            answer: last.querySelector(".content").textContent.length,
+            finished: !last.classList.contains("streaming"),
+        });
+    }).observe(document.getElementById("messages"), {
+        childList: true, subtree: true, characterData: true, attributes: true,
+    });
+}"""
+
+
+def send_with_grammar(page, grammar: str | None) -> list[dict]:
+    """Passes the page's requests to the real server, with `grammar` added to the body when given; returns the
+    bodies as the page sent them."""
+    bodies: list[dict] = []
+
+    def handle(route) -> None:
+        body = route.request.post_data_json
+        bodies.append(body)
+        route.continue_(post_data=json.dumps({**body, "grammar": grammar}) if grammar else None)
+
+    page.route("**/api/chat", handle)
+    return bodies
+
+
+def test_reasoning_streams_into_a_block_above_the_answer_that_closes_and_is_not_sent_back(page):
+    bodies = send_with_grammar(page, GREETING_GRAMMAR)
+    settings(page, temperature="0", max_tokens="96")
+    page.evaluate(WATCH_REASONING)
+    ask(page, "你好！")
+    wait_answered(page, 0)
+
+    first = answer(page, 0)
+    block = first.locator("details.reasoning")
+    expect(block).to_have_count(1)
+    assert first.evaluate("(a) => [...a.children].map((c) => c.className)") == ["reasoning", "content", "meta"]
+    expect(block.locator(".reasoning-text")).to_have_text("用户在问候。")
+    expect(first.locator(".content")).to_have_text("你好！")
+    assert "<think>" not in first.text_content() and "</think>" not in first.text_content()
+    # Open with "Reasoning…" while the reasoning streamed; closed from the moment the answer's text came.
+    seen = page.evaluate("window.__reasoning")
+    assert any(s["open"] and s["summary"] == "Reasoning…" and s["answer"] == 0 for s in seen), seen
+    assert not any(s["open"] for s in seen if s["answer"] > 0), seen
+    tokens = int(block.get_attribute("data-tokens"))
+    assert tokens > 0
+    expect(block.locator("summary")).to_have_text(f"Reasoning ({tokens} tokens)")
+
+    expect(block).not_to_have_attribute("open", re.compile(".*"))
+    expect(block.locator(".reasoning-text")).to_be_hidden()
+    block.locator("summary").click()
+    expect(block).to_have_attribute("open", "")
+    expect(block.locator(".reasoning-text")).to_be_visible()
+    block.locator("summary").click()
+    expect(block.locator(".reasoning-text")).to_be_hidden()
+
+    ask(page, "谢谢")
+    wait_answered(page, 1)
+    assert bodies[1]["messages"] == [
+        {"role": "user", "content": "你好！"},
+        {"role": "assistant", "content": "你好！"},  # the answer only, not its reasoning
+        {"role": "user", "content": "谢谢"},
+    ]
+    assert page.evaluate("window.hychat.conversation()")[1] == {"role": "assistant", "content": "你好！"}
+
+
+def test_reasoning_is_shown_as_text_never_as_html(page):
+    send_with_grammar(page, HOSTILE_GRAMMAR)
+    settings(page, temperature="0", max_tokens="96")
+    ask(page, "你好")
+    wait_answered(page, 0)
+    block = answer(page, 0).locator("details.reasoning")
+    expect(block.locator(".reasoning-text")).to_have_text(HOSTILE_REASONING)
+    assert block.locator("img, b, [onerror]").count() == 0
+    assert page.evaluate("window.pwned ?? null") is None
+    expect(answer(page, 0).locator(".content")).to_have_text("好")
+
+
+def test_the_thinking_switch_sends_think_and_is_remembered(page):
+    bodies = send_with_grammar(page, None)
+    settings(page, temperature="0", max_tokens="4")
+    expect(page.locator("#think")).to_have_value("")  # the model's default
+    ask(page, "你好")
+    wait_answered(page, 0)
+    page.select_option("#think", "on")
+    ask(page, "你好")
+    wait_answered(page, 1)
+    page.select_option("#think", "off")
+    ask(page, "你好")
+    wait_answered(page, 2)
+
+    assert "think" not in bodies[0]
+    assert bodies[1]["think"] is True and bodies[2]["think"] is False
+    for index in (0, 2):  # SmolLM2 writes no reasoning of its own
+        assert answer(page, index).locator(".content").inner_text().strip()
+        expect(answer(page, index).locator(".reasoning")).to_have_count(0)
+
+    page.reload()  # the choice is remembered by this browser
+    settings(page)
+    expect(page.locator("#think")).to_have_value("off")
+    page.select_option("#think", "")
+    page.reload()
+    expect(page.locator("#think")).to_have_value("")
+
+
 UNSAFE_MARKDOWN = """\
 <img src=x onerror="window.pwned = 1">
 <script>window.pwned = 2</script>

@@ -161,7 +161,9 @@ def test_an_abandoned_stream_does_not_block_other_callers(service):
 def test_prompt_longer_than_the_context_is_refused(model_path, service):
     service.load_model(model_path=model_path, n_ctx=256)
     n_ctx = service.info()["n_ctx"]
-    with pytest.raises(PromptTooLongError, match=f"prompt is 1600 tokens but the context window is {n_ctx} tokens"):
+    with pytest.raises(
+        PromptTooLongError, match=f"prompt is 1600 tokens but the context window is {n_ctx} tokens per request"
+    ):
         service.generate("你好" * 400)
     # A prompt that fits is answered up to the end of the context, never past it.
     prompt = ", ".join(str(i) for i in range(1, 40)) + ","
@@ -222,23 +224,21 @@ def test_invalid_load_options_are_refused(model_path, service, kwargs, message):
 
 
 def test_chat_templates_render_in_a_sandbox(service):
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from app.services.chat_format import ChatFormat
 
     model = service._model
-    original = model.formatter
+    original = model.chat_format
     try:
-        model.formatter = Jinja2ChatFormatter(
-            "{{ messages.__class__.__mro__[1].__subclasses__() }}", eos_token="", bos_token=""
-        )
-        with pytest.raises(ChatTemplateError, match="unsafe"):
-            service.chat([{"role": "user", "content": "hi"}])
-        model.formatter = Jinja2ChatFormatter(
-            "{{ raise_exception('roles must alternate') }}", eos_token="", bos_token=""
-        )
-        with pytest.raises(ChatTemplateError, match="roles must alternate"):
-            service.chat([{"role": "user", "content": "hi"}])
+        for template, message in [
+            ("{{ messages.__class__.__mro__[1].__subclasses__() }}", "unsafe"),
+            ("{{ raise_exception('roles must alternate') }}", "roles must alternate"),
+            ("{% set ns = namespace(_x=1) %}", "unsafe"),
+        ]:
+            model.chat_format = ChatFormat.from_template(template, original.special_tokens)
+            with pytest.raises(ChatTemplateError, match=message):
+                service.chat([{"role": "user", "content": "hi"}])
     finally:
-        model.formatter = original
+        model.chat_format = original
 
 
 def test_info_describes_the_model(service, model_path):
@@ -267,20 +267,20 @@ def test_a_request_that_meets_a_model_swap_runs_on_the_new_model(service, model_
     expected = service.generate("从前有座山，", max_new_tokens=8, temperature=0)
     other = tmp_path / "other.gguf"
     shutil.copyfile(model_path, other)
-    tokenize, swapped = service._prompt_ids, []
+    tokenize, swapped = service._encode_raw, []
 
-    def tokenize_then_swap(m, request):
-        ids = tokenize(m, request)
+    def tokenize_then_swap(m, text):
+        ids = tokenize(m, text)
         if not swapped:
             swapped.append(service.model_name)
             service.load_model(model_path=str(other))
         return ids
 
-    service._prompt_ids = tokenize_then_swap
+    service._encode_raw = tokenize_then_swap
     try:
         answer = service.generate("从前有座山，", max_new_tokens=8, temperature=0)
     finally:
-        del service._prompt_ids
+        del service._encode_raw
     assert swapped == [Path(model_path).name] and service.model_name == "other.gguf"
     assert answer == expected  # same weights, so the same greedy answer, from the new engine
     service.load_model(model_path=model_path)

@@ -17,16 +17,20 @@ from app.errors import (
 )
 from app.protocol.openai import (
     ChatCompletionRequest,
-    ChatStream,
     CompletionRequest,
+    to_chat_generation_request,
+    to_completion_generation_request,
+)
+from app.protocol.openai_responses import (
+    ChatStream,
     CompletionStream,
     chat_completion_response,
     completion_response,
     response_meta,
-    to_chat_generation_request,
-    to_completion_generation_request,
 )
-from app.services.backend import SamplingParams, TokenEvent, TokenLogprob, TopLogprob, Usage
+from app.services.backend import Prompt, SamplingParams, TokenEvent, TokenLogprob, TopLogprob, Usage
+from app.services.chat_format import ChatOptions
+from app.services.chat_output import ChatOutputParser
 
 USER = [{"role": "user", "content": "你好"}]
 USAGE = Usage(prompt_tokens=7, completion_tokens=2, ttft_ms=1.0, decode_tokens_per_s=5.0, total_ms=3.0, cached_tokens=4)
@@ -78,6 +82,39 @@ def test_chat_fields_map_to_sampling_params():
     assert to_chat_generation_request(chat_request(logprobs=False), 4096).params.logprobs is None
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_chat_options_take_the_request_first_then_the_server_defaults():
+    chat = to_chat_generation_request(chat_request(), 4096, think=False, reasoning_format="none", truncate=True).chat
+    assert (chat.think, chat.enable_thinking, chat.reasoning_format, chat.truncate) == (False, False, "none", True)
+    body = chat_request(think=True, reasoning_format="deepseek", tools=[WEATHER], parallel_tool_calls=False)
+    chat = to_chat_generation_request(body, 4096, think=False, reasoning_format="none").chat
+    assert (chat.enable_thinking, chat.reasoning_format, chat.parallel_tool_calls) == (True, "auto", False)
+    assert chat.tools == (WEATHER,) and chat.tool_choice == "auto" and chat.calls_tools
+    # chat_template_kwargs.enable_thinking is the same switch as think, and wins over it
+    body = chat_request(think=True, chat_template_kwargs={"enable_thinking": False})
+    assert to_chat_generation_request(body, 4096).chat.enable_thinking is False
+    named = chat_request(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert to_chat_generation_request(named, 4096).chat.tool_choice == "get_weather"
+    assert not to_chat_generation_request(chat_request(tools=[WEATHER], tool_choice="none"), 4096).chat.calls_tools
+
+
+def test_tool_messages_keep_their_call_fields():
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}
+    body = chat_request(
+        messages=[
+            {"role": "user", "content": "天气？"},
+            {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "想一想"},
+            {"role": "tool", "tool_call_id": "call_1", "content": "晴"},
+        ],
+        tools=[WEATHER],
+    )
+    messages = to_chat_generation_request(body, 4096).messages
+    assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [call]}  # reasoning not shown back
+    assert messages[2] == {"role": "tool", "content": "晴", "tool_call_id": "call_1"}
+
+
 def test_text_parts_are_joined_and_developer_is_system():
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     body = chat_request(messages=[{"role": "developer", "content": "be brief"}, {"role": "user", "content": parts}])
@@ -100,6 +137,12 @@ def test_text_parts_are_joined_and_developer_is_system():
             "messages[0].content",
         ),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "blob"}}}}, None),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+        ({"grammar": "root ::= [a]", "response_format": {"type": "json_object"}}, "grammar"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
     ],
 )
 def test_requests_the_service_cannot_honour_are_refused_with_the_param(fields, param):
@@ -117,9 +160,14 @@ def test_completion_prompt_and_default_max_tokens():
         CompletionRequest(model="m", prompt=["a", "b"])
 
 
+def plain_parser() -> ChatOutputParser:
+    """A chat without reasoning tags or tools: the parser passes the text through."""
+    return ChatOutputParser(Prompt(ids=[1], text="prompt"), ChatOptions())
+
+
 def test_a_chat_completion_with_logprobs_and_usage():
     meta = response_meta("chatcmpl", "m")
-    body = chat_completion_response(EVENTS, meta, with_logprobs=True).model_dump()
+    body = chat_completion_response(EVENTS, meta, plain_parser(), with_logprobs=True).model_dump()
     assert body["id"] == meta.id and body["object"] == "chat.completion" and body["model"] == "m"
     choice = body["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "你好"} and choice["finish_reason"] == "length"
@@ -131,12 +179,13 @@ def test_a_chat_completion_with_logprobs_and_usage():
         "completion_tokens": 2,
         "total_tokens": 9,
         "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
-    assert chat_completion_response(EVENTS, meta, with_logprobs=False).choices[0].logprobs is None
+    assert chat_completion_response(EVENTS, meta, plain_parser(), with_logprobs=False).choices[0].logprobs is None
 
 
 def test_chat_chunks_role_first_then_text_finish_and_usage():
-    stream = ChatStream(response_meta("chatcmpl", "m"), include_usage=True)
+    stream = ChatStream(response_meta("chatcmpl", "m"), include_usage=True, parser=plain_parser())
     chunks = [json.loads(c.model_dump_json()) for c in stream.first() + [c for e in EVENTS for c in stream.chunks(e)]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [{"content": "你"}, {"content": "好"}]
@@ -160,7 +209,7 @@ def test_completion_logprobs_offsets_agree_streamed_or_not():
     "error, status, error_type, code, param",
     [
         (InvalidParameterError("bad", "top_p"), 400, "invalid_request_error", "invalid_parameter", "top_p"),
-        (PromptTooLongError(3000, 2048), 400, "invalid_request_error", "context_length_exceeded", None),
+        (PromptTooLongError(3000, 2048), 400, "invalid_request_error", "context_length_exceeded", "messages"),
         (AuthenticationError("no"), 401, "authentication_error", "invalid_api_key", None),
         (ModelNotFoundError("no"), 404, "not_found_error", "model_not_found", "model"),
         (QueueFullError("busy", retry_after_s=2), 429, "rate_limit_error", "queue_full", None),

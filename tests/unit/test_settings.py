@@ -55,6 +55,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_MODEL_N_THREADS": "2",
         "HYCHAT_CORS_ORIGINS": "https://a.example, https://b.example",
         "HYCHAT_MODEL_DIRS": f"{tmp_path}/a,{tmp_path}/b",
+        "HYCHAT_THINK": "false",
+        "HYCHAT_REASONING_FORMAT": "none",
+        "HYCHAT_CONTEXT_OVERFLOW": "truncate",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -75,6 +78,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "queue_size": 0,
     }
     assert s.backend == "pytorch"
+    assert s.chat_defaults() == {"think": False, "reasoning_format": "none", "truncate": True}
     assert s.torch_config() == {
         "enabled": True,
         "model_path": str(tmp_path / "hf"),

@@ -1,0 +1,60 @@
+"""ChatOutputParser: one token's text at a time in, reasoning, answer and tool calls out. Pure logic
+on texts; the engines' side is in tests/api/test_reasoning_split.py and tests/api/test_tools.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.errors import ToolCallMissingError
+from app.services.backend import Prompt
+from app.services.chat_format import ChatOptions, RenderedChat
+from app.services.chat_output import ChatOutputParser
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+# Token texts as a model streams them; "" is a token whose text the detokenizer holds back.
+THINKING = ["<th", "ink>", "\n用户", "问天气", "。\n</", "think>", "\n<answer>\n", "", "北京晴。", "\n</answer>"]
+CALLS = ['<tool_calls><tool_call>get_weather\n```json\n{"city": "北京"}\n```</tool_call>\n',
+         '<tool_call>get_weather\n```json\n{"city": "上海"}\n```</tool_call></tool_calls>']  # fmt: skip
+
+
+def prompt(think=None, tool_names=()) -> Prompt:
+    return Prompt(ids=[1], text="…", chat=RenderedChat("…", think), tool_format="hunyuan", tool_names=tool_names)
+
+
+def run(parser: ChatOutputParser, pieces: list[str]) -> tuple[str, str, list]:
+    deltas = [parser.feed(p) for p in pieces] + [parser.finish()]
+    return "".join(d.reasoning for d in deltas), "".join(d.content for d in deltas), parser.tool_calls
+
+
+def test_reasoning_tokens_are_the_tokens_of_the_think_block():
+    parser = ChatOutputParser(prompt(), ChatOptions())
+    assert run(parser, THINKING)[:2] == ("用户问天气。", "北京晴。")
+    assert parser.reasoning_tokens == 6  # "<th" ... "think>": the tags' tokens count as reasoning
+
+
+def test_a_prompt_that_opened_think_starts_in_reasoning():
+    parser = ChatOutputParser(prompt(think="open"), ChatOptions())
+    assert run(parser, ["想一想", "</think>", "好"])[:2] == ("想一想", "好") and parser.reasoning_tokens == 2
+
+
+def test_reasoning_format_none_passes_the_raw_text():
+    parser = ChatOutputParser(prompt(), ChatOptions(reasoning_format="none"))
+    assert run(parser, THINKING)[:2] == ("", "".join(THINKING)) and parser.reasoning_tokens == 0
+
+
+def test_calls_inside_the_answer_come_out_and_parallel_false_keeps_the_first():
+    pieces = ["<answer>\n", *CALLS, "\n</answer>"]
+    both = run(ChatOutputParser(prompt(tool_names=("get_weather",)), ChatOptions(tools=(TOOL,))), pieces)
+    assert both[1] == "" and [json.loads(c.arguments)["city"] for c in both[2]] == ["北京", "上海"]
+    one = ChatOutputParser(prompt(tool_names=("get_weather",)), ChatOptions(tools=(TOOL,), parallel_tool_calls=False))
+    assert [json.loads(c.arguments)["city"] for c in run(one, pieces)[2]] == ["北京"]
+
+
+def test_a_required_call_that_never_comes_is_an_error():
+    options = ChatOptions(tools=(TOOL,), tool_choice="required")
+    parser = ChatOutputParser(prompt(tool_names=("get_weather",)), options)
+    with pytest.raises(ToolCallMissingError) as raised:
+        run(parser, ["北京", "晴。"])
+    assert raised.value.param == "tool_choice" and raised.value.status_code == 400
