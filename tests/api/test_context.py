@@ -4,6 +4,7 @@ the answer saying so. Real server, llama.cpp on the embedded SmolLM2 model, 2 sl
 
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -71,6 +72,9 @@ def test_truncation_drops_the_oldest_turns_keeps_the_system_prompt_and_says_so(s
     # What was answered is exactly the system prompt plus the newest turns that fit.
     assert r.json()["usage"]["prompt_tokens"] == prompt_tokens(strict.url, kept) < N_CTX
     assert prompt_tokens(strict.url, [SYSTEM, *messages[1 + dropped - 2 :]]) >= N_CTX  # one turn more: too long
+    with httpx.stream("POST", f"{truncating.url}/v1/chat/completions", json={**body, "stream": True}) as stream:
+        first = json.loads(next(line for line in stream.iter_lines() if line.startswith("data: "))[6:])
+    assert first["truncated_messages"] == dropped  # said once, on the first chunk
     simple = {"messages": messages, "max_new_tokens": 4}
     assert httpx.post(f"{truncating.url}/api/chat", json=simple, timeout=60).json()["truncated_messages"] == dropped
     # A chat that fits is left whole and says nothing.
