@@ -29,7 +29,7 @@ class _State(Enum):
 _REASONING_STATES = (_State.REASONING_LEAD, _State.REASONING)
 
 
-def _tag_prefix_len(text: str, tag: str) -> int:
+def tag_prefix_len(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag` (it may still become the tag)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -40,7 +40,7 @@ def _tag_prefix_len(text: str, tag: str) -> int:
 def _hold_tail(text: str, tag: str) -> tuple[str, str]:
     """(text safe to emit, tail to hold): the tail is a possible start of `tag` and the whitespace before
     it, which must be dropped if the tag does follow."""
-    partial = len(text) - _tag_prefix_len(text, tag)
+    partial = len(text) - tag_prefix_len(text, tag)
     body = text[:partial]
     kept = len(body.rstrip())
     return body[:kept], text[kept:]

@@ -15,6 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from app.services.reasoning import tag_prefix_len
+
 TOOL_FORMATS = ("hunyuan", "hermes", "json")
 
 # The tags that delimit one buffered block, per streaming format.
@@ -113,14 +115,6 @@ def _parse_block(fmt: str, inner: str, tool_names: Collection[str]) -> list[Tool
     return _calls_from_json(_load_json(inner.strip()), tool_names)
 
 
-def _tag_prefix_len(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
 class ToolCallStream:
     """Feed it the content pieces of one generation; it returns content that is final and finished calls.
 
@@ -175,7 +169,7 @@ class ToolCallStream:
             out.append(text[:at])
             self._block, self._tail = [], ""
             return text[at:]
-        keep = _tag_prefix_len(text, open_tag)
+        keep = tag_prefix_len(text, open_tag)
         out.append(text[: len(text) - keep])
         self._held = text[len(text) - keep :]
         return None
