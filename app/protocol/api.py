@@ -186,8 +186,8 @@ def chat_response(
     completion = Completion.from_events(events)
     text, reasoning = completion.text, None
     if parser is not None:
-        deltas = [parser.feed(e.text) for e in events] + [parser.finish()]
-        text, reasoning = "".join(d.content for d in deltas), "".join(d.reasoning for d in deltas) or None
+        whole = parser.read(e.text for e in events)
+        text, reasoning = whole.content, whole.reasoning or None
     return ChatResponse(
         response=text,
         reasoning=reasoning,

@@ -113,7 +113,7 @@ class ChatDeltaBody(BaseModel):
 
     @model_serializer(mode="wrap")
     def _changed_fields_only(self, handler: Any) -> dict[str, Any]:  # as OpenAI sends deltas
-        return {key: value for key, value in handler(self).items() if value is not None}
+        return _without_none(handler(self))
 
 
 class ChatChunkChoice(BaseModel):
@@ -238,13 +238,10 @@ def chat_completion_response(
     events: Sequence[TokenEvent], meta: ResponseMeta, parser: ChatOutputParser, with_logprobs: bool
 ) -> ChatCompletionResponse:
     completion = Completion.from_events(events)
-    deltas = [parser.feed(e.text) for e in events]
-    deltas.append(parser.finish())
-    content = "".join(d.content for d in deltas)
-    reasoning = "".join(d.reasoning for d in deltas)
+    whole = parser.read(e.text for e in events)
     message = AssistantMessage(
-        content=content if content or not parser.tool_calls else None,
-        reasoning_content=reasoning or None,
+        content=whole.content if whole.content or not parser.tool_calls else None,
+        reasoning_content=whole.reasoning or None,
         tool_calls=[_tool_call_body(call) for call in parser.tool_calls] or None,
     )
     choice = ChatChoice(

@@ -330,6 +330,17 @@ class Backend(ABC):
         """The text and token ids the model would be given for `request`."""
         return self._prompt(self._require(), request)
 
+    def apply_template(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text the model sees for `messages`, from its own chat template."""
+        return self.prompt(GenerationRequest(messages=messages)).text
+
+    @abstractmethod
+    def token_piece(self, token_id: int) -> bytes:
+        """The token's bytes, a special token as its text; InvalidParameterError outside the vocabulary."""
+
+    def detokenize(self, ids: list[int]) -> str:
+        return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
+
     def _prompt(self, m: Any, request: GenerationRequest) -> Prompt:
         if request.messages is None:
             return Prompt(self._encode_raw(m, request.prompt or ""), request.prompt or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.errors import ToolCallMissingError
@@ -44,6 +45,11 @@ class ChatOutputParser:
         else:
             self._undecided = 0 if content else self._undecided + 1
         return self._content(reasoning, content, final=False)
+
+    def read(self, texts: Iterable[str]) -> ChatDelta:
+        """A whole answer at once, its tokens' texts in order (the calls are in `tool_calls`)."""
+        deltas = [self.feed(text) for text in texts] + [self.finish()]
+        return ChatDelta("".join(d.reasoning for d in deltas), "".join(d.content for d in deltas))
 
     def finish(self) -> ChatDelta:
         """The rest, at the end of the stream. A call that tool_choice demanded but the answer lacks

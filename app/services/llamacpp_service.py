@@ -183,19 +183,12 @@ class LlamaCppBackend(Backend):
         written in the text become their ids."""
         return _tokenize(self._require(), text, add_bos=add_special, special=parse_special)
 
-    def detokenize(self, ids: list[int]) -> str:
-        return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
-
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
         m = self._require()
         if not 0 <= token_id < m.llm.n_vocab():
             raise InvalidParameterError(f"token id {token_id} is outside the vocabulary (0..{m.llm.n_vocab() - 1})")
         return _token_to_piece(m.llm._model.vocab, token_id, special=True)
-
-    def apply_template(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text the model sees for `messages`, from its own chat template."""
-        return self.prompt(GenerationRequest(messages=messages)).text
 
     def start(self, request: GenerationRequest) -> Generation:
         try:

@@ -21,7 +21,6 @@ from app.errors import BackendUnavailableError, InvalidParameterError, ModelFile
 from app.services.adapter import low_rank_on_embeddings, tensor_names
 from app.services.backend import (
     Backend,
-    GenerationRequest,
     SamplingParams,
     TokenEvent,
     UsageClock,
@@ -117,19 +116,12 @@ class TorchBackend(Backend):
         tokenizer = self._require().tokenizer
         return tokenizer(text, add_special_tokens=add_special, split_special_tokens=not parse_special).input_ids
 
-    def detokenize(self, ids: list[int]) -> str:
-        return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
-
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
         tokenizer = self._require().tokenizer
         if not 0 <= token_id < len(tokenizer):
             raise InvalidParameterError(f"token id {token_id} is outside the vocabulary (0..{len(tokenizer) - 1})")
         return _token_bytes(tokenizer, token_id)
-
-    def apply_template(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text the model sees for `messages`, from the tokenizer's chat template."""
-        return self.prompt(GenerationRequest(messages=messages)).text
 
     def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
         return m.tokenizer(text, add_special_tokens=True).input_ids

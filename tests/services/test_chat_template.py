@@ -240,9 +240,9 @@ def test_a_required_call_comes_in_the_7bs_own_format_and_matches_the_schema(llam
     text = "".join(e.text for e in events)
     assert "<tool_calls><tool_call>get_weather\n```json\n" in text and events[-1].finish_reason == "stop"
     parser = ChatOutputParser(generation.prompt, options)
-    deltas = [parser.feed(e.text) for e in events] + [parser.finish()]
+    answer = parser.read(e.text for e in events)
     (call,) = parser.tool_calls
     args = json.loads(call.arguments)
     assert call.name == "get_weather" and set(args) == {"city", "days"}
     assert isinstance(args["city"], str) and len(args["city"]) <= 8 and isinstance(args["days"], int)
-    assert not "".join(d.content for d in deltas).strip()  # the answer is the call, nothing else
+    assert not answer.content.strip()  # the answer is the call, nothing else

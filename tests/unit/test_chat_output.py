@@ -24,8 +24,8 @@ def prompt(think=None, tool_names=()) -> Prompt:
 
 
 def run(parser: ChatOutputParser, pieces: list[str]) -> tuple[str, str, list]:
-    deltas = [parser.feed(p) for p in pieces] + [parser.finish()]
-    return "".join(d.reasoning for d in deltas), "".join(d.content for d in deltas), parser.tool_calls
+    whole = parser.read(pieces)
+    return whole.reasoning, whole.content, parser.tool_calls
 
 
 def test_reasoning_tokens_are_the_tokens_of_the_think_block():
