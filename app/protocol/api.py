@@ -44,8 +44,15 @@ class ChatRequest(BaseModel):
     `SamplingParams`' own, stated here so that the schema shows them; the backend checks them again
     for the Python API."""
 
+    # Exactly one of the two, and not null (a null is as good as leaving it out).
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}]}
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+            ]
+        },
     )
 
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)

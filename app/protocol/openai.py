@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
 from app.protocol.api import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
@@ -33,9 +33,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _text_parts_only(schema: dict[str, Any]) -> None:
+    schema["properties"]["type"]["enum"] = ["text"]
+    schema["properties"]["text"] = {"type": "string", "maxLength": MAX_TEXT_CHARS}
+    schema["required"] = ["type", "text"]
+
+
 class ContentPart(BaseModel):
-    # Other kinds of part (images, audio) pass validation so that to_chat_messages can refuse them by name.
-    model_config = ConfigDict(extra="allow")
+    # Other kinds of part (images, audio) pass validation so that to_chat_messages can refuse them by
+    # name; the schema says what is served: text parts.
+    model_config = ConfigDict(extra="allow", json_schema_extra=_text_parts_only)
 
     type: str = Field(max_length=64)
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
@@ -55,15 +62,66 @@ class ToolCallBody(_Strict):
     function: FunctionCallBody
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]  # developer: OpenAI's new name for system
-    content: (
-        Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=64)] | None
-    ) = None  # None only for an assistant message with tool_calls
-    name: str | None = Field(None, max_length=64)  # a tool result's function name
+Content = Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=64)]
+
+
+class _Message(_Strict):
+    name: str | None = Field(None, max_length=64)  # a participant's name; a tool result's function name
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]  # developer: OpenAI's new name for system
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+                {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+            ]
+        }
+    )
+
+    role: Literal["assistant"]
+    content: Content | None = None  # None only with tool_calls
     tool_calls: list[ToolCallBody] | None = Field(None, max_length=128)  # an assistant's earlier calls
-    tool_call_id: str | None = Field(None, max_length=256)  # which call a tool message answers
     reasoning_content: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # accepted back, not shown to the model
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str | None = Field(None, max_length=256)  # which call this result answers
+
+
+_ROLE_TAGS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def _role_tag(value: Any) -> str | None:
+    role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
+    return _ROLE_TAGS.get(role) if isinstance(role, str) else None
+
+
+# One model per role, as OpenAI's schema has them, so the schema says which fields each role takes.
+# The tags are capitalised because errors.py leaves union members (capitalised) out of a field's path.
+ChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("System")]
+    | Annotated[UserMessage, Tag("User")]
+    | Annotated[AssistantMessage, Tag("Assistant")]
+    | Annotated[ToolMessage, Tag("Tool")],
+    Discriminator(
+        _role_tag,
+        custom_error_type="invalid_role",
+        custom_error_message="role must be one of system, developer, user, assistant, tool",
+    ),
+]
 
 
 class FunctionDefinition(_Strict):
@@ -117,10 +175,17 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 class _GenerationFields(_Strict):
     """What chat and text completions share. Ranges are OpenAI's where it documents them."""
 
+    model_config = ConfigDict(  # stream_options only with stream: true
+        json_schema_extra={
+            "if": {"required": ["stream_options"], "properties": {"stream_options": {"not": {"type": "null"}}}},
+            "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        }
+    )
+
     model: str = Field(max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=1)  # one choice per request
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
@@ -225,13 +290,11 @@ def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
         entry["content"] = _text(i, message.content)
-        if message.content is None and not message.tool_calls:
-            raise InvalidParameterError(f"messages[{i}].content is missing", f"messages[{i}].content")
-        if message.tool_calls:
-            if message.role != "assistant":
-                raise InvalidParameterError(f"messages[{i}]: only assistant messages have tool_calls", "messages")
+        if isinstance(message, AssistantMessage) and message.tool_calls:
             entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
-        if message.role == "tool":
+        elif message.content is None:
+            raise InvalidParameterError(f"messages[{i}] has neither content nor tool_calls", f"messages[{i}].content")
+        if isinstance(message, ToolMessage):
             entry.update(tool_call_id=message.tool_call_id, name=message.name)
         converted.append(entry)
     return converted
@@ -268,8 +331,6 @@ def _max_new_tokens(value: int | None, param: str, limit: int, default: int | No
 
 
 def _sampling_params(body: _GenerationFields, max_new_tokens: int, logprobs: int | None) -> SamplingParams:
-    if body.n != 1:
-        raise InvalidParameterError("only n=1 is supported", "n")
     if body.stream_options is not None and not body.stream:
         raise InvalidParameterError("stream_options is only allowed with stream: true", "stream_options")
     given = {

@@ -66,13 +66,13 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     modes: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
-    answered_by: Counter = field(default_factory=Counter)  # backend (/api/chat) or model (/v1), JSON answers
-    streamed: int = 0  # Server-Sent Events answers, each event checked against the schema
+    answered_by: Counter = field(default_factory=Counter)  # backend (/api/chat) or model (/v1)
+    streamed: int = 0  # answers as Server-Sent Events, each event checked against the schema
 
     def summary(self) -> str:
         return (
             f"sent {self.sent} ({len(self.distinct)} distinct, {dict(self.modes)}), statuses {dict(self.statuses)}, "
-            f"answered by {dict(self.answered_by)} and {self.streamed} streams"
+            f"answered by {dict(self.answered_by)}, {self.streamed} of them streamed"
         )
 
 
@@ -123,10 +123,9 @@ def test_fuzz_operation(schema, server, label):
             return
         tally.statuses[response.status_code] += 1
         if label in GENERATING and response.status_code == 200:
-            if "json" in response.headers["content-type"][0]:
-                tally.answered_by[response.json().get("backend") or response.json().get("model")] += 1
-            else:
-                tally.streamed += 1
+            streamed = "json" not in response.headers["content-type"][0]
+            tally.streamed += streamed
+            tally.answered_by[_answered_by(response, streamed)] += 1
         try:
             case.validate_response(response, checks=CHECKS, headers=AUTH)
         except FailureGroup as group:
@@ -198,19 +197,34 @@ def test_the_server_is_healthy_after_fuzzing(server):
 
 
 def _steered(case, model: str | None, max_tokens: int):
-    """Most valid requests (not those drawn with `model` None) name a served model and stay within the
-    server's max_tokens, so that they reach generation instead of ending as a 404 or 400."""
+    """Most valid requests (not those drawn with `model` None) name a served model (on /api/chat: a
+    backend) and stay within the server's max_tokens, so that they reach generation instead of ending
+    as a 404 or 400."""
     body = case.body
     if model is None or not case.meta.generation.mode.is_positive or not isinstance(body, dict):
         return case
     if "model" in body:
         body["model"] = model
+    elif "backend" in body or case.path == "/api/chat":
+        body["backend"] = model if model in BACKEND_NAMES[1:] else None
     for key in ("max_tokens", "max_new_tokens", "max_completion_tokens"):
         if isinstance(body.get(key), int) and body[key] > MAX_TOKENS:
             body[key] = max_tokens
+    if body.get("grammar") is not None:  # a drawn string is hardly ever GBNF: the request would end as a 400
+        del body["grammar"]
     if body.get("top_logprobs") is not None:
         body["logprobs"] = True
     return case
+
+
+def _answered_by(response, streamed: bool) -> str | None:
+    """The backend (/api/chat) or model (/v1) named in the answer: in its body, or in a stream's events."""
+    if not streamed:
+        answers = [response.json()]
+    else:
+        lines = response.text.splitlines()
+        answers = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    return next((a.get("backend") or a.get("model") for a in answers if a.get("backend") or a.get("model")), None)
 
 
 def _fingerprint(case) -> str:

@@ -127,7 +127,6 @@ def test_text_parts_are_joined_and_developer_is_system():
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"n": 3}, "n"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"max_tokens": 4097}, "max_tokens"),
@@ -142,7 +141,7 @@ def test_text_parts_are_joined_and_developer_is_system():
         ({"tools": [WEATHER, WEATHER]}, "tools"),
         ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
         ({"grammar": "root ::= [a]", "response_format": {"type": "json_object"}}, "grammar"),
-        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
     ],
 )
 def test_requests_the_service_cannot_honour_are_refused_with_the_param(fields, param):
@@ -156,6 +155,8 @@ def test_completion_prompt_and_default_max_tokens():
     request = to_completion_generation_request(body, 4096)
     assert request.prompt == "only one" and request.params.max_new_tokens == 16 and request.params.logprobs == 3
     assert to_completion_generation_request(body, 8).params.max_new_tokens == 8
+    with pytest.raises(ValidationError, match="less than or equal to 1"):  # one choice per request, by the wire type
+        CompletionRequest(model="m", prompt="a", n=3)
     with pytest.raises(ValidationError, match="at most 1 item"):  # one prompt per request, by the wire type
         CompletionRequest(model="m", prompt=["a", "b"])
 
