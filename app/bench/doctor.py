@@ -1,7 +1,9 @@
 """`hychat doctor`: why is it not faster? The guide's "speed did not improve" checklist, run on this
-machine: the llama.cpp build and the CPU features it uses, threads against physical cores, the model's
-quantization and size against free memory, CPU load from other processes, whether the GGUF is whole,
-and a short decode probe. Each finding carries one concrete advice line.
+machine: the llama.cpp build and the CPU features it uses, its AMX kernels, threads against physical
+cores, the model's quantization and size against free memory, CPU load from other processes, whether
+the GGUF is whole, a multi-token decode in a child process (a build that crashes shows as a finding,
+not as doctor dying) and a short decode probe that says where the weights went (AMX, CPU_REPACK, CPU).
+Each finding carries one concrete advice line.
 
 Runs on the core install: llama.cpp through the product's backend, never torch.
 """
@@ -18,14 +20,13 @@ from typing import Any
 
 import psutil
 
+from app import llama_build
+from app.bench import canary
 from app.pipeline.inspect import GGUFReport, inspect_gguf
 from app.services.backend import GenerationRequest, SamplingParams
 from app.services.cpu import physical_cores
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, LlamaCppBackend
 
-REBUILD_NATIVE = (
-    'CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/pip install --force-reinstall --no-cache-dir llama-cpp-python=={version}'
-)
 QUANTIZE_ADVICE = "hychat quantize MODEL out.q4_k_m.gguf --type q4_k_m: 2-4x faster decode on CPU"
 UNQUANTIZED = {"F32", "F16", "BF16"}
 # /proc/cpuinfo flag -> llama_print_system_info() name, for the x86 features whose absence in the
@@ -45,20 +46,26 @@ class Finding:
     advice: str | None = None
 
 
-def diagnose(model_path: str, threads: int, probe_s: float = 5.0, n_gpu_layers: int = 0) -> list[Finding]:
+def diagnose(
+    model_path: str, threads: int, probe_s: float = 5.0, n_gpu_layers: int = 0, allow_amx: bool = False
+) -> list[Finding]:
     """Every check in the guide's order; a check that breaks becomes a "fail" finding."""
     findings = [
-        *_run("build", check_build, n_gpu_layers),
+        *_run("build", check_build, n_gpu_layers, allow_amx),
         *_run("threads", check_threads, threads),
         *_run("model", check_model_file, model_path),
         *_run("cpu load", check_cpu_load),  # before the probe: it must sample other processes, not ours
     ]
-    model_failed = any(f.check == "model" and f.status == "fail" for f in findings)
-    if model_failed or probe_s <= 0:
-        why = "the model file failed its check" if model_failed else "--probe-seconds is 0"
-        findings.append(Finding("probe", "warn", f"skipped: {why}"))
+    if any(f.check == "model" and f.status == "fail" for f in findings):
+        skipped = "the model file failed its check"
     else:
-        findings += _run("probe", run_probe, model_path, threads, probe_s, n_gpu_layers)
+        # In a child first: a build that dies on a multi-token batch must not take doctor down with it.
+        findings += _run("decode", check_decode, model_path, threads)
+        skipped = "the decode check failed" if findings[-1].status == "fail" else None
+    if skipped or probe_s <= 0:
+        findings.append(Finding("probe", "warn", f"skipped: {skipped or '--probe-seconds is 0'}"))
+    else:
+        findings += _run("probe", run_probe, model_path, threads, probe_s, n_gpu_layers, allow_amx)
     return findings
 
 
@@ -73,15 +80,18 @@ def _run(check: str, function: Callable[..., Finding | list[Finding]], *args: An
 # -- (a) the llama.cpp build ------------------------------------------------------------------------
 
 
-def check_build(n_gpu_layers: int = 0) -> list[Finding]:
+def check_build(n_gpu_layers: int = 0, allow_amx: bool = False) -> list[Finding]:
     if not LLAMACPP_AVAILABLE:
         return [Finding("build", "fail", "llama-cpp-python is not installed or its library does not load",
                         "install the project again: pip install -e . (it pins llama-cpp-python)")]  # fmt: skip
     import llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
-    features = build_features(info)
-    findings = [_features_finding(llama_cpp.__version__, features, cpu_flags(), platform.machine())]
+    info = llama_build.system_info()
+    flags = llama_build.cpu_flags()
+    findings = [
+        _features_finding(llama_cpp.__version__, llama_build.build_features(info), flags, platform.machine()),
+        amx_finding(llama_build.check_amx(info, flags, allow_amx)),
+    ]
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     if n_gpu_layers != 0 and not gpu:
         findings.append(Finding("gpu", "warn", f"n_gpu_layers={n_gpu_layers} but this build has no GPU offload: "
@@ -94,28 +104,6 @@ def check_build(n_gpu_layers: int = 0) -> list[Finding]:
     return findings
 
 
-def build_features(system_info: str) -> set[str]:
-    """The names set to 1 in llama_print_system_info(): "CPU : SSE3 = 1 | AVX2 = 1 | ..."."""
-    features = set()
-    for part in system_info.split("|"):
-        name, _, value = part.rpartition(":")[2].partition("=")
-        if value.strip() == "1":
-            features.add(name.strip())
-    return features
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's own feature flags (Linux), empty where /proc/cpuinfo cannot tell."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
 def _features_finding(version: str, features: set[str], flags: set[str], machine: str) -> Finding:
     detail = f"llama-cpp-python {version}, CPU features: {' '.join(sorted(features)) or 'none reported'}"
     x86 = machine.lower() in ("x86_64", "amd64", "i386", "i686")
@@ -123,8 +111,26 @@ def _features_finding(version: str, features: set[str], flags: set[str], machine
     if missing:
         # The CPU has them but the build does not use them: a generic (non-native) build.
         return Finding("build", "warn", f"{detail}; the CPU has {' '.join(missing)} but this build does not use it",
-                       f"rebuild for this CPU: {REBUILD_NATIVE.format(version=version)}")  # fmt: skip
+                       f"rebuild for this CPU: {llama_build.rebuild_command()}")  # fmt: skip
     return Finding("build", "ok", detail)
+
+
+def amx_finding(check: llama_build.AmxCheck) -> Finding:
+    """An AMX build on an AMX CPU is the crash of llama.cpp#20824: kept off by the guard (warn), or
+    let on by HYCHAT_LLAMACPP_ALLOW_AMX (fail)."""
+    if not check.active:
+        return Finding("amx", "ok", check.summary())
+    detail = check.summary().partition(" Rebuild without them:")[0]
+    advice = f"rebuild without them: {llama_build.rebuild_command()}"
+    return Finding("amx", "warn" if check.blocked else "fail", detail, advice)
+
+
+def check_decode(model_path: str, threads: int) -> Finding:
+    result = canary.run(model_path, threads)
+    if not result.ok:
+        return Finding("decode", "fail", canary.explain(result, model_path).replace("\n", " | "),
+                       "see the likely cause above")  # fmt: skip
+    return Finding("decode", "ok", "a multi-token prompt decodes (in a child process)")
 
 
 # -- (b) threads ----------------------------------------------------------------------------------
@@ -226,16 +232,38 @@ def cpu_load_finding(total_percent: float, top: list[tuple[str, float]]) -> Find
 # -- (f) decode probe -----------------------------------------------------------------------------
 
 
-def run_probe(model_path: str, threads: int, probe_s: float, n_gpu_layers: int = 0) -> Finding:
-    """Greedy raw-prompt decode through the product's backend: up to `probe_s` seconds after the first token."""
+def run_probe(
+    model_path: str, threads: int, probe_s: float, n_gpu_layers: int = 0, allow_amx: bool = False
+) -> list[Finding]:
+    """Greedy raw-prompt decode through the product's backend: up to `probe_s` seconds after the first
+    token; and where the backend put the weights."""
     backend = LlamaCppBackend()  # its own: the service's singleton (and its metrics) stay untouched
     t_load = time.perf_counter()
-    backend.load_model(model_path, n_ctx=PROBE_N_CTX, n_threads=threads, n_gpu_layers=n_gpu_layers, parallel=1)
+    backend.load_model(model_path, n_ctx=PROBE_N_CTX, n_threads=threads, n_gpu_layers=n_gpu_layers, parallel=1,
+                       allow_amx=allow_amx)  # fmt: skip
     load_s = time.perf_counter() - t_load
+    weights = weights_finding(backend.info()["weight_buffers_mib"])
     try:
         n_tokens, ttft_s, decode_s = _timed_decode(backend, probe_s)
     finally:
         backend.unload()
+    return [weights, _probe_finding(model_path, threads, probe_s, load_s, n_tokens, ttft_s, decode_s)]
+
+
+def weights_finding(buffers: dict[str, float]) -> Finding:
+    """The buffer types the weights went to: CPU_REPACK (repacked AVX2/AVX-512 kernels), CPU_Mapped
+    (the file, mapped), AMX (llama.cpp's AMX kernels), a GPU's."""
+    detail = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in buffers.items()) or "not reported by llama.cpp"
+    if llama_build.AMX_BUFFER_TYPE in buffers:
+        return Finding("weights", "fail", f"{detail}: the AMX kernels crash on multi-token batches "
+                       f"({llama_build.AMX_ISSUE})", f"unset HYCHAT_LLAMACPP_ALLOW_AMX, or rebuild without them: "
+                       f"{llama_build.rebuild_command()}")  # fmt: skip
+    return Finding("weights", "ok", detail)
+
+
+def _probe_finding(
+    model_path: str, threads: int, probe_s: float, load_s: float, n_tokens: int, ttft_s: float, decode_s: float
+) -> Finding:
     if n_tokens < 2:
         return Finding("probe", "warn", f"{n_tokens} token(s) in {probe_s:g} s: too few to time",
                        "give the probe more time (--probe-seconds)")  # fmt: skip

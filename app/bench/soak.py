@@ -2,12 +2,13 @@
 
     hychat bench soak http://127.0.0.1:8000 --duration 1800 --clients 4
 
-Each client loops over the kinds of request a real service sees: `/api/chat` as JSON and as a
-stream, an OpenAI stream, `/v1/completions`, a `json_schema` answer (which must parse and carry the
-schema's keys), and a stream the client abandons at a random point. At the end it waits for the
-server to go idle and reports requests served, errors, latency percentiles, the server's resident
-memory (`process_resident_memory_bytes` from its `/metrics`) after the warm-up and at the end, and
-the slots still busy. Standard library only, like `loadgen`: the client shares the machine.
+Each client sends every kind of request a real service sees once, then picks them at random:
+`/api/chat` as JSON and as a stream, an OpenAI stream, `/v1/completions`, a `json_schema` answer
+(which must parse and carry the schema's keys), and a stream the client abandons at a random point.
+At the end it waits for the server to go idle and reports requests served, errors, latency
+percentiles, the server's resident memory (`process_resident_memory_bytes` from its `/metrics`) after
+the warm-up and at the end, and the slots still busy. Standard library only, like `loadgen`: the
+client shares the machine.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class _Target:
         return conn, conn.getresponse()
 
     def get(self, path: str) -> str:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
         try:
             conn.request("GET", self.prefix + path, headers={"Authorization": f"Bearer {self.api_key}"})
             response = conn.getresponse()
@@ -245,8 +246,9 @@ def server_state(url: str, api_key: str = "none") -> dict[str, float]:
     return state
 
 
-def wait_idle(url: str, api_key: str = "none", timeout_s: float = 60) -> dict[str, float]:
-    """The server's state once no request holds a slot or waits for one (or after `timeout_s`)."""
+def wait_idle(url: str, api_key: str = "none", timeout_s: float = 600) -> dict[str, float]:
+    """The server's state once no request holds a slot or waits for one (or after `timeout_s`, which
+    bounds a stuck slot, not a slow machine)."""
     deadline = time.monotonic() + timeout_s
     state = server_state(url, api_key)
     while (state["busy"] or state["queued"]) and time.monotonic() < deadline:
@@ -290,8 +292,12 @@ def soak(
     tally, deadline = _Tally(), time.monotonic() + duration_s
 
     def client(i: int, rng: random.Random) -> None:
+        # Every kind first, each client starting at another, however slow the machine; then at random.
+        kinds = list(KINDS)
+        for kind in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:
+            tally.run(kind, target, rng)
         while time.monotonic() < deadline:
-            tally.run(rng.choice(list(KINDS)), target, rng)
+            tally.run(rng.choice(kinds), target, rng)
 
     t0 = time.monotonic()
     _run_clients(clients, client, seed + 1, lambda: on_tick(time.monotonic() - t0, sum(tally.requests.values())))

@@ -22,7 +22,8 @@ def doctor(model: str | None, threads: int | None, probe_seconds: float) -> None
         raise click.ClickException("no model: pass --model FILE.gguf or set HYCHAT_LLAMACPP_MODEL_PATH")
     threads = threads or settings.llamacpp_n_threads or physical_cores()
     click.echo(f"model {model}, {threads} threads")
-    findings = diagnose(model, threads, probe_s=probe_seconds, n_gpu_layers=settings.llamacpp_n_gpu_layers)
+    findings = diagnose(model, threads, probe_s=probe_seconds, n_gpu_layers=settings.llamacpp_n_gpu_layers,
+                        allow_amx=settings.llamacpp_allow_amx)  # fmt: skip
     for finding in findings:
         click.echo(f"{finding.status:<6}{finding.check:<13}{finding.detail}")
         if finding.advice:

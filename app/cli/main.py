@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,6 +49,9 @@ def build_settings(**flags: Any) -> Settings:
 def cli() -> None:
     """Chat with a GGUF model through llama.cpp, on the CPU."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A fatal signal in native code (llama.cpp, torch) cannot be caught, but this leaves each
+    # thread's Python traceback on stderr (the server's log) instead of a silent exit.
+    faulthandler.enable()
 
 
 @cli.command()
@@ -64,8 +69,11 @@ def serve(**overrides: Any) -> None:
 
     settings = build_settings(**overrides)
     configure_logging(settings.log_level)
+    # Bound before any model loads: a taken port or a wrong host costs one line, not a 7B load first.
+    listener = _bind(settings.host, settings.port)
+    _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
     # Our logging for uvicorn's messages too; its access log gives way to app.telemetry's request lines.
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -73,6 +81,32 @@ def serve(**overrides: Any) -> None:
         log_config=None,
         access_log=False,
     )
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a quick restart may rebind
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
+
+
+def _load_configured(settings: Settings) -> None:
+    from app.services.registry import load_configured
+
+    try:
+        load_configured(settings)
+    except HychatError as error:
+        logging.getLogger(__name__).debug("the configured models did not load", exc_info=True)
+        raise click.ClickException(str(error)) from None
 
 
 @cli.command()

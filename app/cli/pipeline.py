@@ -36,15 +36,23 @@ def inspect(path: str) -> None:
 @click.option("--imatrix", type=click.Path(), help="Importance matrix (llama-imatrix's GGUF or .dat) for this model.")
 @click.option("--force", is_flag=True, help="Replace TARGET if it exists.")
 @click.option("--eval", "reference", type=click.Path(), help="Reference GGUF (f16/f32): report quality against it.")
-def quantize(source: str, target: str, quant: str, imatrix: str | None, force: bool, reference: str | None) -> None:
+@click.option("--allow-requantize", is_flag=True, help="Accept an already quantized SOURCE (lower quality).")
+def quantize(
+    source: str, target: str, quant: str, imatrix: str | None, force: bool, reference: str | None,
+    allow_requantize: bool,
+) -> None:  # fmt: skip
     """Quantize SOURCE (a GGUF) into TARGET with llama.cpp's quantizer."""
     from app.pipeline import quantize as q
 
     with _spinner(f"quantizing to {quant}"):
         result = _pipeline(
-            q.quantize, Path(source), Path(target), quant, force=force, imatrix=Path(imatrix) if imatrix else None
-        )
+            q.quantize, Path(source), Path(target), quant, force=force, imatrix=Path(imatrix) if imatrix else None,
+            allow_requantize=allow_requantize,
+        )  # fmt: skip
     click.echo(f"{result.path}: {result.quant}, {result.size_bytes:,} bytes")
+    if result.requantized_from:
+        click.echo(f"warning: requantized from {result.requantized_from}: the result carries the error of both "
+                   "quantizations, lower quality than quantizing the original", err=True)  # fmt: skip
     if reference:
         from app.pipeline.quality import compare_quality
 

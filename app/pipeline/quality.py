@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from app import llama_build
 from app.services.gguf_file import read_gguf
 
 # A short bilingual sample; what matters is that both files read the same ids.
@@ -53,6 +54,7 @@ def logits_model(path: Path, n_ctx: int, n_threads: int | None = None, lora_path
 
     read_gguf(path)
     threads = n_threads or physical_cores()
+    llama_build.keep_weights_off_amx()  # it decodes whole texts: multi-token batches
     return llama_cpp.Llama(
         str(path),
         n_ctx=n_ctx,

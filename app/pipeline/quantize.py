@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.pipeline.files import PipelineError, atomic_output, check_space
 from app.pipeline.imatrix import as_c_params, check_fits, load_imatrix
-from app.services.gguf_file import read_gguf
+from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf, type_name
 
 # Name -> llama_ftype name in llama_cpp.
 QUANT_TYPES = {
@@ -29,6 +29,7 @@ QUANT_TYPES = {
     "q5_k_m": "Q5_K_M",
     "q6_k": "Q6_K",
 }
+UNQUANTIZED = {"F32", "F16", "BF16"}
 # llama.cpp refuses these without an importance matrix, with a bare error code: we say why first.
 NEEDS_IMATRIX = {"q2_k_s": "Q2_K_S", "iq1_s": "IQ1_S", "iq1_m": "IQ1_M", "iq2_xxs": "IQ2_XXS", "iq2_xs": "IQ2_XS"}
 
@@ -38,6 +39,7 @@ class QuantizeResult:
     path: Path
     quant: str
     size_bytes: int
+    requantized_from: str | None = None  # SOURCE's quantization, when it had one (allow_requantize)
 
 
 def quantize(
@@ -63,6 +65,14 @@ def quantize(
         choices = ", ".join([*QUANT_TYPES, *NEEDS_IMATRIX])
         raise PipelineError(f"unknown quantization {quant!r}; choose from {choices}")
     header = read_gguf(source)  # a damaged input is refused before llama.cpp sees it
+    source_quant = quantized_as(header)
+    if source_quant and not allow_requantize:
+        # llama.cpp refuses too, with only a status code and a log line.
+        raise PipelineError(
+            f"{source} is already quantized ({source_quant}): llama.cpp quantizes from F32, F16 or BF16 "
+            "weights. Quantize the original (hychat convert --outtype f16), or pass --allow-requantize: the "
+            "result then carries the error of both quantizations, lower quality than from the original"
+        )
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = threads
@@ -85,7 +95,15 @@ def quantize(
             raise PipelineError(f"llama.cpp could not quantize {source} to {quant} (status {status})")
         read_gguf(written)  # what we made is whole before it takes the final name
         os.replace(written, partial)
-    return QuantizeResult(Path(target), quant, Path(target).stat().st_size)
+    return QuantizeResult(Path(target), quant, Path(target).stat().st_size, source_quant)
+
+
+def quantized_as(header: GGUFHeader) -> str | None:
+    """The file's quantization when any tensor is quantized, else None (F32, F16 and BF16 weights)."""
+    if all(type_name(t.ggml_type) in UNQUANTIZED for t in header.tensors):
+        return None
+    name = file_type_name(header.metadata.get("general.file_type"))
+    return name if name not in (None, *UNQUANTIZED) else "quantized tensors"
 
 
 def _run_in_thread(fn, *args):  # noqa: ANN001, ANN202 - a C call and its ctypes arguments

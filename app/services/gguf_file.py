@@ -114,7 +114,8 @@ class _Parser:
         return ModelFileError(self.path, problem)
 
     def parse(self) -> GGUFHeader:
-        magic = self.read(4)
+        magic = self.buf[: len(GGUF_MAGIC)]  # a file shorter than the magic is no GGUF either
+        self.pos = len(GGUF_MAGIC)
         if magic != GGUF_MAGIC:
             raise self.fail(f"not a GGUF file (bad magic {magic!r}, expected {GGUF_MAGIC!r})")
         version = self.scalar(4)

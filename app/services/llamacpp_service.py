@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from app import metrics
+from app import llama_build, metrics
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -57,6 +57,7 @@ class _Loaded:
     n_gpu_layers: int
     bos_text: str
     n_ctx: int = 0  # per slot: what one request may use
+    weight_buffers: dict[str, float] = field(default_factory=dict)  # MiB per buffer type (CPU_REPACK...)
     engine: Any = None  # BatchEngine
     chat_format: Any = None  # ChatFormat from the GGUF's template
     pieces: dict[int, bytes] = field(default_factory=dict)
@@ -89,11 +90,14 @@ class LlamaCppBackend(Backend):
         *,
         parallel: int = 1,
         max_waiting: int = 64,
+        allow_amx: bool = False,
         **kwargs: Any,
     ) -> None:
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
         generations first). `n_ctx` tokens for each of `parallel` requests decoded together (0: the
-        model's training context); up to `max_waiting` more wait for a slot, beyond that 429."""
+        model's training context); up to `max_waiting` more wait for a slot, beyond that 429.
+        `allow_amx`: let weights use llama.cpp's AMX kernels, which crash on multi-token batches in
+        the releases so far (app.llama_build); off, they go to the other kernels."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
@@ -104,13 +108,16 @@ class LlamaCppBackend(Backend):
         # llama-server's default too. Measured here: ~15% faster decode, and prompt logits that do not
         # depend on how the prompt was split into batches, so a cached prefix gives the same answer.
         kwargs.setdefault("flash_attn", True)
+        llama_build.keep_weights_off_amx(allow_amx)
         try:
             # Its own context stays small: generations run in the engine's context.
-            llm = llama_cpp.Llama(model_path=str(header.path), n_ctx=64, n_gpu_layers=n_gpu_layers, verbose=False,
-                                  **kwargs)  # fmt: skip
+            with llama_build.weight_buffers() as buffers:
+                llm = llama_cpp.Llama(model_path=str(header.path), n_ctx=64, n_gpu_layers=n_gpu_layers,
+                                      verbose=False, **kwargs)  # fmt: skip
         except ValueError as error:  # llama-cpp-python's way of saying llama.cpp returned NULL
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
+        loaded.weight_buffers = buffers
         loaded.n_ctx = n_ctx or llm.n_ctx_train()
         loaded.engine = self._engine(loaded, parallel, max_waiting)
         loaded.chat_format = _chat_format(loaded)
@@ -118,8 +125,9 @@ class LlamaCppBackend(Backend):
         if old is not None:
             old.engine.close()  # its running generations finish on the old weights
         log.info(
-            "llama.cpp loaded %s: %d slots of %d tokens (the context of each request), %d threads",
+            "llama.cpp loaded %s: %d slots of %d tokens (the context of each request), %d threads, weights in %s",
             header.path, parallel, loaded.n_ctx, n_threads,
+            ", ".join(f"{name} {mib:.0f} MiB" for name, mib in buffers.items()),
         )  # fmt: skip
 
     def _engine(self, m: _Loaded, parallel: int, max_waiting: int) -> BatchEngine:
@@ -170,6 +178,7 @@ class LlamaCppBackend(Backend):
             "n_ctx_train": h.arch_value("context_length"),
             "n_threads": m.n_threads,
             "n_gpu_layers": m.n_gpu_layers,
+            "weight_buffers_mib": m.weight_buffers,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "chat_template": "tokenizer.chat_template" in h.metadata,
             "lora_path": m.llm.lora_path,

@@ -81,6 +81,7 @@ def load_with_settings(backend: Backend, settings: Settings, model_path: str, wi
             n_gpu_layers=config["n_gpu_layers"],
             parallel=config["parallel"],
             max_waiting=config["queue_size"],
+            allow_amx=config["allow_amx"],
             **(lora if with_lora and config["lora_path"] else {}),
         )
     else:

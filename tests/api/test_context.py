@@ -35,9 +35,9 @@ def servers(start_server, tmp_path_factory):
 
 
 def prompt_tokens(url: str, messages: list[dict]) -> int:
-    r = httpx.post(f"{url}/apply-template", json={"messages": messages}, timeout=60)
+    r = httpx.post(f"{url}/apply-template", json={"messages": messages}, timeout=300)
     text = r.json()["prompt"]
-    return len(httpx.post(f"{url}/tokenize", json={"content": text}, timeout=60).json()["tokens"])
+    return len(httpx.post(f"{url}/tokenize", json={"content": text}, timeout=300).json()["tokens"])
 
 
 def test_a_too_long_chat_gets_context_length_exceeded_with_the_counts(servers):
@@ -49,7 +49,7 @@ def test_a_too_long_chat_gets_context_length_exceeded_with_the_counts(servers):
         ("/v1/chat/completions", {"model": "llamacpp", "messages": messages}),
         ("/api/chat", {"messages": messages}),
     ]:
-        r = httpx.post(f"{strict.url}{route}", json=body, timeout=60)
+        r = httpx.post(f"{strict.url}{route}", json=body, timeout=300)
         assert r.status_code == 400
         error = r.json()["error"]
         assert (error["code"], error["type"], error["param"]) == (
@@ -64,7 +64,7 @@ def test_truncation_drops_the_oldest_turns_keeps_the_system_prompt_and_says_so(s
     strict, truncating, _ = servers  # token counts from the strict one: the other's /apply-template truncates too
     messages = history(6)
     body = {"model": "llamacpp", "messages": messages, "max_tokens": 4, "temperature": 0}
-    r = httpx.post(f"{truncating.url}/v1/chat/completions", json=body, timeout=60)
+    r = httpx.post(f"{truncating.url}/v1/chat/completions", json=body, timeout=300)
     assert r.status_code == 200, r.text
     dropped = r.json()["truncated_messages"]
     assert dropped > 0 and dropped % 2 == 0  # whole turns: a question and its answer
@@ -76,9 +76,9 @@ def test_truncation_drops_the_oldest_turns_keeps_the_system_prompt_and_says_so(s
         first = json.loads(next(line for line in stream.iter_lines() if line.startswith("data: "))[6:])
     assert first["truncated_messages"] == dropped  # said once, on the first chunk
     simple = {"messages": messages, "max_new_tokens": 4}
-    assert httpx.post(f"{truncating.url}/api/chat", json=simple, timeout=60).json()["truncated_messages"] == dropped
+    assert httpx.post(f"{truncating.url}/api/chat", json=simple, timeout=300).json()["truncated_messages"] == dropped
     # A chat that fits is left whole and says nothing.
-    short = httpx.post(f"{truncating.url}/v1/chat/completions", json={**body, "messages": history(0)}, timeout=60)
+    short = httpx.post(f"{truncating.url}/v1/chat/completions", json={**body, "messages": history(0)}, timeout=300)
     assert "truncated_messages" not in short.json()
 
 
@@ -91,6 +91,6 @@ def test_a_last_turn_too_long_on_its_own_is_still_refused(servers):
 
 def test_info_and_the_start_up_log_state_the_context_of_each_request(servers):
     strict, _, logs = servers
-    info = httpx.get(f"{strict.url}/api/info", timeout=10).json()["backends"]["llamacpp"]
+    info = httpx.get(f"{strict.url}/api/info", timeout=300).json()["backends"]["llamacpp"]
     assert (info["n_ctx"], info["parallel"], info["n_ctx_total"]) == (N_CTX, 2, 2 * N_CTX)
     assert f"2 slots of {N_CTX} tokens (the context of each request)" in (logs / "strict.log").read_text()

@@ -241,7 +241,7 @@ def test_max_tokens_above_the_limit_says_what_the_limit_is(client, server):
     with pytest.raises(openai.BadRequestError) as raised:
         chat(client, max_tokens=5000)
     assert raised.value.param == "max_tokens" and "at most 4096" in raised.value.message
-    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "max_new_tokens": 5000}, timeout=30)
+    r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "max_new_tokens": 5000}, timeout=300)
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens"
 
 
@@ -270,7 +270,7 @@ def test_prompt_longer_than_the_context_is_400_context_length_exceeded(client):
 def test_api_key_is_enforced(start_server):
     server = start_server({"HYCHAT_API_KEY": "s3cret"})
     for key in ("wrong", "s3cret"):
-        with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60) as keyed:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=300) as keyed:
             if key == "wrong":
                 with pytest.raises(openai.AuthenticationError) as raised:
                     keyed.models.list()

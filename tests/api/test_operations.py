@@ -117,7 +117,7 @@ def test_ready_is_503_without_a_loaded_model(monkeypatch):
 def log_lines(path: Path, request_id: str) -> list[dict]:
     """The server's JSON log lines for one request; the request line is written once the response
     has ended, so it may trail the response by a moment."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 300  # bounds a hang, not the moment it is written
     while True:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
         mine = [line for line in lines if line.get("request_id") == request_id]
@@ -148,7 +148,7 @@ def test_a_missing_or_insane_request_id_is_replaced(client, log_path, given):
 def test_a_stream_the_client_leaves_is_logged_as_disconnected(server, log_path):
     given = uuid.uuid4().hex
     body = {"prompt": "Once upon a time", "max_new_tokens": 500, "temperature": 0, "stream": True}
-    with httpx.Client(base_url=server.url, timeout=60) as other:
+    with httpx.Client(base_url=server.url, timeout=300) as other:
         with other.stream("POST", "/api/chat", json=body, headers={"X-Request-ID": given}) as r:
             assert r.headers["x-request-id"] == given
             next(r.iter_lines())

@@ -100,7 +100,7 @@ def reload(client: httpx.Client, model_path: str, **extra) -> httpx.Response:
 
 def test_admin_routes_need_the_api_key(server, models):
     body = {"model_path": "smol-b.gguf"}
-    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+    with httpx.Client(base_url=server.url, timeout=300) as anonymous:
         r = anonymous.post("/admin/reload", json=body)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         r = anonymous.post("/admin/reload", json=body, headers={"Authorization": "Bearer wrong"})
@@ -110,7 +110,7 @@ def test_admin_routes_need_the_api_key(server, models):
 
 def test_admin_routes_are_off_on_a_server_without_an_api_key(start_server, models):
     open_server = start_server({"HYCHAT_LLAMACPP_MODEL_PATH": str(models / "smol-a.gguf"), "HYCHAT_API_KEY": ""})
-    with httpx.Client(base_url=open_server.url, timeout=30) as anonymous:
+    with httpx.Client(base_url=open_server.url, timeout=300) as anonymous:
         r = anonymous.post("/admin/reload", json={"model_path": str(models / "smol-b.gguf")}, headers=AUTH)
         assert r.status_code == 403, r.text
         assert "admin routes need HYCHAT_API_KEY" in r.json()["error"]["message"]

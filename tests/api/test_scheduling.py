@@ -35,7 +35,7 @@ def _busy_slots(server) -> float:
 
 def _wait_idle(server) -> None:
     """Until no request holds a slot or waits for one (a closed stream is dropped at the next step)."""
-    state = wait_idle(server.url, timeout_s=30)
+    state = wait_idle(server.url)
     assert (state["busy"], state["queued"]) == (0, 0)
 
 

@@ -29,7 +29,7 @@ def server(start_server, torch_beside_env):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=300) as c:
         yield c
 
 
@@ -100,7 +100,7 @@ def test_add_special_follows_the_gguf(client):
 
 def test_add_special_adds_the_bos_only_when_asked(start_server, model_path, tmp_path):
     server = start_server({"HYCHAT_LLAMACPP_MODEL_PATH": str(with_add_bos(model_path, tmp_path / "bos.gguf"))})
-    with httpx.Client(base_url=server.url, timeout=60) as other:
+    with httpx.Client(base_url=server.url, timeout=300) as other:
         ids = tokenize(other, "hi")
         assert ids and ids[0] != IM_START
         assert tokenize(other, "hi", add_special=False) == ids
@@ -165,7 +165,7 @@ def test_apply_template_takes_the_servers_chat_defaults(start_server):
     server = start_server({"HYCHAT_CONTEXT_OVERFLOW": "truncate", "HYCHAT_LLAMACPP_N_CTX": "256"})
     turns = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}: " + "word " * 40} for i in range(7)]
     messages = [{"role": "system", "content": "你是助手"}, *turns]
-    with httpx.Client(base_url=server.url, timeout=60) as other:
+    with httpx.Client(base_url=server.url, timeout=300) as other:
         prompt = other.post("/apply-template", json={"messages": messages}).json()["prompt"]
         assert "你是助手" in prompt and "turn 6:" in prompt and "turn 0:" not in prompt
         chat = other.post("/v1/chat/completions", json={"model": "default", "messages": messages, "max_tokens": 1})
@@ -216,9 +216,9 @@ def test_bad_token_lists_are_400s(client):
 def test_the_routes_need_the_api_key(server):
     bodies = {"/tokenize": {"content": "hi"}, "/detokenize": {"tokens": [1]}, "/apply-template": {"messages": MESSAGES}}
     for path in ROUTES:
-        r = httpx.post(server.url + path, json=bodies[path], timeout=30)
+        r = httpx.post(server.url + path, json=bodies[path], timeout=300)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
-        assert httpx.post(server.url + path, json=bodies[path], headers=AUTH, timeout=30).status_code == 200
+        assert httpx.post(server.url + path, json=bodies[path], headers=AUTH, timeout=300).status_code == 200
 
 
 def test_the_schema_declares_the_routes_and_their_errors(client):

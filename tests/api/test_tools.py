@@ -136,7 +136,7 @@ def test_an_unknown_function_in_tool_choice_is_refused(server):
         "tools": [WEATHER],
         "tool_choice": {"type": "function", "function": {"name": "launch_rockets"}},
     }
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "tool_choice" and "launch_rockets" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "tools": None, "tool_choice": "required"})

@@ -32,6 +32,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is missing: `make test` installs Debian's chromium package", allow_module_level=True)
 
 expect = sync_api.expect
+expect.set_options(timeout=ANSWER_TIMEOUT_MS)  # every wait bounds a hang, none assumes an idle machine
 
 # Records the last answer's text length each time the page changes it, and whether it had finished.
 WATCH_ANSWER = """() => {
@@ -65,6 +66,7 @@ def browser():
 def page(browser, server):
     context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
     page = context.new_page()
+    page.set_default_timeout(ANSWER_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(server.url)

@@ -20,7 +20,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_console_script_and_module_are_the_same_program():
-    script = subprocess.run([HYCHAT, "--help"], capture_output=True, text=True, timeout=60)
+    script = subprocess.run([HYCHAT, "--help"], capture_output=True, text=True, timeout=300)
     module = run("--help")
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout
@@ -76,3 +76,18 @@ def test_ctrl_c_stops_the_answer_not_the_program():
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_quantize_says_the_source_is_already_quantized_and_offers_allow_requantize(model_path, tmp_path):
+    out = tmp_path / "smollm2.q8_0.gguf"
+    refused = run("quantize", model_path, str(out), "--type", "q8_0")
+    assert refused.returncode == 1 and not out.exists()
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"Error: {model_path} is already quantized (Q4_1): llama.cpp quantizes from F32, F16 or BF16 weights. "
+        "Quantize the original (hychat convert --outtype f16), or pass --allow-requantize: the result then "
+        "carries the error of both quantizations, lower quality than from the original"
+    )
+    done = run("quantize", model_path, str(out), "--type", "q8_0", "--allow-requantize")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{out}: q8_0, ")
+    assert "warning: requantized from Q4_1: the result carries the error of both quantizations" in done.stderr

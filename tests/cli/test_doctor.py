@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from app.bench import doctor
+from app import llama_build
+from app.bench import canary, doctor
 from app.pipeline.inspect import inspect_gguf
 from app.services.cpu import physical_cores
 from tests.conftest import REPO
@@ -38,6 +40,9 @@ def test_healthy_embedded_model_passes_every_check(model_path):
     assert line(out, "threads").startswith(f"ok    threads      {cores} of {cores} physical cores")
     assert line(out, "quantization").startswith("ok    quantization Q4_1,")
     assert line(out, "model").startswith("ok")
+    assert line(out, "amx").startswith("ok") or "crash on multi-token batches" in line(out, "amx")
+    assert line(out, "decode") == "ok    decode       a multi-token prompt decodes (in a child process)"
+    assert line(out, "weights").startswith("ok    weights      CPU_Mapped ")
     probe = line(out, "probe")
     tokens_per_s = float(re.search(r"([\d.]+) tokens/s", probe).group(1))
     assert tokens_per_s > 0
@@ -116,10 +121,28 @@ def test_cpu_load_names_the_busy_processes():
 
 def test_build_features_and_a_generic_build():
     info = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 0 | FMA = 1 | LLAMAFILE = 1 | "
-    features = doctor.build_features(info)
+    features = llama_build.build_features(info)
     assert features == {"SSE3", "AVX", "FMA", "LLAMAFILE"}
     generic = doctor._features_finding("0.3.36", features, {"avx", "avx2", "fma"}, "x86_64")
     assert generic.status == "warn" and "AVX2" in generic.detail
-    assert 'CMAKE_ARGS="-DGGML_NATIVE=ON"' in generic.advice and "llama-cpp-python==0.3.36" in generic.advice
+    assert generic.advice == f"rebuild for this CPU: {llama_build.rebuild_command()}"
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=ON' in generic.advice and "llama-cpp-python==0.3.36" in generic.advice
     assert doctor._features_finding("0.3.36", features, {"avx"}, "x86_64").status == "ok"  # the CPU lacks AVX2
     assert doctor._features_finding("0.3.36", {"NEON"}, {"asimd"}, "aarch64").status == "ok"
+
+
+def test_weights_in_the_amx_buffer_fail_the_check():
+    assert doctor.weights_finding({"CPU_Mapped": 85.3, "CPU_REPACK": 57.0}) == doctor.Finding(
+        "weights", "ok", "CPU_Mapped 85.3 MiB, CPU_REPACK 57.0 MiB"
+    )
+    amx = doctor.weights_finding({"AMX": 57.0, "CPU_Mapped": 85.3})
+    assert amx.status == "fail" and llama_build.AMX_ISSUE in amx.detail and "-mno-amx-int8" in amx.advice
+
+
+def test_a_build_that_crashes_is_a_finding_not_doctor_dying(model_path, monkeypatch):
+    # The decode check's child really dies by SIGSEGV; only the command it runs is swapped.
+    dying = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    monkeypatch.setattr(doctor.canary, "run", functools.partial(canary.run, command=dying))
+    findings = {f.check: f for f in doctor.diagnose(model_path, 1, probe_s=1)}
+    assert findings["decode"].status == "fail" and "died by SIGSEGV (signal 11)" in findings["decode"].detail
+    assert findings["probe"].detail == "skipped: the decode check failed"

@@ -68,6 +68,8 @@ class Step:
                 return
             first = first or size
             time.sleep(0.005)
+        if self.proc.poll() is None:  # hung: not left running after its test
+            os.killpg(self.proc.pid, signal.SIGKILL)
         pytest.fail(f"the step ended (exit {self.proc.poll()}) before it was caught writing:\n{self.stderr()[-2000:]}")
 
     def finish(self) -> int:

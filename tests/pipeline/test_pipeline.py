@@ -125,8 +125,8 @@ def test_quantize_refuses_overwrite_unknown_types_and_requantizing(built, model_
         quantize(built["base_gguf"], tmp_path / "x.gguf", "q3_z")
     with pytest.raises(PipelineError, match="importance matrix"):
         quantize(built["base_gguf"], tmp_path / "x.gguf", "iq2_xs")
-    with pytest.raises(PipelineError, match="could not quantize"):
-        quantize(Path(model_path), tmp_path / "x.gguf", "q8_0")  # Q4_1 input: llama.cpp refuses to requantize
+    with pytest.raises(PipelineError, match=r"is already quantized \(Q4_1\).*--allow-requantize"):
+        quantize(Path(model_path), tmp_path / "x.gguf", "q8_0")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".*partial*"))
 
 

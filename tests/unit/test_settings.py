@@ -21,6 +21,7 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "n_gpu_layers": 0,
         "lora_path": None,
         "lora_scale": 1.0,
+        "allow_amx": False,
         "parallel": 4,
         "queue_size": 32,
     }
@@ -43,6 +44,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_LLAMACPP_N_GPU_LAYERS": "-1",
         "HYCHAT_LLAMACPP_LORA_PATH": str(tmp_path / "lora.gguf"),
         "HYCHAT_LLAMACPP_LORA_SCALE": "0.5",
+        "HYCHAT_LLAMACPP_ALLOW_AMX": "true",
         "HYCHAT_PARALLEL": "8",
         "HYCHAT_QUEUE_SIZE": "0",
         "HYCHAT_BACKEND": "pytorch",
@@ -74,6 +76,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_gpu_layers": -1,
         "lora_path": str(tmp_path / "lora.gguf"),
         "lora_scale": 0.5,
+        "allow_amx": True,
         "parallel": 8,
         "queue_size": 0,
     }
