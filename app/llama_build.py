@@ -128,6 +128,11 @@ def check_amx(info: str, flags: set[str] | frozenset[str], allowed: bool = False
     return AmxCheck("AMX_INT8" in build_features(info), {"amx_tile", "amx_int8"} <= flags, allowed)
 
 
+def check_this_machine(allowed: bool = False) -> AmxCheck:
+    """`check_amx` for the installed build on this CPU."""
+    return check_amx(system_info(), cpu_flags(), allowed)
+
+
 # -- the guard --------------------------------------------------------------------------------------
 
 _guard_lock = threading.Lock()  # the buffer-type list is process-wide
@@ -137,7 +142,7 @@ _warned = threading.Event()
 def keep_weights_off_amx(allowed: bool = False) -> AmxCheck:
     """Sets, for every model this process loads from now on, whether its weights may go to the AMX
     buffer type; warns once per process when it keeps them off."""
-    check = check_amx(system_info(), cpu_flags(), allowed)
+    check = check_this_machine(allowed)
     with _guard_lock:
         _exclude_buffer_types({AMX_BUFFER_TYPE} if check.blocked else set())
     if check.blocked and not _warned.is_set():
@@ -150,8 +155,7 @@ def extra_buffer_types() -> list[str]:
     """The names of the CPU's extra buffer types the model loader offers weights to, in its order."""
     with _guard_lock:
         array, entries = _extra_buffer_types()
-        live = [array[i] for i in range(len(entries)) if array[i]]
-        return [_ggml().ggml_backend_buft_name(entry).decode() for entry in live]
+        return [_name(array[i]) for i in range(len(entries)) if array[i]]
 
 
 def exclude_buffer_types(names: set[str]) -> None:
@@ -166,10 +170,13 @@ def _exclude_buffer_types(exclude: set[str]) -> None:
     and llama.cpp's model loader walks at every load: the original entries minus `exclude`, then NULLs.
     The array is a static of ggml-cpu's, never reallocated; the writes stay inside its length."""
     array, entries = _extra_buffer_types()
-    names = {entry: _ggml().ggml_backend_buft_name(entry).decode() for entry in entries}
-    kept = [entry for entry in entries if names[entry] not in exclude]
+    kept = [entry for entry in entries if _name(entry) not in exclude]
     for i in range(len(entries)):
         array[i] = kept[i] if i < len(kept) else None
+
+
+def _name(buffer_type: int) -> str:
+    return _ggml().ggml_backend_buft_name(buffer_type).decode()
 
 
 @cache
@@ -254,7 +261,7 @@ def ensure_safe_install() -> int:
     """`make`'s check after installing: pip reuses a cached wheel whatever CMAKE_ARGS say, so a wheel
     built earlier with AMX kernels on this AMX CPU is rebuilt (with $CMAKE_ARGS, else `cmake_args()`)
     and the cached one removed, so that the next set-up caches the rebuilt one."""
-    if not check_amx(system_info(), cpu_flags()).active:
+    if not check_this_machine().active:
         return 0
     version = importlib.metadata.version("llama-cpp-python")
     print(f"llama-cpp-python {version} has llama.cpp's AMX kernels and this CPU has AMX ({AMX_ISSUE}): "
@@ -277,7 +284,7 @@ def main(argv: list[str]) -> int:
     if argv == ["ensure"]:
         return ensure_safe_install()
     if argv == ["check"]:
-        check = check_amx(system_info(), cpu_flags())
+        check = check_this_machine()
         print(check.summary())
         return 1 if check.active else 0
     print("usage: python -m app.llama_build cmake-args | ensure | check", file=sys.stderr)

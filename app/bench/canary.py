@@ -64,13 +64,13 @@ def explain(result: CanaryResult, model_path: str) -> str:
     info = llama_build.system_info()
     tail = "\n".join(result.stderr.strip().splitlines()[-OUTPUT_LINES:])
     return (
-        f"{what}.\nllama.cpp build: {info}\nLikely cause: {likely_cause(result, info)}\n"
+        f"{what}.\nllama.cpp build: {info}\nLikely cause: {likely_cause(result)}\n"
         f"The child ({' '.join(result.command)}) wrote:\n{tail}"
     )
 
 
-def likely_cause(result: CanaryResult, info: str) -> str:
-    check = llama_build.check_amx(info, llama_build.cpu_flags(), _allow_amx())
+def likely_cause(result: CanaryResult) -> str:
+    check = llama_build.check_this_machine(_allow_amx())
     if result.signal_name and check.active:
         how = "HYCHAT_LLAMACPP_ALLOW_AMX lets weights use them" if check.allowed else "despite the guard"
         return (

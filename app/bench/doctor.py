@@ -25,10 +25,10 @@ from app.bench import canary
 from app.pipeline.inspect import GGUFReport, inspect_gguf
 from app.services.backend import GenerationRequest, SamplingParams
 from app.services.cpu import physical_cores
+from app.services.gguf_file import UNQUANTIZED
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, LlamaCppBackend
 
 QUANTIZE_ADVICE = "hychat quantize MODEL out.q4_k_m.gguf --type q4_k_m: 2-4x faster decode on CPU"
-UNQUANTIZED = {"F32", "F16", "BF16"}
 # /proc/cpuinfo flag -> llama_print_system_info() name, for the x86 features whose absence in the
 # build costs the most decode speed.
 X86_FEATURES = {"avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512"}

@@ -88,18 +88,19 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a quick restart rebinds
+            listener.bind((host, port))
+        except OSError:
+            listener.close()
+            raise
     except OSError as error:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a quick restart may rebind
-        listener.bind((host, port))
-    except OSError as error:
-        listener.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     return listener
 
 
 def _load_configured(settings: Settings) -> None:
+    """The settings' models loaded; a bad file or setting is the command's one-line error."""
     from app.services.registry import load_configured
 
     try:
@@ -182,12 +183,12 @@ def _print_stream(pieces: Iterator[str]) -> str:
 
 def _load(settings: Settings) -> Any:
     """Loads only the backend that will answer (a server loads both to let requests choose)."""
-    from app.services.registry import chat_backend, default_backend_name, load_configured
+    from app.services.registry import chat_backend, default_backend_name
 
     name = default_backend_name(settings)
     settings = settings.model_copy(update={"llamacpp_enabled": name == "llamacpp", "model_enabled": name == "pytorch"})
+    _load_configured(settings)
     try:
-        load_configured(settings)
         return chat_backend(settings)
     except HychatError as error:
         raise click.ClickException(str(error)) from None

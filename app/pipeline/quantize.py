@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.pipeline.files import PipelineError, atomic_output, check_space
 from app.pipeline.imatrix import as_c_params, check_fits, load_imatrix
-from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf, type_name
+from app.services.gguf_file import UNQUANTIZED, GGUFHeader, file_type_name, read_gguf, type_name
 
 # Name -> llama_ftype name in llama_cpp.
 QUANT_TYPES = {
@@ -29,7 +29,6 @@ QUANT_TYPES = {
     "q5_k_m": "Q5_K_M",
     "q6_k": "Q6_K",
 }
-UNQUANTIZED = {"F32", "F16", "BF16"}
 # llama.cpp refuses these without an importance matrix, with a bare error code: we say why first.
 NEEDS_IMATRIX = {"q2_k_s": "Q2_K_S", "iq1_s": "IQ1_S", "iq1_m": "IQ1_M", "iq2_xxs": "IQ2_XXS", "iq2_xs": "IQ2_XS"}
 

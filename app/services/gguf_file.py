@@ -227,6 +227,9 @@ def _check_tensors(header: GGUFHeader) -> None:
         )
 
 
+UNQUANTIZED = frozenset({"F32", "F16", "BF16"})  # type and file type names of unquantized weights
+
+
 def file_type_name(file_type: Any) -> str | None:
     """`general.file_type` as llama.cpp names it: "Q4_K_M", "F16"."""
     import llama_cpp

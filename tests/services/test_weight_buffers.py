@@ -46,16 +46,18 @@ def test_a_buffer_type_left_out_of_the_loaders_list_gets_no_weights(q4_0, repack
     # llama-cpp-python: the backend's load would remake the guard's own choice.
     import llama_cpp
 
+    before = llama_build.extra_buffer_types()
     try:
-        llama_build.exclude_buffer_types({"CPU_REPACK"})
-        assert llama_build.extra_buffer_types() == []
+        # AMX stays out too: on an AMX CPU it would take the weights and crash the decode below.
+        llama_build.exclude_buffer_types({"CPU_REPACK", llama_build.AMX_BUFFER_TYPE})
+        assert llama_build.extra_buffer_types() == [name for name in before if name != "CPU_REPACK"]
         with llama_build.weight_buffers() as buffers:
             llm = llama_cpp.Llama(q4_0, n_ctx=256, verbose=False)
         assert llm(PROMPT, max_tokens=4, temperature=0)["choices"][0]["text"]  # a multi-token batch decodes
     finally:
-        llama_build.exclude_buffer_types(set())
+        llama_build.keep_weights_off_amx()  # the guard's own list again, for every load after
     assert set(buffers) == {"CPU_Mapped"}, buffers
-    assert llama_build.extra_buffer_types() == ["CPU_REPACK"]  # restored, for every load after
+    assert llama_build.extra_buffer_types() == before
     assert "CPU_REPACK" in _load(q4_0).info()["weight_buffers_mib"]
 
 
