@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from time import perf_counter
 from typing import Any
 
+from app.chat.format import ChatOptions
+from app.chat.output import ChatOutputParser
 from app.protocol.openai_responses import ChatStream, response_meta
 from app.services.backend import Backend, GenerationRequest, SamplingParams
-from app.services.chat_format import ChatOptions
-from app.services.chat_output import ChatOutputParser
 
 # Hunyuan-7B's output shape, forced so that both arms decode the same tokens and the parser meets
 # the tags it exists for: reasoning, then the answer.

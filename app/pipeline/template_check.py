@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.chat.format import ChatFormat, ChatOptions
 from app.errors import ChatTemplateError
 from app.pipeline.files import PipelineError
-from app.services.chat_format import ChatFormat, ChatOptions
 from app.services.gguf_file import read_gguf
 
 CONTEXT_TOKENS = 3  # shown on each side of the first difference

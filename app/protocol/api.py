@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from app.chat.format import ChatOptions
+from app.chat.output import ChatOutputParser
 from app.errors import MaxTokensTooLargeError
 from app.services.backend import (
     MAX_STOP_SEQUENCES,
@@ -16,8 +18,6 @@ from app.services.backend import (
     TokenEvent,
     Usage,
 )
-from app.services.chat_format import ChatOptions
-from app.services.chat_output import ChatOutputParser
 
 MAX_MESSAGES = 512
 MAX_TEXT_CHARS = 200_000

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.chat.format import ChatOptions
+from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
 from app.protocol.api import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
 from app.services.backend import (
@@ -21,8 +23,6 @@ from app.services.backend import (
     GenerationRequest,
     SamplingParams,
 )
-from app.services.chat_format import ChatOptions
-from app.services.grammar import json_grammar, json_schema_grammar
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers run to the limit
 

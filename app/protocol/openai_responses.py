@@ -10,10 +10,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, model_serializer
 
+from app.chat.output import ChatDelta, ChatOutputParser
+from app.chat.tool_calls import ToolCall
 from app.protocol.openai import FunctionCallBody, ToolCallBody
 from app.services.backend import Completion, TokenEvent, TokenLogprob, TopLogprob, Usage
-from app.services.chat_output import ChatDelta, ChatOutputParser
-from app.services.tool_calls import ToolCall
 
 # -- wire types ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.chat.output import ChatDelta, ChatOutputParser, output_parser
 from app.errors import HychatError, error_body
 from app.protocol.api import (
     ChatRequest,
@@ -26,7 +27,6 @@ from app.protocol.errors import error_responses
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Backend, Generation
-from app.services.chat_output import ChatDelta, ChatOutputParser, output_parser
 from app.services.registry import BACKENDS, chat_backend
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.chat.output import output_parser
 from app.errors import HychatError, error_body
 from app.protocol.errors import error_responses
 from app.protocol.openai import (
@@ -39,7 +40,6 @@ from app.protocol.openai_responses import (
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Generation, GenerationRequest
-from app.services.chat_output import output_parser
 from app.services.registry import backend_for_model, served_backends
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from time import perf_counter
 from typing import Any, ClassVar, Protocol, TypedDict, Unpack
 
 from app import metrics
+from app.chat.format import ChatFormat, ChatOptions, RenderedChat, tool_name
+from app.chat.tool_grammar import tool_call_grammar
 from app.engine.worker import Emit, Job, Worker
 from app.errors import BackendUnavailableError, InvalidParameterError, PromptTooLongError
-from app.services.chat_format import ChatFormat, ChatOptions, RenderedChat, tool_name
-from app.services.tool_grammar import tool_call_grammar
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 16

@@ -20,6 +20,8 @@ from functools import partial
 from typing import Any
 
 from app import llama_build, metrics
+from app.chat.format import ChatFormat
+from app.chat.template import CHATML_TEMPLATE, compile_template
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -28,8 +30,6 @@ from app.errors import (
     ModelFileError,
 )
 from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, UsageClock, is_int_at_least
-from app.services.chat_format import ChatFormat
-from app.services.chat_template import CHATML_TEMPLATE, compile_template
 from app.services.cpu import physical_cores
 from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from app.chat.format import ChatFormat
+from app.chat.template import CHATML_TEMPLATE
 from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
 from app.services.adapter import low_rank_on_embeddings, tensor_names
@@ -26,8 +28,6 @@ from app.services.backend import (
     UsageClock,
     is_int_at_least,
 )
-from app.services.chat_format import ChatFormat
-from app.services.chat_template import CHATML_TEMPLATE
 from app.services.cpu import physical_cores
 from app.services.detokenize import TextAssembler, WindowDecoder
 from app.services.gguf_file import read_gguf

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.chat.format import ChatOptions
 from app.pipeline.template_check import CONVERSATIONS, Conversation
 from app.services.backend import GenerationRequest, SamplingParams
-from app.services.chat_format import ChatOptions
 from app.services.llamacpp_service import LlamaCppBackend
 from app.services.model_service import TorchBackend
 from tests.torch_models import HUNYUAN_7B_FIRST_EXTRA, HUNYUAN_7B_IDS, converted_tiny_hunyuan_7b
@@ -227,7 +227,7 @@ def test_a_required_call_comes_in_the_7bs_own_format_and_matches_the_schema(llam
     the parser reads back, its arguments valid for the schema."""
     import json
 
-    from app.services.chat_output import ChatOutputParser
+    from app.chat.output import ChatOutputParser
 
     options = ChatOptions(tools=(CITY,), tool_choice="required", parallel_tool_calls=False, think=False)
     request = GenerationRequest(

@@ -224,7 +224,7 @@ def test_invalid_load_options_are_refused(model_path, service, kwargs, message):
 
 
 def test_chat_templates_render_in_a_sandbox(service):
-    from app.services.chat_format import ChatFormat
+    from app.chat.format import ChatFormat
 
     model = service._model
     original = model.chat_format

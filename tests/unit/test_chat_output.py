@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from app.chat.format import ChatOptions, RenderedChat
+from app.chat.output import ChatOutputParser
 from app.errors import ToolCallMissingError
 from app.services.backend import Prompt
-from app.services.chat_format import ChatOptions, RenderedChat
-from app.services.chat_output import ChatOutputParser
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 # Token texts as a model streams them; "" is a token whose text the detokenizer holds back.

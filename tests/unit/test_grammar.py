@@ -11,8 +11,8 @@ import pytest
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError
-from app.services.grammar import json_grammar, json_schema_grammar
 
 SCHEMA = {
     "type": "object",

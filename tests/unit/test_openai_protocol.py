@@ -7,6 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from app.chat.format import ChatOptions
+from app.chat.output import ChatOutputParser
 from app.errors import (
     AuthenticationError,
     InvalidParameterError,
@@ -29,8 +31,6 @@ from app.protocol.openai_responses import (
     response_meta,
 )
 from app.services.backend import Prompt, SamplingParams, TokenEvent, TokenLogprob, TopLogprob, Usage
-from app.services.chat_format import ChatOptions
-from app.services.chat_output import ChatOutputParser
 
 USER = [{"role": "user", "content": "你好"}]
 USAGE = Usage(prompt_tokens=7, completion_tokens=2, ttft_ms=1.0, decode_tokens_per_s=5.0, total_ms=3.0, cached_tokens=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.reasoning import ReasoningSplitter, split_reasoning
+from app.chat.reasoning import ReasoningSplitter, split_reasoning
 from tests.text_pieces import splittings
 
 HUNYUAN_THINK = (

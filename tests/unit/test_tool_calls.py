@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from app.services.tool_calls import TOOL_FORMATS, ToolCall, ToolCallStream, parse_tool_calls
+from app.chat.tool_calls import TOOL_FORMATS, ToolCall, ToolCallStream, parse_tool_calls
 from tests.text_pieces import splittings
 
 TOOLS = ("get_weather", "get_time")

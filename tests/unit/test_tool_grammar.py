@@ -13,9 +13,9 @@ import pytest
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from app.chat.tool_calls import parse_tool_calls
+from app.chat.tool_grammar import MAX_PARALLEL_CALLS, tool_call_grammar
 from app.errors import InvalidParameterError
-from app.services.tool_calls import parse_tool_calls
-from app.services.tool_grammar import MAX_PARALLEL_CALLS, tool_call_grammar
 
 SCHEMA = {
     "type": "object",

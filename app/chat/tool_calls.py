@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from app.services.reasoning import tag_prefix_len
+from app.chat.reasoning import tag_prefix_len
 
 TOOL_FORMATS = ("hunyuan", "hermes", "json")
 

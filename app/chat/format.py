@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.chat.template import render, uses_variable
 from app.errors import InvalidParameterError
-from app.services.chat_template import render, uses_variable
 
 ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one function
 NO_THINK = "/no_think"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from app.chat.format import ChatOptions
+from app.chat.reasoning import ReasoningSplitter
+from app.chat.tool_calls import ToolCall, ToolCallStream
 from app.errors import ToolCallMissingError
 from app.services.backend import Generation, GenerationRequest, Prompt
-from app.services.chat_format import ChatOptions
-from app.services.reasoning import ReasoningSplitter
-from app.services.tool_calls import ToolCall, ToolCallStream
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from app.chat.grammar import _CONVERTER_ERRORS, _JSON_CHAR, _LOOSE_CHAR, _grammar_module
 from app.errors import InvalidParameterError
-from app.services.grammar import _CONVERTER_ERRORS, _JSON_CHAR, _LOOSE_CHAR, _grammar_module
 
 MAX_PARALLEL_CALLS = 8  # bounds a model that would repeat its call until max_tokens
 # Reasoning before the call: any text without "</t" (so "</think>" ends it).
