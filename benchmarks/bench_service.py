@@ -23,7 +23,7 @@ import llama_cpp
 from httpx_sse import connect_sse
 from tqdm import tqdm
 
-from app.services.cpu import physical_cores
+from app.cpu import physical_cores
 from app.services.llamacpp_service import llamacpp_service
 from config.settings import embedded_model_path
 

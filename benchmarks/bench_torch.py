@@ -83,7 +83,7 @@ def _rates(start: float, times: list[float], n_tokens: int) -> tuple[float, floa
 
 
 def main() -> None:
-    from app.services.cpu import physical_cores
+    from app.cpu import physical_cores
     from config.settings import embedded_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

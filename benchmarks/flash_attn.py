@@ -14,7 +14,7 @@ import time
 import llama_cpp
 import numpy as np
 
-from app.services.cpu import physical_cores
+from app.cpu import physical_cores
 from config.settings import embedded_model_path
 
 PROMPTS = ["从前有一座山，", "The quick brown fox jumps over the lazy dog and then " * 4]

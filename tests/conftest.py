@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app import llama_build  # noqa: E402
 from app.bench import canary  # noqa: E402
-from app.services.cpu import physical_cores  # noqa: E402
+from app.cpu import physical_cores  # noqa: E402
 from app.services.llamacpp_service import llamacpp_service  # noqa: E402
 from config.settings import embedded_model_path  # noqa: E402
 

@@ -22,10 +22,10 @@ import psutil
 
 from app import llama_build
 from app.bench import canary
+from app.cpu import physical_cores
+from app.modelfiles.gguf import UNQUANTIZED
 from app.pipeline.inspect import GGUFReport, inspect_gguf
 from app.services.backend import GenerationRequest, SamplingParams
-from app.services.cpu import physical_cores
-from app.services.gguf_file import UNQUANTIZED
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, LlamaCppBackend
 
 QUANTIZE_ADVICE = "hychat quantize MODEL out.q4_k_m.gguf --type q4_k_m: 2-4x faster decode on CPU"

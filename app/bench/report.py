@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.bench.runner import BenchOptions, ConfigResult, Spread
-from app.services.cpu import physical_cores
+from app.cpu import physical_cores
 
 
 def machine(threads: int) -> dict[str, Any]:

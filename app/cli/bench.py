@@ -41,7 +41,7 @@ def bench(ctx: click.Context, ggufs: tuple[str, ...], quants: str, hf_model: str
 
     from app.bench.runner import BenchOptions, steps_per_config
     from app.bench.suite import BenchPlan, plan_configs, run_bench
-    from app.services.cpu import physical_cores
+    from app.cpu import physical_cores
 
     if tokens < 2 or reps < 1 or prompt_tokens < 0:
         raise click.BadParameter("--tokens must be >= 2, --reps >= 1 and --prompt-tokens >= 0")

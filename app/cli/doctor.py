@@ -14,7 +14,7 @@ from config.settings import Settings, embedded_model_path
 def doctor(model: str | None, threads: int | None, probe_seconds: float) -> None:
     """Check the llama.cpp build, threads, model, memory and CPU load; exit 1 when a check fails."""
     from app.bench.doctor import diagnose
-    from app.services.cpu import physical_cores
+    from app.cpu import physical_cores
 
     settings = Settings()
     model = model or settings.llamacpp_model_path or embedded_model_path()

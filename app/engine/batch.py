@@ -30,11 +30,11 @@ import llama_cpp
 import numpy as np
 
 from app.engine.admission import AdmissionQueue, choose_slot
+from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
 from app.engine.worker import END, Failure, aread, read
 from app.errors import EngineClosedError, HychatError, QueueFullError
 from app.services.backend import TokenEvent, TokenLogprob, TopLogprob, UsageClock
-from app.services.detokenize import TextAssembler
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def _torch_logits(path: Path, ids: list[int], n_threads: int | None) -> Any:
     import torch
     import transformers
 
-    from app.services.cpu import physical_cores
+    from app.cpu import physical_cores
 
     torch.set_num_threads(n_threads or physical_cores())
     extra = {} if path.is_dir() else {"gguf_file": path.name}

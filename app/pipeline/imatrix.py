@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import ModelFileError
+from app.modelfiles.gguf import GGUF_MAGIC, GGUFHeader, read_gguf
 from app.pipeline.files import PipelineError
-from app.services.gguf_file import GGUF_MAGIC, GGUFHeader, read_gguf
 
 F32 = 0
 SUMS, COUNTS = ".in_sum2", ".counts"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ModelFileError
-from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf, type_name
+from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf, type_name
 
 SPECIAL_TOKEN_KEYS = ("bos", "eos", "eot", "eom", "padding", "unknown")
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from app import llama_build
-from app.services.gguf_file import read_gguf
+from app.modelfiles.gguf import read_gguf
 
 # A short bilingual sample; what matters is that both files read the same ids.
 SAMPLE_TEXT = (
@@ -50,7 +50,7 @@ def logits_model(path: Path, n_ctx: int, n_threads: int | None = None, lora_path
     """A llama.cpp model that keeps the logits of every position (`llm.scores`), as the service runs it."""
     import llama_cpp
 
-    from app.services.cpu import physical_cores
+    from app.cpu import physical_cores
 
     read_gguf(path)
     threads = n_threads or physical_cores()

@@ -8,9 +8,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.modelfiles.gguf import UNQUANTIZED, GGUFHeader, file_type_name, read_gguf, type_name
 from app.pipeline.files import PipelineError, atomic_output, check_space
 from app.pipeline.imatrix import as_c_params, check_fits, load_imatrix
-from app.services.gguf_file import UNQUANTIZED, GGUFHeader, file_type_name, read_gguf, type_name
 
 # Name -> llama_ftype name in llama_cpp.
 QUANT_TYPES = {

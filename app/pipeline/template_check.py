@@ -17,8 +17,8 @@ from typing import Any
 
 from app.chat.format import ChatFormat, ChatOptions
 from app.errors import ChatTemplateError
+from app.modelfiles.gguf import read_gguf
 from app.pipeline.files import PipelineError
-from app.services.gguf_file import read_gguf
 
 CONTEXT_TOKENS = 3  # shown on each side of the first difference
 _N_CTX = 1024  # the check renders and tokenizes only (no prompt has to fit): a small KV cache will do

@@ -22,6 +22,7 @@ from typing import Any
 from app import llama_build, metrics
 from app.chat.format import ChatFormat
 from app.chat.template import CHATML_TEMPLATE, compile_template
+from app.cpu import physical_cores
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -29,9 +30,8 @@ from app.errors import (
     InvalidParameterError,
     ModelFileError,
 )
+from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
 from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, UsageClock, is_int_at_least
-from app.services.cpu import physical_cores
-from app.services.gguf_file import GGUFHeader, file_type_name, read_gguf
 
 try:
     import llama_cpp

@@ -18,9 +18,12 @@ from typing import Any
 
 from app.chat.format import ChatFormat
 from app.chat.template import CHATML_TEMPLATE
+from app.cpu import physical_cores
+from app.engine.detokenize import TextAssembler, WindowDecoder
 from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
-from app.services.adapter import low_rank_on_embeddings, tensor_names
+from app.modelfiles.adapter import low_rank_on_embeddings, tensor_names
+from app.modelfiles.gguf import read_gguf
 from app.services.backend import (
     Backend,
     SamplingParams,
@@ -28,9 +31,6 @@ from app.services.backend import (
     UsageClock,
     is_int_at_least,
 )
-from app.services.cpu import physical_cores
-from app.services.detokenize import TextAssembler, WindowDecoder
-from app.services.gguf_file import read_gguf
 from config.settings import DTYPES
 
 try:

@@ -17,7 +17,7 @@ from starlette.routing import Mount
 
 from app.errors import ChatTemplateError
 from app.main import create_app
-from app.services.gguf_file import read_gguf
+from app.modelfiles.gguf import read_gguf
 from config.settings import Settings
 
 # Open on purpose: probes for orchestrators, and the chat page, which holds no data (its API calls carry the key).

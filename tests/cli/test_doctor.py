@@ -13,8 +13,8 @@ import llama_cpp
 
 from app import llama_build
 from app.bench import canary, doctor
+from app.cpu import physical_cores
 from app.pipeline.inspect import inspect_gguf
-from app.services.cpu import physical_cores
 from tests.conftest import REPO
 
 

@@ -14,10 +14,10 @@ import gguf
 import numpy as np
 import pytest
 
+from app.modelfiles.gguf import read_gguf, type_name
 from app.pipeline.convert import convert
 from app.pipeline.files import PipelineError
 from app.pipeline.quantize import quantize
-from app.services.gguf_file import read_gguf, type_name
 from app.services.llamacpp_service import LlamaCppBackend
 from config.settings import Settings
 from tests.conftest import REPO

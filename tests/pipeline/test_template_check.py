@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from app.chat.format import ChatFormat
+from app.modelfiles.gguf import read_gguf
 from app.pipeline.template_check import CONVERSATIONS, check_template, describe, first_difference, hf_prompt_ids
-from app.services.gguf_file import read_gguf
 from tests.conftest import REPO
 from tests.torch_models import HUNYUAN_7B_FIRST_EXTRA, HUNYUAN_7B_IDS, HUNYUAN_7B_TEMPLATE, converted_tiny_hunyuan_7b
 

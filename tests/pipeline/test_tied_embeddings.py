@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.modelfiles.adapter import low_rank_on_embeddings, whole_tensors
+from app.modelfiles.gguf import read_gguf
 from app.pipeline.compare import compare_backends
 from app.pipeline.convert import convert
 from app.pipeline.files import PipelineError
 from app.pipeline.lora_gguf import lora_to_gguf
 from app.pipeline.merge import merge_lora
-from app.services.adapter import low_rank_on_embeddings, whole_tensors
-from app.services.gguf_file import read_gguf
 from config.settings import Settings
 from tests.torch_models import build_lora, build_tiny_hunyuan
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app.modelfiles.gguf import read_gguf
 from app.pipeline.compare import compare_backends
 from app.pipeline.convert import ConvertResult, convert
 from app.pipeline.merge import merge_lora
-from app.services.gguf_file import read_gguf
 from config.settings import Settings
 from tests.torch_models import TOKENIZER_CODE, build_lora, build_tiny_hunyuan_tiktoken
 

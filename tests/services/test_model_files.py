@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import ModelFileError
-from app.services.gguf_file import read_gguf
+from app.modelfiles.gguf import read_gguf
 
 SIZE = 98362432  # the embedded GGUF
 

@@ -1,4 +1,4 @@
-from app.services.detokenize import TextAssembler
+from app.engine.detokenize import TextAssembler
 
 
 def feed(assembler: TextAssembler, chunks: list[bytes]) -> list[str]:

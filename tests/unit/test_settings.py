@@ -1,6 +1,6 @@
 import pytest
 
-from app.services.cpu import physical_cores
+from app.cpu import physical_cores
 from config.settings import EMBEDDED_MODEL_FILE, Settings, embedded_model_path
 
 

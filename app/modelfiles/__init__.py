@@ -1,0 +1,1 @@
+"""Readers of files on disk: GGUF headers and metadata, LoRA adapters."""
