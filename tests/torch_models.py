@@ -105,7 +105,7 @@ def build_tiny_hunyuan_7b(path: Path, hidden: int = 64, seed: int = 0) -> Path:
 def converted_tiny_hunyuan_7b(root: Path) -> tuple[Path, Any]:
     """The tiny Hunyuan-7B checkpoint under `root` and its f32 GGUF made by the product's converter
     (a ConvertResult): built once per test process, whichever test module asks first (~15 s)."""
-    from app.pipeline.convert import convert
+    from app.pipeline.hf_to_gguf import convert
     from config.settings import Settings
 
     hf_dir = build_tiny_hunyuan_7b(Path(root) / "hf")

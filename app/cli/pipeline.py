@@ -71,7 +71,7 @@ def quantize(
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def convert(hf_dir: str, out: str, outtype: str, vocab_pre: str | None, verify: bool, force: bool) -> None:
     """Convert a Hugging Face checkpoint to GGUF with llama.cpp's own converter, then check it."""
-    from app.pipeline.convert import convert as run
+    from app.pipeline.hf_to_gguf import convert as run
 
     result = _pipeline(run, Path(hf_dir), Path(out), _cache_dir(), outtype=outtype, vocab_pre=vocab_pre, force=force)
     click.echo(f"{result.path}: {result.outtype}, {result.size_bytes:,} bytes")

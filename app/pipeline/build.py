@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.pipeline.convert import convert
 from app.pipeline.files import atomic_output, sha256
+from app.pipeline.hf_to_gguf import convert
 from app.pipeline.inspect import inspect_gguf
 from app.pipeline.merge import merge_lora
 from app.pipeline.quality import QualityReport, compare_quality

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from app.modelfiles.adapter import low_rank_on_embeddings, tensor_names, tied_embeddings, whole_tensors
 from app.modelfiles.gguf import read_gguf
-from app.pipeline.converter import converter_dir, run_llama_script
 from app.pipeline.files import PipelineError, atomic_output
+from app.pipeline.llama_converter import converter_dir, run_llama_script
 
 MERGE_INSTEAD = "merge it with `hychat merge-lora` and convert the merged checkpoint with `hychat convert`"
 

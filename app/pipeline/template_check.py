@@ -158,7 +158,7 @@ class TemplateReport:
 def check_template(gguf_path: str | Path, hf_dir: str | Path) -> TemplateReport:
     """Renders every conversation of CONVERSATIONS from the GGUF (through the llama.cpp backend) and
     from the checkpoint (through transformers) and compares the token ids."""
-    from app.pipeline.convert import load_hf_tokenizer
+    from app.pipeline.hf_to_gguf import load_hf_tokenizer
 
     template = read_gguf(gguf_path).metadata.get("tokenizer.chat_template")
     if not isinstance(template, str):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from app.chat.format import ChatOptions
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
-from app.protocol.api import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
+from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
 from app.services.backend import (
     MAX_LOGPROBS,
     GenerationRequest,

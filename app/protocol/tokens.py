@@ -12,8 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.protocol.api import MAX_TEXT_CHARS
 from app.protocol.openai import ChatCompletionRequest
+from app.protocol.simple import MAX_TEXT_CHARS
 
 MAX_TOKEN_IDS = 200_000  # at least as many as MAX_TEXT_CHARS of text can make
 MAX_TOKEN_ID = 2**31 - 1  # llama.cpp's llama_token is an int32

@@ -12,7 +12,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.chat.output import ChatDelta, ChatOutputParser, output_parser
 from app.errors import HychatError, error_body
-from app.protocol.api import (
+from app.protocol.errors import error_responses
+from app.protocol.openapi import event_stream_response
+from app.protocol.simple import (
     ChatRequest,
     ChatResponse,
     DoneEvent,
@@ -23,8 +25,6 @@ from app.protocol.api import (
     to_generation_request,
     usage_body,
 )
-from app.protocol.errors import error_responses
-from app.protocol.openapi import event_stream_response
 from app.routes.deps import SettingsDep
 from app.services.backend import Backend, Generation
 from app.services.registry import BACKENDS, chat_backend

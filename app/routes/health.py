@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.errors import BackendUnavailableError
-from app.protocol.api import HealthResponse, ReadyResponse
 from app.protocol.errors import error_responses
+from app.protocol.simple import HealthResponse, ReadyResponse
 from app.services.registry import BACKENDS
 
 router = APIRouter()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from app.modelfiles.gguf import read_gguf, type_name
-from app.pipeline.convert import convert
 from app.pipeline.files import PipelineError
+from app.pipeline.hf_to_gguf import convert
 from app.pipeline.quantize import quantize
 from app.services.llamacpp_service import LlamaCppBackend
 from config.settings import Settings

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from app.pipeline.compare import compare_backends
-from app.pipeline.convert import convert
 from app.pipeline.files import PipelineError, atomic_output
+from app.pipeline.hf_to_gguf import convert
 from app.pipeline.lora_gguf import lora_to_gguf
 from app.pipeline.merge import merge_lora
 from app.pipeline.quality import compare_quality

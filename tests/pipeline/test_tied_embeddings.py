@@ -12,8 +12,8 @@ import pytest
 from app.modelfiles.adapter import low_rank_on_embeddings, whole_tensors
 from app.modelfiles.gguf import read_gguf
 from app.pipeline.compare import compare_backends
-from app.pipeline.convert import convert
 from app.pipeline.files import PipelineError
+from app.pipeline.hf_to_gguf import convert
 from app.pipeline.lora_gguf import lora_to_gguf
 from app.pipeline.merge import merge_lora
 from config.settings import Settings

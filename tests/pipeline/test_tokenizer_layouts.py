@@ -10,7 +10,7 @@ import pytest
 
 from app.modelfiles.gguf import read_gguf
 from app.pipeline.compare import compare_backends
-from app.pipeline.convert import ConvertResult, convert
+from app.pipeline.hf_to_gguf import ConvertResult, convert
 from app.pipeline.merge import merge_lora
 from config.settings import Settings
 from tests.torch_models import TOKENIZER_CODE, build_lora, build_tiny_hunyuan_tiktoken

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from app.modelfiles.gguf import GGUFHeader, read_gguf
-from app.pipeline.converter import converter_dir, run_llama_script
 from app.pipeline.files import PipelineError, atomic_output, check_space
+from app.pipeline.llama_converter import converter_dir, run_llama_script
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 # Mixed Chinese, English and code: the tokenizer must split it exactly as the checkpoint's does.

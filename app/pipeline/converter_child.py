@@ -1,11 +1,11 @@
-"""Runs one of llama.cpp's converter scripts in this process (started by `convert.py` with the
+"""Runs one of llama.cpp's converter scripts in this process (started by `llama_converter.py` with the
 converter's folder and its gguf-py on PYTHONPATH), optionally naming the pre-tokenizer.
 
 The converter recognises a tokenizer's pre-tokenizer by hashing how it splits a fixed text; a
 tokenizer it has not seen (a fine-tune that retrained it, a test tokenizer) stops it. `--vocab-pre`
 answers that question for it, exactly as an entry in its own hash table would.
 
-    python -m app.pipeline.run_converter SCRIPT VOCAB_PRE|"" [the script's arguments]
+    python -m app.pipeline.converter_child SCRIPT VOCAB_PRE|"" [the script's arguments]
 """
 
 from __future__ import annotations

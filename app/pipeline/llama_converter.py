@@ -63,7 +63,7 @@ def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str 
     """Runs one of llama.cpp's converter scripts with its own gguf-py; its log and progress bars go on
     to the user's terminal, and the tail of it explains a failure."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(folder / "gguf-py")])}
-    command = [sys.executable, "-m", "app.pipeline.run_converter", str(folder / script), vocab_pre or "", *args]
+    command = [sys.executable, "-m", "app.pipeline.converter_child", str(folder / script), vocab_pre or "", *args]
     before_exec = functools.partial(_tie_to_parent, os.getpid())
     with subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=before_exec
