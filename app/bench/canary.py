@@ -94,8 +94,8 @@ def verdict(model_path: str, threads: int | None = None, command: list[str] | No
 
 
 def main(argv: list[str]) -> int:
-    from app.services.backend import GenerationRequest, SamplingParams
     from app.services.llamacpp_service import LlamaCppBackend
+    from app.types import GenerationRequest, SamplingParams
 
     faulthandler.enable()  # a crash leaves the Python side of its stack for the parent's message
     model_path, threads = argv[0], int(argv[1]) if len(argv) > 1 else None

@@ -25,8 +25,8 @@ from app.bench import canary
 from app.cpu import physical_cores
 from app.modelfiles.gguf import UNQUANTIZED
 from app.pipeline.inspect import GGUFReport, inspect_gguf
-from app.services.backend import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, LlamaCppBackend
+from app.types import GenerationRequest, SamplingParams
 
 QUANTIZE_ADVICE = "hychat quantize MODEL out.q4_k_m.gguf --type q4_k_m: 2-4x faster decode on CPU"
 # /proc/cpuinfo flag -> llama_print_system_info() name, for the x86 features whose absence in the

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.errors import HychatError
-from app.services.backend import Backend, GenerationRequest, SamplingParams
+from app.services.backend import Backend
+from app.types import GenerationRequest, SamplingParams
 
 SHORT_QUESTION = "请用中文介绍一下长城。"
 # Repeated to make the long prompt: bilingual, and short, so the length lands near the one asked for.

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, replace
 from time import perf_counter
 from typing import Any
 
-from app.chat.format import ChatOptions
 from app.chat.output import ChatOutputParser
-from app.protocol.openai_responses import ChatStream, response_meta
-from app.services.backend import Backend, GenerationRequest, SamplingParams
+from app.protocol.openai_answers import ChatChunks, response_meta
+from app.services.backend import Backend
+from app.services.chat import ChatStream
+from app.types import ChatOptions, GenerationRequest, SamplingParams
 
 # Hunyuan-7B's output shape, forced so that both arms decode the same tokens and the parser meets
 # the tags it exists for: reasoning, then the answer.
@@ -72,10 +73,10 @@ def _run(backend: Backend, parse: bool) -> tuple[int, float]:
         if parse
         else ChatOutputParser(replace(generation.prompt, tool_names=()), ChatOptions(reasoning_format="none"))
     )
-    stream = ChatStream(response_meta("chatcmpl", "bench"), True, parser)
+    chunks = ChatChunks(response_meta("chatcmpl", "bench"), include_usage=True)
     times = []
-    for event in generation:
-        for chunk in stream.chunks(event):
+    for delta in ChatStream(generation, parser):  # what the chat path does for every dialect
+        for chunk in chunks.chunks(delta):
             chunk.model_dump_json()  # what the route sends
         times.append(perf_counter())
     return len(times), (len(times) - 1) / (times[-1] - times[0])

@@ -13,67 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.chat.template import render, uses_variable
-from app.errors import InvalidParameterError
+from app.types import ChatOptions, RenderedChat
 
-ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one function
 NO_THINK = "/no_think"
 _THINK_SWITCHES = ("/no_think", "/think")
-_RESERVED_VARIABLES = {"messages", "tools", "add_generation_prompt"}  # given by the request itself
+RESERVED_TEMPLATE_VARIABLES = {"messages", "tools", "add_generation_prompt"}  # given by the request itself
 _HUNYUAN_7B_MARKERS = ("<|extra_0|>", "<|extra_4|>")  # llama.cpp's own detection of this template family
 _GENERIC_TOOL_PROMPT = (
     "You can call these functions (JSON schemas):\n{tools}\n\n"
     'To call one, answer with only a JSON object: {{"name": "<function name>", "arguments": {{<arguments>}}}}; '
     "to call several, a JSON list of such objects."
 )
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    """How a chat request wants its prompt rendered and its output read (beyond sampling)."""
-
-    tools: tuple[Mapping[str, Any], ...] = ()  # OpenAI tool definitions: {"type": "function", "function": {...}}
-    tool_choice: ToolChoice = "auto"  # "auto" | "none" | "required" | a function's name
-    parallel_tool_calls: bool = True
-    think: bool | None = None  # None: the model's own default
-    reasoning_format: Literal["auto", "none"] = "auto"  # "none": the raw text, tags and all
-    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
-    truncate: bool = False  # drop the oldest turns (never the system prompt) when the prompt does not fit
-
-    def __post_init__(self) -> None:
-        names = [tool_name(t) for t in self.tools]
-        if len(set(names)) != len(names):
-            raise InvalidParameterError("tools have duplicate function names", "tools")
-        if self.tool_choice not in ("auto", "none", "required") and self.tool_choice not in names:
-            raise InvalidParameterError(f"tool_choice names an unknown function: {self.tool_choice!r}", "tool_choice")
-        if self.tool_choice == "required" and not names:
-            raise InvalidParameterError("tool_choice 'required' needs tools", "tool_choice")
-        if reserved := sorted(_RESERVED_VARIABLES & set(self.template_kwargs)):
-            message = f"chat_template_kwargs cannot set {', '.join(reserved)}"
-            raise InvalidParameterError(message, "chat_template_kwargs")
-
-    @property
-    def calls_tools(self) -> bool:
-        return bool(self.tools) and self.tool_choice != "none"
-
-    @property
-    def enable_thinking(self) -> bool | None:
-        value = self.template_kwargs.get("enable_thinking", self.think)
-        return None if value is None else bool(value)
-
-
-@dataclass(frozen=True)
-class RenderedChat:
-    text: str
-    think: Literal["open", "closed"] | None  # the prompt ends in an open <think> block, or just after one
-
-    @property
-    def in_reasoning(self) -> bool:
-        """The output starts as reasoning."""
-        return self.think == "open"
 
 
 @dataclass(frozen=True)
@@ -116,6 +70,14 @@ class ChatFormat:
 
     def tool_names(self, options: ChatOptions) -> list[str]:
         return [tool_name(t) for t in options.tools] if options.calls_tools else []
+
+
+def drop_oldest_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """`messages` without the oldest turn (a user message and the answers and tool results after
+    it); the system prompt and the last turn always stay. None when nothing can go."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    later_user = next((i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"), None)
+    return None if later_user is None else messages[:first] + messages[later_user:]
 
 
 def tool_name(tool: Mapping[str, Any]) -> str:

@@ -1,22 +1,61 @@
-"""A chat answer's text, as it streams, split into reasoning, answer and tool calls."""
+"""A chat answer's text, as it streams, split into reasoning, answer and tool calls: the `ChatDelta`s
+every dialect reads (`app.services.chat` builds and feeds the parser, once for all of them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from app.chat.format import ChatOptions
 from app.chat.reasoning import ReasoningSplitter
 from app.chat.tool_calls import ToolCall, ToolCallStream
 from app.errors import ToolCallMissingError
-from app.services.backend import Generation, GenerationRequest, Prompt
+from app.types import ChatOptions, Prompt, TokenLogprob, Usage
 
 
 @dataclass(frozen=True)
 class ChatDelta:
+    """A piece of an answer. The parser fills the text fields; the chat path adds the token's
+    logprob, and on the last delta why the answer ended and its usage."""
+
     reasoning: str = ""
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    logprob: TokenLogprob | None = None
+    finish_reason: str | None = None  # the last delta: "stop" | "length" | "tool_calls" (the answer called)
+    usage: Usage | None = None  # the last delta
+    reasoning_tokens: int = 0  # the last delta: how many of the completion's tokens were reasoning
+
+    def __add__(self, later: ChatDelta) -> ChatDelta:
+        """The text of both, in order (what a token's text and the parser's last words make)."""
+        calls = self.tool_calls + later.tool_calls
+        return ChatDelta(self.reasoning + later.reasoning, self.content + later.content, calls)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer, as the non-streamed responses give it."""
+
+    content: str
+    reasoning: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    usage: Usage
+    reasoning_tokens: int
+    logprobs: tuple[TokenLogprob, ...]  # each token's, when the request asked
+
+    @classmethod
+    def of(cls, deltas: Sequence[ChatDelta]) -> Answer:
+        last = deltas[-1]
+        assert last.usage is not None, "a stream ends with its usage"
+        return cls(
+            content="".join(d.content for d in deltas),
+            reasoning="".join(d.reasoning for d in deltas),
+            tool_calls=tuple(call for d in deltas for call in d.tool_calls),
+            finish_reason=last.finish_reason or "stop",
+            usage=last.usage,
+            reasoning_tokens=last.reasoning_tokens,
+            logprobs=tuple(d.logprob for d in deltas if d.logprob is not None),
+        )
 
 
 class ChatOutputParser:
@@ -71,10 +110,3 @@ class ChatOutputParser:
                 calls = calls[: max(0, self._max_calls - len(self.tool_calls))]
             self.tool_calls += calls
         return ChatDelta(reasoning, content, tuple(calls))
-
-
-def output_parser(generation: Generation, request: GenerationRequest) -> ChatOutputParser | None:
-    """The parser for a chat's answer; None for a raw prompt, whose text is given as it comes."""
-    if request.messages is None or generation.prompt is None:
-        return None
-    return ChatOutputParser(generation.prompt, request.chat)

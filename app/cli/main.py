@@ -7,12 +7,15 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from app.errors import HychatError
 from config.settings import DTYPES, Settings
+
+if TYPE_CHECKING:
+    from app.services.registry import Registry
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,8 +27,8 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--n-ctx", type=int, help="Context window in tokens."),
         click.option("--threads", type=int, help="CPU threads (default: physical cores)."),
         click.option("--n-gpu-layers", "llamacpp_n_gpu_layers", type=int, help="llama.cpp layers to offload to a GPU."),
-        click.option("--dtype", "model_dtype", type=click.Choice(DTYPES), help="PyTorch weights dtype."),
-        click.option("--lora", "model_lora_path", help="PyTorch: peft LoRA adapter folder."),
+        click.option("--dtype", "torch_dtype", type=click.Choice(DTYPES), help="PyTorch weights dtype."),
+        click.option("--lora", "torch_lora_path", help="PyTorch: peft LoRA adapter folder."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -35,7 +38,7 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
 # The shared flags name settings of the backend that answers.
 _BACKEND_FLAGS = {
     "llamacpp": {"model": "llamacpp_model_path", "n_ctx": "llamacpp_n_ctx", "threads": "llamacpp_n_threads"},
-    "pytorch": {"model": "model_path", "n_ctx": "model_n_ctx", "threads": "model_n_threads"},
+    "pytorch": {"model": "torch_model_path", "n_ctx": "torch_n_ctx", "threads": "torch_n_threads"},
 }
 
 
@@ -71,10 +74,10 @@ def serve(**overrides: Any) -> None:
     configure_logging(settings.log_level)
     # Bound before any model loads: a taken port or a wrong host costs one line, not a 7B load first.
     listener = _bind(settings.host, settings.port)
-    _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
+    registry = _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
     # Our logging for uvicorn's messages too; its access log gives way to app.telemetry's request lines.
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, registry.backends),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -99,15 +102,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _load_configured(settings: Settings) -> None:
+def _load_configured(settings: Settings) -> Registry:
     """The settings' models loaded; a bad file or setting is the command's one-line error."""
-    from app.services.registry import load_configured
+    from app.services.registry import Registry
 
+    registry = Registry(settings)
     try:
-        load_configured(settings)
+        registry.load_configured()
     except HychatError as error:
         logging.getLogger(__name__).debug("the configured models did not load", exc_info=True)
         raise click.ClickException(str(error)) from None
+    return registry
 
 
 @cli.command()
@@ -183,13 +188,13 @@ def _print_stream(pieces: Iterator[str]) -> str:
 
 def _load(settings: Settings) -> Any:
     """Loads only the backend that will answer (a server loads both to let requests choose)."""
-    from app.services.registry import chat_backend, default_backend_name
+    from app.services.registry import Registry
 
-    name = default_backend_name(settings)
-    settings = settings.model_copy(update={"llamacpp_enabled": name == "llamacpp", "model_enabled": name == "pytorch"})
-    _load_configured(settings)
+    name = Registry(settings).default_name()
+    settings = settings.model_copy(update={"llamacpp_enabled": name == "llamacpp", "torch_enabled": name == "pytorch"})
+    registry = _load_configured(settings)
     try:
-        return chat_backend(settings)
+        return registry.backend()
     except HychatError as error:
         raise click.ClickException(str(error)) from None
 

@@ -34,7 +34,7 @@ from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
 from app.engine.worker import END, Failure, aread, read
 from app.errors import EngineClosedError, HychatError, QueueFullError
-from app.services.backend import TokenEvent, TokenLogprob, TopLogprob, UsageClock
+from app.types import TokenEvent, TokenLogprob, TokenSource, TopLogprob, UsageClock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class _Slot:
         return self.ticket is not None and not self.pending
 
 
-class BatchEngine:
+class BatchEngine(TokenSource[Ticket]):
     def __init__(
         self,
         ctx: Any,  # llama_context_p, owned (freed) by the engine
@@ -163,7 +163,7 @@ class BatchEngine:
         try:
             yield from read(events)
         finally:
-            self._cancel(ticket)
+            self.cancel(ticket)
 
     async def astream(self, ticket: Ticket) -> AsyncIterator[TokenEvent]:
         events: asyncio.Queue[Any] = asyncio.Queue()
@@ -172,9 +172,9 @@ class BatchEngine:
             async for item in aread(events):
                 yield item
         finally:
-            self._cancel(ticket)
+            self.cancel(ticket)
 
-    def _cancel(self, ticket: Ticket) -> None:
+    def cancel(self, ticket: Ticket) -> None:
         ticket.cancel()
         with self._wake:
             self._wake.notify()

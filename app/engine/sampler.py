@@ -20,7 +20,7 @@ import llama_cpp
 import numpy as np
 
 from app.errors import InvalidParameterError
-from app.services.backend import SamplingParams
+from app.types import SamplingParams
 
 # llama_token_data: {int32 id; float logit; float p}
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])

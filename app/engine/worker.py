@@ -1,8 +1,8 @@
 """One thread that owns a model and runs its generations one at a time.
 
-A job is a function that produces events by calling `emit(event)`; callers read the events back
-through their own queue, from plain threads or from asyncio. A reader that stops reading (closed
-generator, client gone, Ctrl-C) cancels its job: the job's next `emit` raises `JobCancelled`, which
+A `Task` holds a function that produces events by calling `emit(event)`; callers read the events
+back through their own queue, from plain threads or from asyncio. A reader that stops reading (closed
+generator, client gone, Ctrl-C) cancels its task: the task's next `emit` raises `JobCancelled`, which
 unwinds it (out of transformers' `generate()` too) at the next token. Because the worker, not the
 caller, holds the model, an abandoned stream can never block other callers.
 """
@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.types import TokenSource
+
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], None]
-Job = Callable[[Emit], None]
+Decode = Callable[[Emit], None]  # one generation: produces its events by calling emit
 
 END = object()  # the last item of every stream
 
@@ -37,10 +39,12 @@ class Failure:
 
 
 @dataclass
-class _Task:
-    job: Job
-    deliver: Callable[[Any], None]
+class Task:
+    """One generation for the worker, read once."""
+
+    decode: Decode
     cancelled: threading.Event = field(default_factory=threading.Event)
+    deliver: Callable[[Any], None] = lambda event: None  # set by the reader
 
     def emit(self, event: Any) -> None:
         if self.cancelled.is_set():
@@ -48,33 +52,35 @@ class _Task:
         self.deliver(event)
 
 
-class Worker:
+class Worker(TokenSource[Task]):
     def __init__(self, name: str):
-        self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[Task] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def stream(self, job: Job) -> Iterator[Any]:
-        """Runs `job` on the worker; yields its events in the calling thread."""
+    def stream(self, task: Task) -> Iterator[Any]:
+        """Runs `task` on the worker; yields its events in the calling thread."""
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        task = _Task(job, events.put)
+        task.deliver = events.put
         self._tasks.put(task)
         try:
             yield from read(events)
         finally:
-            task.cancelled.set()
+            self.cancel(task)
 
-    async def astream(self, job: Job) -> AsyncIterator[Any]:
-        """Like `stream`, for a coroutine: events arrive through the event loop, no thread per event."""
+    async def astream(self, task: Task) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
-        task = _Task(job, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
+        task.deliver = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
         self._tasks.put(task)
         try:
             async for item in aread(events):
                 yield item
         finally:
-            task.cancelled.set()
+            self.cancel(task)
+
+    def cancel(self, task: Task) -> None:
+        task.cancelled.set()
 
     def _run(self) -> None:
         while True:
@@ -87,9 +93,9 @@ class Worker:
                 log.exception("generation worker: unexpected failure")
 
     @staticmethod
-    def _execute(task: _Task) -> None:
+    def _execute(task: Task) -> None:
         try:
-            task.job(task.emit)
+            task.decode(task.emit)
         except JobCancelled:
             return
         except Exception as error:  # handed to the reader, who re-raises it in its own thread

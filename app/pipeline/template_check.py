@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.chat.format import ChatFormat, ChatOptions
+from app.chat.format import ChatFormat
 from app.errors import ChatTemplateError
 from app.modelfiles.gguf import read_gguf
 from app.pipeline.files import PipelineError
+from app.types import ChatOptions
 
 CONTEXT_TOKENS = 3  # shown on each side of the first difference
 _N_CTX = 1024  # the check renders and tokenizes only (no prompt has to fit): a small KV cache will do
@@ -36,7 +37,7 @@ class Conversation:
 
     def request(self) -> Any:
         """The chat request a client would send (a GenerationRequest)."""
-        from app.services.backend import GenerationRequest
+        from app.types import GenerationRequest
 
         return GenerationRequest(messages=[dict(m) for m in self.messages], chat=self.options())
 

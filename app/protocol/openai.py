@@ -1,5 +1,5 @@
 """Requests of the OpenAI-compatible API (`/v1`) and their conversion to internal types (the answers:
-`openai_responses.py`).
+`openai_answers.py`).
 
 Only what the service honours is accepted: an unknown field is a 400, never silently ignored. Unset
 sampling fields take the service's defaults (those of `SamplingParams`), as with `/api/chat`.
@@ -14,15 +14,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from app.chat.format import ChatOptions
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError, MaxTokensTooLargeError
-from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, Stop, TemplateKwargs
-from app.services.backend import (
-    MAX_LOGPROBS,
-    GenerationRequest,
-    SamplingParams,
+from app.protocol.simple import (
+    MAX_GRAMMAR_CHARS,
+    MAX_MESSAGES,
+    MAX_TEXT_CHARS,
+    MAX_TOP_K,
+    Stop,
+    TemplateKwargs,
+    stop_sequences,
 )
+from app.types import MAX_LOGPROBS, ChatOptions, GenerationRequest, SamplingParams
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers run to the limit
 
@@ -295,7 +298,7 @@ def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         elif message.content is None:
             raise InvalidParameterError(f"messages[{i}] has neither content nor tool_calls", f"messages[{i}].content")
         if isinstance(message, ToolMessage):
-            entry.update(tool_call_id=message.tool_call_id, name=message.name)
+            entry.update({k: v for k, v in (("tool_call_id", message.tool_call_id), ("name", message.name)) if v})
         converted.append(entry)
     return converted
 
@@ -344,7 +347,7 @@ def _sampling_params(body: _GenerationFields, max_new_tokens: int, logprobs: int
     }
     return SamplingParams(
         max_new_tokens=max_new_tokens,
-        stop=body.stop or (),
+        stop=stop_sequences(body.stop),
         seed=body.seed,
         grammar=response_format_grammar(body.response_format),
         logprobs=logprobs,

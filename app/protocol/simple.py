@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from app.chat.format import ChatOptions
-from app.chat.output import ChatOutputParser
+from app.chat.output import Answer, ChatDelta
 from app.errors import MaxTokensTooLargeError
-from app.services.backend import (
-    MAX_STOP_SEQUENCES,
-    Completion,
-    GenerationRequest,
-    SamplingParams,
-    TokenEvent,
-    Usage,
-)
+from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams, Usage
 
 MAX_MESSAGES = 512
 MAX_TEXT_CHARS = 200_000
@@ -161,7 +152,7 @@ def to_generation_request(
         top_k=body.top_k,
         min_p=body.min_p,
         repetition_penalty=body.repetition_penalty,
-        stop=body.stop or (),
+        stop=stop_sequences(body.stop),
         seed=body.seed,
         grammar=body.grammar,
     )
@@ -175,6 +166,11 @@ def to_generation_request(
     return GenerationRequest(params, prompt=body.prompt, messages=messages, chat=chat)
 
 
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` as one string or a list (the wire's two shapes), as the internal tuple."""
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
+
 def usage_body(usage: Usage, reasoning_tokens: int = 0) -> UsageBody:
     return UsageBody(
         prompt_tokens=usage.prompt_tokens,
@@ -186,21 +182,26 @@ def usage_body(usage: Usage, reasoning_tokens: int = 0) -> UsageBody:
     )
 
 
-def chat_response(
-    events: Sequence[TokenEvent], parser: ChatOutputParser | None, backend: str, model: str | None, truncated: int
-) -> ChatResponse:
-    """`parser`: for chats, splits the reasoning from the answer (None: a raw prompt's text as it is)."""
-    completion = Completion.from_events(events)
-    text, reasoning = completion.text, None
-    if parser is not None:
-        whole = parser.read(e.text for e in events)
-        text, reasoning = whole.content, whole.reasoning or None
+def chat_response(answer: Answer, backend: str, model: str | None, truncated: int) -> ChatResponse:
     return ChatResponse(
-        response=text,
-        reasoning=reasoning,
+        response=answer.content,
+        reasoning=answer.reasoning or None,
         truncated_messages=truncated or None,
-        finish_reason=completion.finish_reason,
+        finish_reason=answer.finish_reason,
         backend=backend,
         model=model,
-        usage=usage_body(completion.usage, parser.reasoning_tokens if parser else 0),
+        usage=usage_body(answer.usage, answer.reasoning_tokens),
     )
+
+
+def stream_events(delta: ChatDelta, backend: str, model: str | None) -> list[TextEvent | ReasoningEvent | DoneEvent]:
+    """A delta as the stream's events: the reasoning, then the answer's text, then (last) `done`."""
+    events: list[TextEvent | ReasoningEvent | DoneEvent] = []
+    if delta.reasoning:
+        events.append(ReasoningEvent(reasoning=delta.reasoning))
+    if delta.content:
+        events.append(TextEvent(text=delta.content))
+    if delta.finish_reason and delta.usage:
+        usage = usage_body(delta.usage, delta.reasoning_tokens)
+        events.append(DoneEvent(finish_reason=delta.finish_reason, backend=backend, model=model, usage=usage))
+    return events

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import AdminDisabledError
 from app.protocol.errors import error_responses
-from app.routes.deps import SettingsDep, require_api_key
+from app.routes.deps import RegistryDep, SettingsDep, require_api_key
 from app.services.reload import reload_model
 
 
@@ -34,8 +34,8 @@ class ReloadRequest(BaseModel):
 
 
 @router.post("/reload", responses=error_responses(400, 401, 403, 409, 413, 503))
-async def reload(body: ReloadRequest, settings: SettingsDep) -> dict[str, Any]:
+async def reload(body: ReloadRequest, registry: RegistryDep) -> dict[str, Any]:
     """Loads `model_path` into the backend; answers its new info (plus `previous_model`). A bad file is
     a 400 and the model loaded before keeps serving; a path outside the model folders a 403; a reload
     while another one runs a 409."""
-    return await run_in_threadpool(reload_model, settings, body.model_path, body.backend)
+    return await run_in_threadpool(reload_model, registry, body.model_path, body.backend)

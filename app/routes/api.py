@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
-from app.chat.output import ChatDelta, ChatOutputParser, output_parser
-from app.errors import HychatError, error_body
+from app.errors import error_body
 from app.protocol.errors import error_responses
 from app.protocol.openapi import event_stream_response
 from app.protocol.simple import (
@@ -22,14 +20,13 @@ from app.protocol.simple import (
     ReasoningEvent,
     TextEvent,
     chat_response,
+    stream_events,
     to_generation_request,
-    usage_body,
 )
-from app.routes.deps import SettingsDep
-from app.services.backend import Backend, Generation
-from app.services.registry import BACKENDS, chat_backend
+from app.routes.deps import RegistryDep, SettingsDep
+from app.routes.streaming import event_stream
+from app.services.chat import ChatStream, start_chat
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -44,46 +41,28 @@ router = APIRouter()
         **error_responses(400, 413, 429, 503),
     },
 )
-async def chat(body: ChatRequest, settings: SettingsDep) -> Any:
+async def chat(body: ChatRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
     """Answers a chat (`messages`) or a raw `prompt`; with `"stream": true` as Server-Sent Events:
     `data: {"reasoning": ...}` and `data: {"text": ...}` pieces, then `event: done` with finish reason
     and usage."""
-    backend = chat_backend(settings, body.backend)
     request = to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    generation = backend.start(request)
-    parser = output_parser(generation, request)
+    stream = start_chat(registry, request, backend=body.backend)
     if body.stream:
-        return EventSourceResponse(_events(generation, parser, backend))
-    events = [event async for event in generation]
-    return chat_response(events, parser, backend.name, generation.model_name, generation.prompt.dropped_messages)
+        return event_stream(_frames(stream), _error_frame)
+    answer = await stream.answer()
+    return chat_response(answer, stream.backend_name, stream.model_name, stream.dropped_messages)
 
 
 @router.get("/api/info", response_model=InfoResponse)
-def info() -> dict[str, Any]:
-    return {"backends": {name: backend.info() for name, backend in BACKENDS.items()}}
+def info(registry: RegistryDep) -> dict[str, Any]:
+    return {"backends": {name: backend.info() for name, backend in registry.backends.items()}}
 
 
-async def _events(
-    generation: Generation, parser: ChatOutputParser | None, backend: Backend
-) -> AsyncIterator[ServerSentEvent]:
-    try:
-        async for event in generation:
-            delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
-            if event.finish_reason and parser:
-                end = parser.finish()
-                delta = ChatDelta(delta.reasoning + end.reasoning, delta.content + end.content)
-            for key, text in (("reasoning", delta.reasoning), ("text", delta.content)):
-                if text:
-                    yield ServerSentEvent(json.dumps({key: text}, ensure_ascii=False))
-            if event.finish_reason:
-                done = DoneEvent(
-                    finish_reason=event.finish_reason,
-                    backend=backend.name,
-                    model=generation.model_name,
-                    usage=usage_body(event.usage, parser.reasoning_tokens if parser else 0),
-                )
-                yield ServerSentEvent(done.model_dump_json(), event="done")
-    except Exception as error:  # the response has started: report in-band, keep the server up
-        if not isinstance(error, HychatError):
-            log.exception("generation failed mid-stream")
-        yield ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False), event="error")
+async def _frames(stream: ChatStream) -> AsyncIterator[ServerSentEvent]:
+    async for delta in stream:
+        for event in stream_events(delta, stream.backend_name, stream.model_name):
+            yield ServerSentEvent(event.model_dump_json(), event="done" if isinstance(event, DoneEvent) else None)
+
+
+def _error_frame(error: Exception) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False), event="error")

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routes: settings and the API key check."""
+"""Dependencies shared by the routes: settings, the app's backends (its registry) and the API key check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import AuthenticationError
+from app.services.registry import Registry
 from config.settings import Settings
 
 
@@ -15,7 +16,12 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:

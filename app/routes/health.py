@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from app.errors import BackendUnavailableError
 from app.protocol.errors import error_responses
 from app.protocol.simple import HealthResponse, ReadyResponse
-from app.services.registry import BACKENDS
+from app.routes.deps import RegistryDep
 
 router = APIRouter()
 
@@ -19,8 +19,8 @@ def health() -> HealthResponse:
 
 
 @router.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
-def ready() -> ReadyResponse:
-    loaded = [name for name, backend in BACKENDS.items() if backend.is_loaded]
+def ready(registry: RegistryDep) -> ReadyResponse:
+    loaded = [name for name, backend in registry.backends.items() if backend.is_loaded]
     if not loaded:
         raise BackendUnavailableError("no backend has a model loaded")
     return ReadyResponse(status="ready", backends=loaded)

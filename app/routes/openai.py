@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
-from app.chat.output import output_parser
-from app.errors import HychatError, error_body
+from app.errors import error_body
 from app.protocol.errors import error_responses
 from app.protocol.openai import (
     ChatCompletionRequest,
@@ -25,12 +24,12 @@ from app.protocol.openai import (
     to_chat_generation_request,
     to_completion_generation_request,
 )
-from app.protocol.openai_responses import (
+from app.protocol.openai_answers import (
+    ChatChunks,
     ChatCompletionChunk,
     ChatCompletionResponse,
-    ChatStream,
+    CompletionChunks,
     CompletionResponse,
-    CompletionStream,
     ModelCard,
     ModelList,
     chat_completion_response,
@@ -38,13 +37,15 @@ from app.protocol.openai_responses import (
     response_meta,
 )
 from app.protocol.openapi import event_stream_response
-from app.routes.deps import SettingsDep
-from app.services.backend import Generation, GenerationRequest
-from app.services.registry import backend_for_model, served_backends
+from app.routes.deps import RegistryDep, SettingsDep
+from app.routes.streaming import event_stream
+from app.services.chat import ChatStream, start_chat
+from app.types import GenerationRequest
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
 GENERATION_ERRORS = error_responses(400, 404, 413, 429, 503)
+DONE = ServerSentEvent("[DONE]")
 
 
 @router.post(
@@ -59,9 +60,9 @@ GENERATION_ERRORS = error_responses(400, 404, 413, 429, 503)
         **GENERATION_ERRORS,
     },
 )
-async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -> Any:
+async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
     request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    return await _answer(body, request, settings, "chatcmpl")
+    return await _answer(body, request, registry, "chatcmpl")
 
 
 @router.post(
@@ -76,48 +77,42 @@ async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep) -
         **GENERATION_ERRORS,
     },
 )
-async def completions(body: CompletionRequest, settings: SettingsDep) -> Any:
+async def completions(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
     request = to_completion_generation_request(body, settings.max_tokens_limit)
-    return await _answer(body, request, settings, "cmpl")
+    return await _answer(body, request, registry, "cmpl")
 
 
-async def _answer(body: Any, request: GenerationRequest, settings: Any, kind: str) -> Any:
+async def _answer(body: Any, request: GenerationRequest, registry: RegistryDep, kind: str) -> Any:
     """Starts the generation (a bad request fails here, before a response starts), then answers with
-    Server-Sent Events or, once the generation is complete, JSON."""
-    backend = backend_for_model(settings, body.model)
-    generation = backend.start(request)
-    meta = response_meta(kind, generation.model_name or body.model, generation.prompt.dropped_messages)
-    log.debug("%s: %s on %s", meta.id, kind, backend.name)
-    parser = output_parser(generation, request)
-    with_logprobs = request.params.logprobs is not None
+    Server-Sent Events or, once the answer is whole, JSON."""
+    stream = start_chat(registry, request, model=body.model)
+    meta = response_meta(kind, stream.model_name or body.model, stream.dropped_messages)
+    log.debug("%s: %s on %s", meta.id, kind, stream.backend_name)
+    is_chat = kind == "chatcmpl"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = ChatStream(meta, include_usage, parser) if parser else CompletionStream(meta, include_usage)
-        return EventSourceResponse(_sse(generation, stream))
-    events = [event async for event in generation]
-    if parser:
-        return chat_completion_response(events, meta, parser, with_logprobs)
-    return completion_response(events, meta, with_logprobs)
+        chunks = ChatChunks(meta, include_usage) if is_chat else CompletionChunks(meta, include_usage)
+        return event_stream(_frames(stream, chunks), _error_frame, DONE)
+    answer, with_logprobs = await stream.answer(), request.params.logprobs is not None
+    return (chat_completion_response if is_chat else completion_response)(answer, meta, with_logprobs)
 
 
 @router.get("/models", response_model=ModelList)
-def models(settings: SettingsDep) -> ModelList:
+def models(registry: RegistryDep) -> ModelList:
     cards: dict[str, ModelCard] = {}
-    for backend in served_backends(settings):
+    for backend in registry.served():
         name = backend.model_name or backend.name
         cards.setdefault(name, ModelCard(id=name, created=int(time.time()), backend=backend.name))
     return ModelList(data=list(cards.values()))
 
 
-async def _sse(generation: Generation, stream: ChatStream | CompletionStream) -> AsyncIterator[ServerSentEvent]:
-    try:
-        for chunk in stream.first():
+async def _frames(stream: ChatStream, chunks: ChatChunks | CompletionChunks) -> AsyncIterator[ServerSentEvent]:
+    for chunk in chunks.first():
+        yield ServerSentEvent(chunk.model_dump_json())
+    async for delta in stream:
+        for chunk in chunks.chunks(delta):
             yield ServerSentEvent(chunk.model_dump_json())
-        async for event in generation:
-            for chunk in stream.chunks(event):
-                yield ServerSentEvent(chunk.model_dump_json())
-    except Exception as error:  # the response has started: report in-band (as OpenAI does), keep the server up
-        if not isinstance(error, HychatError):
-            log.exception("generation failed mid-stream")
-        yield ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False))
-    yield ServerSentEvent("[DONE]")
+
+
+def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as OpenAI does
+    return ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False))

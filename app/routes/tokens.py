@@ -21,18 +21,15 @@ from app.protocol.tokens import (
     TokenizeResponse,
     token_pieces,
 )
-from app.routes.deps import SettingsDep
-from app.services.backend import Backend
-from app.services.registry import backend_for_model, chat_backend
-from config.settings import Settings
+from app.routes.deps import RegistryDep, SettingsDep
 
 router = APIRouter()
 TOKEN_ERRORS = error_responses(400, 404, 413, 503)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=TOKEN_ERRORS)
-async def tokenize(body: TokenizeRequest, settings: SettingsDep) -> TokenizeResponse:
-    backend = _backend(settings, body.model)
+async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> TokenizeResponse:
+    backend = registry.for_model(body.model)
     ids = backend.tokenize(body.content, add_special=body.add_special, parse_special=body.parse_special)
     if not body.with_pieces:
         return TokenizeResponse(tokens=ids)
@@ -40,16 +37,13 @@ async def tokenize(body: TokenizeRequest, settings: SettingsDep) -> TokenizeResp
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=TOKEN_ERRORS)
-async def detokenize(body: DetokenizeRequest, settings: SettingsDep) -> DetokenizeResponse:
-    return DetokenizeResponse(content=_backend(settings, body.model).detokenize(body.tokens))
+async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> DetokenizeResponse:
+    return DetokenizeResponse(content=registry.for_model(body.model).detokenize(body.tokens))
 
 
 @router.post("/apply-template", response_model=ApplyTemplateResponse, responses=TOKEN_ERRORS)
-async def apply_template(body: ApplyTemplateRequest, settings: SettingsDep) -> ApplyTemplateResponse:
+async def apply_template(
+    body: ApplyTemplateRequest, settings: SettingsDep, registry: RegistryDep
+) -> ApplyTemplateResponse:
     request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())  # as /v1's
-    return ApplyTemplateResponse(prompt=_backend(settings, body.model).prompt(request).text)
-
-
-def _backend(settings: Settings, model: str) -> Backend:
-    """The backend `model` names (as on /v1), the default one when it is empty."""
-    return backend_for_model(settings, model) if model else chat_backend(settings)
+    return ApplyTemplateResponse(prompt=registry.for_model(body.model).prompt(request).text)

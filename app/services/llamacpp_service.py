@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +30,9 @@ from app.errors import (
     ModelFileError,
 )
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
-from app.services.backend import Backend, Generation, GenerationRequest, SamplingParams, UsageClock, is_int_at_least
+from app.services.backend import Backend, Generation
+from app.services.checks import is_int_at_least
+from app.types import GenerationRequest, SamplingParams, TokenSource, UsageClock
 
 try:
     import llama_cpp
@@ -213,7 +214,9 @@ class LlamaCppBackend(Backend):
         add_bos = not (m.bos_text and text.startswith(m.bos_text))
         return _tokenize(m, text, add_bos=add_bos, special=True)
 
-    def _generation(self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock) -> Generation:
+    def _submit(
+        self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock
+    ) -> tuple[TokenSource[Ticket], Ticket]:
         ticket = Ticket(
             prompt=prompt_ids,
             sampler=RequestSampler(m.llm._model.vocab, m.llm.n_vocab(), params),
@@ -223,9 +226,7 @@ class LlamaCppBackend(Backend):
             clock=clock,
             ignore_eos=params.ignore_eos,
         )
-        generation = Generation(m.engine, m.engine.submit(ticket), self.name)
-        weakref.finalize(generation, ticket.cancel)  # never iterated: its slot must not wait for a reader
-        return generation
+        return m.engine, m.engine.submit(ticket)
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:

@@ -24,13 +24,9 @@ from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
 from app.modelfiles.adapter import low_rank_on_embeddings, tensor_names
 from app.modelfiles.gguf import read_gguf
-from app.services.backend import (
-    Backend,
-    SamplingParams,
-    TokenEvent,
-    UsageClock,
-    is_int_at_least,
-)
+from app.services.backend import Backend
+from app.services.checks import is_int_at_least
+from app.types import SamplingParams, TokenEvent, UsageClock
 from config.settings import DTYPES
 
 try:

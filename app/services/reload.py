@@ -15,42 +15,33 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
-from app.errors import (
-    BackendUnavailableError,
-    InvalidParameterError,
-    ModelPathForbiddenError,
-    ReloadInProgressError,
-)
-from app.services.backend import Backend
-from app.services.registry import BACKENDS, default_backend_name, load_with_settings
+from app.errors import InvalidParameterError, ModelPathForbiddenError, ReloadInProgressError
+from app.services.registry import Registry
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_reloading = threading.Lock()
 
-
-def reload_model(settings: Settings, model_path: str, backend_name: str | None = None) -> dict[str, Any]:
+def reload_model(registry: Registry, model_path: str, backend_name: str | None = None) -> dict[str, Any]:
     """Loads `model_path` into the named backend (default: the default backend) with the configured
     load settings; returns the backend's new info plus `previous_model`. Blocks: call it off the event
     loop."""
-    backend = _reloadable_backend(settings, backend_name)
-    path = allowed_model_path(settings, model_path)
-    if not _reloading.acquire(blocking=False):
+    backend = registry.named(backend_name)
+    path = allowed_model_path(registry.settings, model_path)
+    if not registry.reloading.acquire(blocking=False):
         raise ReloadInProgressError("another model reload is in progress; try again when it has finished")
     try:
         previous = backend.model_name
         log.info("reloading %s: %s -> %s", backend.name, previous, path)
         # Not the configured LoRA adapter: it was made for the configured base model.
-        load_with_settings(backend, settings, str(path), with_lora=False)
+        registry.load(backend, str(path), with_lora=False)
         log.info("reloaded %s: now serving %s", backend.name, backend.model_name)
         return {**backend.info(), "previous_model": previous}
     finally:
-        _reloading.release()
+        registry.reloading.release()
 
 
 def allowed_model_path(settings: Settings, model_path: str) -> Path:
@@ -68,13 +59,3 @@ def allowed_model_path(settings: Settings, model_path: str) -> Path:
             f"{model_path}: outside the model folders ({', '.join(map(str, folders))}; HYCHAT_MODEL_DIRS)"
         )
     return resolved
-
-
-def _reloadable_backend(settings: Settings, name: str | None) -> Backend:
-    name = name or default_backend_name(settings)
-    backend = BACKENDS.get(name)
-    if backend is None:
-        raise InvalidParameterError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})", "backend")
-    if not backend.available:
-        raise BackendUnavailableError(f"the {name} backend is not installed")
-    return backend

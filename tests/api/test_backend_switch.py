@@ -14,7 +14,7 @@ CHINESE = [{"role": "user", "content": "你好"}]
 @pytest.fixture(scope="module")
 def both(start_server):
     """`hychat serve --backend pytorch`: PyTorch is the default, llama.cpp is loaded beside it."""
-    return start_server({"HYCHAT_MODEL_DTYPE": "float32"}, "--backend", "pytorch")
+    return start_server({"HYCHAT_TORCH_DTYPE": "float32"}, "--backend", "pytorch")
 
 
 def chat(url: str, **body) -> httpx.Response:

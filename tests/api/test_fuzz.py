@@ -81,10 +81,10 @@ def server(start_server, hunyuan_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("fuzz")
     env = {
         "HYCHAT_API_KEY": API_KEY,
-        "HYCHAT_MODEL_ENABLED": "true",
-        "HYCHAT_MODEL_PATH": str(hunyuan_dir),
-        "HYCHAT_MODEL_DTYPE": "float32",
-        "HYCHAT_MODEL_N_CTX": "256",
+        "HYCHAT_TORCH_ENABLED": "true",
+        "HYCHAT_TORCH_MODEL_PATH": str(hunyuan_dir),
+        "HYCHAT_TORCH_DTYPE": "float32",
+        "HYCHAT_TORCH_N_CTX": "256",
         "HYCHAT_LLAMACPP_N_CTX": "256",
         "HYCHAT_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
         # POST /admin/reload is fuzzed too: an empty model folder, so no fuzzed path can load a model.

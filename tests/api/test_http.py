@@ -85,7 +85,7 @@ def test_a_client_that_disconnects_mid_stream_does_not_hurt_the_server(client, s
 
 
 def test_without_llamacpp_enabled_the_pytorch_backend_answers(start_server):
-    server = start_server({"HYCHAT_LLAMACPP_ENABLED": "false", "HYCHAT_MODEL_DTYPE": "float32"})
+    server = start_server({"HYCHAT_LLAMACPP_ENABLED": "false", "HYCHAT_TORCH_DTYPE": "float32"})
     backends = httpx.get(f"{server.url}/api/info").json()["backends"]
     assert not backends["llamacpp"]["loaded"] and backends["pytorch"]["loaded"]
     r = httpx.post(f"{server.url}/api/chat", json={"messages": CHINESE, "max_new_tokens": 8}, timeout=120)

@@ -103,13 +103,11 @@ def test_ready_lists_the_loaded_backend(client):
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def test_ready_is_503_without_a_loaded_model(monkeypatch):
-    """In-process: a started server always has a model, so here no backend is registered at all."""
+def test_ready_is_503_without_a_loaded_model():
+    """In-process: a started server always has a model, so here the app is given no backend at all."""
     from app.main import create_app
-    from app.routes import health
 
-    monkeypatch.setattr(health, "BACKENDS", {})
-    r = TestClient(create_app()).get("/ready")  # no `with`: the lifespan (model loading) does not run
+    r = TestClient(create_app(backends={})).get("/ready")  # no `with`: the lifespan (model loading) does not run
     assert r.status_code == 503
     assert r.json() == error_body(BackendUnavailableError("no backend has a model loaded"))
 
@@ -168,7 +166,7 @@ def test_metrics_need_the_api_key_when_one_is_set(start_server):
 
 def test_a_generation_read_from_a_thread_is_recorded_too(service):
     from app.metrics import REGISTRY
-    from app.services.backend import GenerationRequest, SamplingParams
+    from app.types import GenerationRequest, SamplingParams
 
     def count(name: str) -> float:
         return REGISTRY.get_sample_value(name, {"backend": "llamacpp"}) or 0.0

@@ -20,6 +20,7 @@ from httpx_sse import connect_sse
 
 from app.errors import ModelPathForbiddenError, ReloadInProgressError
 from app.services import reload as reload_service
+from app.services.registry import Registry
 from config.settings import Settings
 from tests.conftest import REPO
 
@@ -331,10 +332,10 @@ def test_concurrent_reloads_do_not_interleave(client, server, baseline, models):
 
 def test_a_reload_while_another_runs_is_refused_at_once(tmp_path):
     """The lock itself, without a server: held by a reload in progress."""
-    settings = Settings(model_dirs=str(tmp_path), api_key=KEY)
-    with reload_service._reloading:
+    registry = Registry(Settings(model_dirs=str(tmp_path), api_key=KEY))
+    with registry.reloading:
         with pytest.raises(ReloadInProgressError):
-            reload_service.reload_model(settings, "any.gguf", "llamacpp")
+            reload_service.reload_model(registry, "any.gguf", "llamacpp")
 
 
 def test_allowed_model_path(tmp_path, outside):

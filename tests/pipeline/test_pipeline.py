@@ -18,8 +18,8 @@ from app.pipeline.lora_gguf import lora_to_gguf
 from app.pipeline.merge import merge_lora
 from app.pipeline.quality import compare_quality
 from app.pipeline.quantize import quantize
-from app.services.backend import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import LlamaCppBackend
+from app.types import GenerationRequest, SamplingParams
 from config.settings import Settings
 from tests.conftest import REPO
 from tests.torch_models import build_lora

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from app.errors import InvalidParameterError, QueueFullError
-from app.services.backend import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import LlamaCppBackend
+from app.types import GenerationRequest, SamplingParams
 
 PROMPTS = [
     "你好，请介绍一下北京。",
@@ -182,7 +182,7 @@ def test_unload_stops_the_engine_thread(model_path):
 
 EXIT_MID_STREAM = """
 import sys
-from app.services.backend import GenerationRequest, SamplingParams
+from app.types import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import LlamaCppBackend
 backend = LlamaCppBackend()
 backend.load_model(sys.argv[1], n_ctx=256, parallel=1)

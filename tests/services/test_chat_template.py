@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat.format import ChatOptions
 from app.pipeline.template_check import CONVERSATIONS, Conversation
-from app.services.backend import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import LlamaCppBackend
 from app.services.model_service import TorchBackend
+from app.types import ChatOptions, GenerationRequest, SamplingParams
 from tests.torch_models import HUNYUAN_7B_FIRST_EXTRA, HUNYUAN_7B_IDS, converted_tiny_hunyuan_7b
 
 BOS, EOS = HUNYUAN_7B_IDS["<|startoftext|>"], HUNYUAN_7B_IDS["<|eos|>"]

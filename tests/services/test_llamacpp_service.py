@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import ChatTemplateError, InvalidParameterError, PromptTooLongError
-from app.services.backend import GenerationRequest, SamplingParams
+from app.types import GenerationRequest, SamplingParams
 from app.services.llamacpp_service import _piece
 
 GREEDY = {"temperature": 0, "max_new_tokens": 48}

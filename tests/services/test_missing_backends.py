@@ -45,7 +45,7 @@ print(json.dumps({"llamacpp": LLAMACPP_AVAILABLE, "pytorch": MODEL_AVAILABLE, "l
     "module, backend, env, load_error, default_answer",
     [
         # The user's rule: without llama.cpp, PyTorch answers.
-        ("llama_cpp", "llamacpp", {"HYCHAT_MODEL_DTYPE": "float32"}, "llama-cpp-python is not installed", "pytorch"),
+        ("llama_cpp", "llamacpp", {"HYCHAT_TORCH_DTYPE": "float32"}, "llama-cpp-python is not installed", "pytorch"),
         ("torch", "pytorch", {"HYCHAT_LLAMACPP_ENABLED": "false"}, "needs the torch extra", None),
     ],
 )

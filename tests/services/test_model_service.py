@@ -11,8 +11,8 @@ import torch
 
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError, PromptTooLongError
 from app.services import model_service as torch_module
-from app.services.backend import GenerationRequest, SamplingParams
 from app.services.model_service import TorchBackend, fastest_cpu_dtype
+from app.types import GenerationRequest, SamplingParams
 from tests.torch_models import build_lora, build_tiny_gpt2, build_tiny_hunyuan
 
 GREEDY = {"temperature": 0, "max_new_tokens": 32}

@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from app.chat.format import ChatOptions, RenderedChat
 from app.chat.output import ChatOutputParser
 from app.errors import ToolCallMissingError
-from app.services.backend import Prompt
+from app.types import ChatOptions, Prompt, RenderedChat
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 # Token texts as a model streams them; "" is a token whose text the detokenizer holds back.

@@ -61,7 +61,7 @@ def test_schema_strings_refuse_raw_control_characters(llm):
     import llama_cpp
 
     from app.engine.sampler import RequestSampler
-    from app.services.backend import SamplingParams
+    from app.types import SamplingParams
 
     grammar = json_schema_grammar({"type": "object", "properties": {"poem": {"type": "string"}}})
     sampler = RequestSampler(llm._model.vocab, llm.n_vocab(), SamplingParams(grammar=grammar, temperature=0))

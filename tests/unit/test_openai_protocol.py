@@ -7,8 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from app.chat.format import ChatOptions
-from app.chat.output import ChatOutputParser
+from app.chat.output import Answer, ChatDelta
 from app.errors import (
     AuthenticationError,
     InvalidParameterError,
@@ -23,14 +22,15 @@ from app.protocol.openai import (
     to_chat_generation_request,
     to_completion_generation_request,
 )
-from app.protocol.openai_responses import (
-    ChatStream,
-    CompletionStream,
+from app.protocol.openai_answers import (
+    ChatChunks,
+    CompletionChunks,
     chat_completion_response,
     completion_response,
     response_meta,
 )
-from app.services.backend import Prompt, SamplingParams, TokenEvent, TokenLogprob, TopLogprob, Usage
+from app.services.checks import checked
+from app.types import SamplingParams, TokenLogprob, TopLogprob, Usage
 
 USER = [{"role": "user", "content": "你好"}]
 USAGE = Usage(prompt_tokens=7, completion_tokens=2, ttft_ms=1.0, decode_tokens_per_s=5.0, total_ms=3.0, cached_tokens=4)
@@ -45,11 +45,13 @@ def logprob(token: str, value: float) -> TokenLogprob:
     return TokenLogprob(token, token.encode(), value, top=alternatives)
 
 
-EVENTS = [
-    TokenEvent("你", 1, logprob=logprob("你", -0.5)),
-    TokenEvent("好", 2, logprob=logprob("好", -0.25)),
-    TokenEvent("", None, "length", USAGE),
+# What the chat path gives the dialects for a plain two-token answer cut short by max_tokens.
+DELTAS = [
+    ChatDelta(content="你", logprob=logprob("你", -0.5)),
+    ChatDelta(content="好", logprob=logprob("好", -0.25)),
+    ChatDelta(finish_reason="length", usage=USAGE),
 ]
+ANSWER = Answer.of(DELTAS)
 
 
 def test_unset_sampling_fields_take_the_service_defaults():
@@ -145,8 +147,9 @@ def test_text_parts_are_joined_and_developer_is_system():
     ],
 )
 def test_requests_the_service_cannot_honour_are_refused_with_the_param(fields, param):
+    """By the conversion, or by the check every backend makes before it starts a request."""
     with pytest.raises(InvalidParameterError) as raised:
-        to_chat_generation_request(chat_request(**fields), 4096)
+        checked(to_chat_generation_request(chat_request(**fields), 4096))
     assert raised.value.param == (param or "response_format")
 
 
@@ -161,14 +164,9 @@ def test_completion_prompt_and_default_max_tokens():
         CompletionRequest(model="m", prompt=["a", "b"])
 
 
-def plain_parser() -> ChatOutputParser:
-    """A chat without reasoning tags or tools: the parser passes the text through."""
-    return ChatOutputParser(Prompt(ids=[1], text="prompt"), ChatOptions())
-
-
 def test_a_chat_completion_with_logprobs_and_usage():
     meta = response_meta("chatcmpl", "m")
-    body = chat_completion_response(EVENTS, meta, plain_parser(), with_logprobs=True).model_dump()
+    body = chat_completion_response(ANSWER, meta, with_logprobs=True).model_dump()
     assert body["id"] == meta.id and body["object"] == "chat.completion" and body["model"] == "m"
     choice = body["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "你好"} and choice["finish_reason"] == "length"
@@ -182,12 +180,12 @@ def test_a_chat_completion_with_logprobs_and_usage():
         "prompt_tokens_details": {"cached_tokens": 4},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
-    assert chat_completion_response(EVENTS, meta, plain_parser(), with_logprobs=False).choices[0].logprobs is None
+    assert chat_completion_response(ANSWER, meta, with_logprobs=False).choices[0].logprobs is None
 
 
 def test_chat_chunks_role_first_then_text_finish_and_usage():
-    stream = ChatStream(response_meta("chatcmpl", "m"), include_usage=True, parser=plain_parser())
-    chunks = [json.loads(c.model_dump_json()) for c in stream.first() + [c for e in EVENTS for c in stream.chunks(e)]]
+    stream = ChatChunks(response_meta("chatcmpl", "m"), include_usage=True)
+    chunks = [json.loads(c.model_dump_json()) for c in stream.first() + [c for d in DELTAS for c in stream.chunks(d)]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [{"content": "你"}, {"content": "好"}]
     assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
@@ -197,11 +195,11 @@ def test_chat_chunks_role_first_then_text_finish_and_usage():
 
 def test_completion_logprobs_offsets_agree_streamed_or_not():
     meta = response_meta("cmpl", "m")
-    whole = completion_response(EVENTS, meta, with_logprobs=True).choices[0]
+    whole = completion_response(ANSWER, meta, with_logprobs=True).choices[0]
     assert whole.text == "你好" and whole.logprobs.text_offset == [0, 1]
     assert whole.logprobs.top_logprobs == [{"你": -0.5, "x": -1.5}, {"好": -0.25, "x": -1.25}]
-    stream = CompletionStream(meta, include_usage=False)
-    chunks = [c for e in EVENTS for c in stream.chunks(e)]
+    stream = CompletionChunks(meta, include_usage=False)
+    chunks = [c for d in DELTAS for c in stream.chunks(d)]
     assert [c.choices[0].logprobs.text_offset for c in chunks[:2]] == [[0], [1]]
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage is None
 

@@ -48,13 +48,13 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_PARALLEL": "8",
         "HYCHAT_QUEUE_SIZE": "0",
         "HYCHAT_BACKEND": "pytorch",
-        "HYCHAT_MODEL_ENABLED": "true",
-        "HYCHAT_MODEL_PATH": str(tmp_path / "hf"),
-        "HYCHAT_MODEL_LORA_PATH": str(tmp_path / "lora"),
-        "HYCHAT_MODEL_MERGE_LORA": "false",
-        "HYCHAT_MODEL_DTYPE": "bfloat16",
-        "HYCHAT_MODEL_N_CTX": "1024",
-        "HYCHAT_MODEL_N_THREADS": "2",
+        "HYCHAT_TORCH_ENABLED": "true",
+        "HYCHAT_TORCH_MODEL_PATH": str(tmp_path / "hf"),
+        "HYCHAT_TORCH_LORA_PATH": str(tmp_path / "lora"),
+        "HYCHAT_TORCH_MERGE_LORA": "false",
+        "HYCHAT_TORCH_DTYPE": "bfloat16",
+        "HYCHAT_TORCH_N_CTX": "1024",
+        "HYCHAT_TORCH_N_THREADS": "2",
         "HYCHAT_CORS_ORIGINS": "https://a.example, https://b.example",
         "HYCHAT_MODEL_DIRS": f"{tmp_path}/a,{tmp_path}/b",
         "HYCHAT_THINK": "false",
@@ -116,8 +116,8 @@ def test_model_config_defaults_to_the_embedded_model():
 def test_cli_model_flags_go_to_the_backend_that_answers():
     from app.cli.main import build_settings
 
-    torch = build_settings(backend="pytorch", model="/ckpt", n_ctx=512, threads=3, model_dtype="float32")
-    assert (torch.model_path, torch.model_n_ctx, torch.model_n_threads, torch.model_dtype) == (
+    torch = build_settings(backend="pytorch", model="/ckpt", n_ctx=512, threads=3, torch_dtype="float32")
+    assert (torch.torch_model_path, torch.torch_n_ctx, torch.torch_n_threads, torch.torch_dtype) == (
         "/ckpt",
         512,
         3,
@@ -125,14 +125,29 @@ def test_cli_model_flags_go_to_the_backend_that_answers():
     )
     assert torch.llamacpp_model_path is None
     llama = build_settings(model="/m.gguf", n_ctx=None, threads=3)
-    assert (llama.llamacpp_model_path, llama.llamacpp_n_threads, llama.model_path) == ("/m.gguf", 3, None)
+    assert (llama.llamacpp_model_path, llama.llamacpp_n_threads, llama.torch_model_path) == ("/m.gguf", 3, None)
 
 
 def test_bad_dtype_or_backend_setting_is_refused(monkeypatch):
-    monkeypatch.setenv("HYCHAT_MODEL_DTYPE", "int4")
-    with pytest.raises(ValueError, match="model_dtype"):
+    monkeypatch.setenv("HYCHAT_TORCH_DTYPE", "int4")
+    with pytest.raises(ValueError, match="torch_dtype"):
         Settings(_env_file=None)
-    monkeypatch.delenv("HYCHAT_MODEL_DTYPE")
+    monkeypatch.delenv("HYCHAT_TORCH_DTYPE")
     monkeypatch.setenv("HYCHAT_BACKEND", "tensorflow")
     with pytest.raises(ValueError, match="backend"):
         Settings(_env_file=None)
+
+
+def test_the_old_names_of_the_pytorch_settings_still_work_and_say_so(monkeypatch, tmp_path, caplog):
+    from config import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_WARNED", set())
+    (tmp_path / ".env").write_text("HYCHAT_MODEL_N_CTX=1024\n")
+    monkeypatch.setenv("HYCHAT_MODEL_DTYPE", "float32")
+    monkeypatch.setenv("HYCHAT_MODEL_PATH", "/old/ckpt")
+    monkeypatch.setenv("HYCHAT_TORCH_MODEL_PATH", "/new/ckpt")  # the new name wins
+    with caplog.at_level("WARNING", logger="config.settings"):
+        s = Settings(_env_file=tmp_path / ".env")
+    assert (s.torch_dtype, s.torch_n_ctx, s.torch_model_path) == ("float32", 1024, "/new/ckpt")
+    assert "HYCHAT_MODEL_DTYPE is deprecated: use HYCHAT_TORCH_DTYPE" in caplog.text
+    assert "HYCHAT_MODEL_N_CTX is deprecated: use HYCHAT_TORCH_N_CTX" in caplog.text

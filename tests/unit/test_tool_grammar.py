@@ -66,7 +66,7 @@ def test_parallel_calls_may_name_any_offered_function(llm, fmt):
 def accepts(llm, grammar: str, text: str) -> bool:
     """Whether llama.cpp's grammar sampler lets the model write exactly `text`, then end."""
     from app.engine.sampler import RequestSampler
-    from app.services.backend import SamplingParams
+    from app.types import SamplingParams
 
     sampler = RequestSampler(llm._model.vocab, llm.n_vocab(), SamplingParams(grammar=grammar))
     try:

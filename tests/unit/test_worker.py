@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from app.engine.worker import Worker
+from app.engine.worker import Task, Worker
 
 
 def counting_job(log: list[int], n: int = 1000, pace: threading.Event | None = None):
@@ -35,7 +35,7 @@ def test_jobs_run_one_at_a_time():
         return run
 
     results = []
-    threads = [threading.Thread(target=lambda t=t: results.extend(worker.stream(job(t)))) for t in range(8)]
+    threads = [threading.Thread(target=lambda t=t: results.extend(worker.stream(Task(job(t))))) for t in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -47,11 +47,11 @@ def test_closing_a_stream_cancels_its_job_at_the_next_event():
     worker = Worker("test")
     produced: list[int] = []
     pace = threading.Event()
-    stream = worker.stream(counting_job(produced, pace=pace))
+    stream = worker.stream(Task(counting_job(produced, pace=pace)))
     assert next(stream) == 0
     stream.close()
     pace.set()
-    assert list(worker.stream(counting_job([], 3))) == [0, 1, 2]  # queued behind it: the worker is free again
+    assert list(worker.stream(Task(counting_job([], 3)))) == [0, 1, 2]  # queued behind it: the worker is free again
     assert len(produced) <= 3
 
 
@@ -62,11 +62,11 @@ def test_job_errors_reach_the_reader_and_the_worker_survives():
         emit(1)
         raise ValueError("boom")
 
-    stream = worker.stream(failing)
+    stream = worker.stream(Task(failing))
     assert next(stream) == 1
     with pytest.raises(ValueError, match="boom"):
         next(stream)
-    assert list(worker.stream(counting_job([], 2))) == [0, 1]
+    assert list(worker.stream(Task(counting_job([], 2)))) == [0, 1]
 
 
 def test_async_readers_get_events_and_cancel_on_exit():
@@ -75,14 +75,14 @@ def test_async_readers_get_events_and_cancel_on_exit():
 
     async def read_two():
         events = []
-        async for event in worker.astream(counting_job(produced, 10_000)):
+        async for event in worker.astream(Task(counting_job(produced, 10_000))):
             events.append(event)
             if len(events) == 2:
                 break
         return events
 
     assert asyncio.run(read_two()) == [0, 1]
-    assert list(worker.stream(counting_job([], 2))) == [0, 1]
+    assert list(worker.stream(Task(counting_job([], 2)))) == [0, 1]
     assert len(produced) < 10_000
 
 
@@ -90,8 +90,8 @@ def test_a_reader_whose_event_loop_is_gone_does_not_kill_the_worker():
     worker = Worker("test")
 
     async def start_and_leave():
-        stream = worker.astream(counting_job([], 100_000)).__aiter__()
+        stream = worker.astream(Task(counting_job([], 100_000))).__aiter__()
         await stream.__anext__()
 
     asyncio.run(start_and_leave())  # the loop closes with the job still producing
-    assert list(worker.stream(counting_job([], 2))) == [0, 1]
+    assert list(worker.stream(Task(counting_job([], 2)))) == [0, 1]

@@ -1,5 +1,5 @@
-"""Answers of the OpenAI-compatible API (`/v1`): completions, chunks, usage, and their making from a
-generation's events (for chats through `ChatOutputParser`: reasoning, answer and tool calls apart)."""
+"""Answers of the OpenAI-compatible API (`/v1`): completions, chunks, usage, and their making from the
+chat path's `Answer` and `ChatDelta`s (reasoning, answer and tool calls already apart)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, model_serializer
 
-from app.chat.output import ChatDelta, ChatOutputParser
+from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.protocol.openai import FunctionCallBody, ToolCallBody
-from app.services.backend import Completion, TokenEvent, TokenLogprob, TopLogprob, Usage
+from app.types import TokenLogprob, TopLogprob, Usage
 
 # -- wire types ---------------------------------------------------------------------------------
 
@@ -234,78 +234,67 @@ def completion_logprobs(logprobs: Sequence[TokenLogprob], text_offset: int = 0) 
     )
 
 
-def chat_completion_response(
-    events: Sequence[TokenEvent], meta: ResponseMeta, parser: ChatOutputParser, with_logprobs: bool
-) -> ChatCompletionResponse:
-    completion = Completion.from_events(events)
-    whole = parser.read(e.text for e in events)
+def chat_completion_response(answer: Answer, meta: ResponseMeta, with_logprobs: bool) -> ChatCompletionResponse:
     message = AssistantMessage(
-        content=whole.content if whole.content or not parser.tool_calls else None,
-        reasoning_content=whole.reasoning or None,
-        tool_calls=[_tool_call_body(call) for call in parser.tool_calls] or None,
+        content=answer.content if answer.content or not answer.tool_calls else None,
+        reasoning_content=answer.reasoning or None,
+        tool_calls=[_tool_call_body(call) for call in answer.tool_calls] or None,
     )
     choice = ChatChoice(
         message=message,
-        logprobs=chat_logprobs(_logprobs(events)) if with_logprobs else None,
-        finish_reason="tool_calls" if parser.tool_calls else completion.finish_reason,
+        logprobs=chat_logprobs(answer.logprobs) if with_logprobs else None,
+        finish_reason=answer.finish_reason,
     )
-    usage = usage_body(completion.usage, parser.reasoning_tokens)
+    usage = usage_body(answer.usage, answer.reasoning_tokens)
     return ChatCompletionResponse(**meta.head(), choices=[choice], usage=usage, truncated_messages=meta.truncated)
 
 
-def completion_response(events: Sequence[TokenEvent], meta: ResponseMeta, with_logprobs: bool) -> CompletionResponse:
-    completion = Completion.from_events(events)
-    logprobs = completion_logprobs(_logprobs(events)) if with_logprobs else None
-    choice = CompletionChoice(text=completion.text, logprobs=logprobs, finish_reason=completion.finish_reason)
-    return CompletionResponse(**meta.head(), choices=[choice], usage=usage_body(completion.usage))
+def completion_response(answer: Answer, meta: ResponseMeta, with_logprobs: bool) -> CompletionResponse:
+    logprobs = completion_logprobs(answer.logprobs) if with_logprobs else None
+    choice = CompletionChoice(text=answer.content, logprobs=logprobs, finish_reason=answer.finish_reason)
+    return CompletionResponse(**meta.head(), choices=[choice], usage=usage_body(answer.usage))
 
 
-class ChatStream:
-    """A generation's events as `chat.completion.chunk`s: the assistant role first, then a chunk per
+class ChatChunks:
+    """The chat path's deltas as `chat.completion.chunk`s: the assistant role first, then a chunk per
     piece of reasoning or answer (with its token's logprobs), each tool call as OpenAI streams it
     (id and name, then the arguments), one with the finish reason, then the usage when asked."""
 
-    def __init__(self, meta: ResponseMeta, include_usage: bool, parser: ChatOutputParser):
-        self.meta, self.include_usage, self.parser = meta, include_usage, parser
+    def __init__(self, meta: ResponseMeta, include_usage: bool):
+        self.meta, self.include_usage = meta, include_usage
+        self._calls = 0  # tool calls streamed so far: the index of the next one
 
     def first(self) -> list[ChatCompletionChunk]:
         chunk = self._chunk(ChatChunkChoice(delta=ChatDeltaBody(role="assistant", content="")))
         chunk.truncated_messages = self.meta.truncated
         return [chunk]
 
-    def chunks(self, event: TokenEvent) -> list[ChatCompletionChunk]:
-        delta = self.parser.feed(event.text)
-        logprobs = chat_logprobs([event.logprob]) if event.logprob else None
-        chunks = self._delta_chunks(delta, logprobs)
-        if event.finish_reason:
-            chunks += self._delta_chunks(self.parser.finish(), None)
-            reason = "tool_calls" if self.parser.tool_calls else event.finish_reason
-            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=reason)))
-            if self.include_usage and event.usage:
-                usage = usage_body(event.usage, self.parser.reasoning_tokens)
-                chunks.append(ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage))
-        return chunks
-
-    def _delta_chunks(self, delta: ChatDelta, logprobs: ChoiceLogprobs | None) -> list[ChatCompletionChunk]:
+    def chunks(self, delta: ChatDelta) -> list[ChatCompletionChunk]:
+        logprobs = chat_logprobs([delta.logprob]) if delta.logprob else None
         chunks = []
         if delta.reasoning:
             chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(reasoning_content=delta.reasoning))))
         if delta.content or logprobs:  # a token whose text is held back still has its logprob
             chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(content=delta.content), logprobs=logprobs)))
-        first_index = len(self.parser.tool_calls) - len(delta.tool_calls)
-        for index, call in enumerate(delta.tool_calls, first_index):
-            head = ToolCallDeltaBody(index=index, id=call.id, type="function",
+        for call in delta.tool_calls:
+            head = ToolCallDeltaBody(index=self._calls, id=call.id, type="function",
                                      function=FunctionDeltaBody(name=call.name, arguments=""))  # fmt: skip
-            arguments = ToolCallDeltaBody(index=index, function=FunctionDeltaBody(arguments=call.arguments))
+            arguments = ToolCallDeltaBody(index=self._calls, function=FunctionDeltaBody(arguments=call.arguments))
             chunks += [self._chunk(ChatChunkChoice(delta=ChatDeltaBody(tool_calls=[d]))) for d in (head, arguments)]
+            self._calls += 1
+        if delta.finish_reason:
+            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=delta.finish_reason)))
+            if self.include_usage and delta.usage:
+                usage = usage_body(delta.usage, delta.reasoning_tokens)
+                chunks.append(ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage))
         return chunks
 
     def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(**self.meta.head(), choices=[choice])
 
 
-class CompletionStream:
-    """A generation's events as streamed `text_completion`s, the usage last when asked."""
+class CompletionChunks:
+    """The deltas of a raw prompt as streamed `text_completion`s, the usage last when asked."""
 
     def __init__(self, meta: ResponseMeta, include_usage: bool):
         self.meta, self.include_usage = meta, include_usage
@@ -314,17 +303,17 @@ class CompletionStream:
     def first(self) -> list[CompletionResponse]:
         return []
 
-    def chunks(self, event: TokenEvent) -> list[CompletionResponse]:
+    def chunks(self, delta: ChatDelta) -> list[CompletionResponse]:
         chunks = []
-        if event.text or event.logprob or event.finish_reason:
+        if delta.content or delta.logprob or delta.finish_reason:
             logprobs = None
-            if event.logprob:
-                logprobs = completion_logprobs([event.logprob], self._text_offset)
-                self._text_offset += len(event.logprob.token)
-            choice = CompletionChoice(text=event.text, logprobs=logprobs, finish_reason=event.finish_reason)
+            if delta.logprob:
+                logprobs = completion_logprobs([delta.logprob], self._text_offset)
+                self._text_offset += len(delta.logprob.token)
+            choice = CompletionChoice(text=delta.content, logprobs=logprobs, finish_reason=delta.finish_reason)
             chunks.append(CompletionResponse(**self.meta.head(), choices=[choice]))
-        if event.finish_reason and self.include_usage and event.usage:
-            chunks.append(CompletionResponse(**self.meta.head(), choices=[], usage=usage_body(event.usage)))
+        if delta.finish_reason and self.include_usage and delta.usage:
+            chunks.append(CompletionResponse(**self.meta.head(), choices=[], usage=usage_body(delta.usage)))
         return chunks
 
 
@@ -339,7 +328,3 @@ def _without_none(body: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def _top_logprob(lp: TopLogprob) -> TopLogprobBody:
     return TopLogprobBody(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes))
-
-
-def _logprobs(events: Sequence[TokenEvent]) -> list[TokenLogprob]:
-    return [e.logprob for e in events if e.logprob is not None]

@@ -1,0 +1,66 @@
+"""The one chat path. A route converts its dialect's request to a `GenerationRequest`, calls
+`start_chat` once, and converts what comes back: a stream of `ChatDelta`s (reasoning, answer, tool
+calls; the finish reason and usage last), or the whole `Answer`. The output parser is built and fed
+here, for every dialect alike; a raw prompt's text passes through as content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+from app.chat.output import Answer, ChatDelta, ChatOutputParser
+from app.services.backend import Generation
+from app.services.registry import Registry
+from app.types import GenerationRequest, TokenEvent
+
+
+def start_chat(
+    registry: Registry, request: GenerationRequest, *, model: str | None = None, backend: str | None = None
+) -> ChatStream:
+    """Starts `request` on the backend that `model` (a model or backend name, as on /v1) or `backend`
+    names, the default one without either. Checks and tokenizes now: a bad request raises here,
+    before any response starts."""
+    chosen = registry.backend(backend) if backend else registry.for_model(model)
+    generation = chosen.start(request)
+    parser = ChatOutputParser(generation.prompt, request.chat) if request.messages is not None else None
+    return ChatStream(generation, parser)
+
+
+class ChatStream:
+    """A started generation read through its output parser (None: a raw prompt). Iterate it from a
+    thread or `async for` it; leaving the loop cancels the generation."""
+
+    def __init__(self, generation: Generation, parser: ChatOutputParser | None):
+        self._generation, self._parser = generation, parser
+        self.backend_name = generation.backend_name
+        self.model_name = generation.model_name
+        self.dropped_messages = generation.prompt.dropped_messages  # left out so that the prompt fits
+
+    def __iter__(self) -> Iterator[ChatDelta]:
+        for event in self._generation:
+            yield self._delta(event)
+
+    async def __aiter__(self) -> AsyncIterator[ChatDelta]:
+        async for event in self._generation:
+            yield self._delta(event)
+
+    async def answer(self) -> Answer:
+        return Answer.of([delta async for delta in self])
+
+    def _delta(self, event: TokenEvent) -> ChatDelta:
+        parser = self._parser
+        delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
+        if event.finish_reason is None:
+            return replace(delta, logprob=event.logprob)
+        if parser is None:
+            return replace(delta, logprob=event.logprob, finish_reason=event.finish_reason, usage=event.usage)
+        delta = delta + parser.finish()  # raises ToolCallMissingError where tool_choice demanded a call
+        finish = "tool_calls" if parser.tool_calls else event.finish_reason
+        return replace(
+            delta,
+            logprob=event.logprob,
+            finish_reason=finish,
+            usage=event.usage,
+            reasoning_tokens=parser.reasoning_tokens,
+        )

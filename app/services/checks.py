@@ -1,0 +1,119 @@
+"""The one check of a generation request, done by the backend that starts it.
+
+A dialect's wire types state the same ranges in its schema (clients see them, and a bad field is a
+400 that names it); this is what holds for every caller, the Python API included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from app.chat.format import RESERVED_TEMPLATE_VARIABLES, tool_name
+from app.errors import InvalidParameterError, PromptTooLongError
+from app.types import MAX_LOGPROBS, MAX_STOP_SEQUENCES, ROLES, ChatOptions, GenerationRequest, SamplingParams
+
+
+def checked(request: GenerationRequest) -> GenerationRequest:
+    """`request` with its values checked (InvalidParameterError names the first one at fault) and
+    normalised: `stop` a tuple, each message only the keys a template reads."""
+    _check((request.prompt is None) != (request.messages is None), "give exactly one of prompt or messages")
+    if request.prompt is not None:
+        _check(isinstance(request.prompt, str), "prompt must be a string")
+    _check_chat(request.chat)
+    messages = None if request.messages is None else checked_messages(request.messages)
+    return replace(request, params=checked_params(request.params), messages=messages)
+
+
+def sampling_params(**kwargs: Any) -> SamplingParams:
+    """The Python API's keyword arguments (`generate(prompt, temperature=...)`) as checked parameters."""
+    unknown = sorted(set(kwargs) - set(SamplingParams.__dataclass_fields__))
+    _check(not unknown, f"unknown generation parameter(s): {', '.join(unknown)}")
+    return checked_params(SamplingParams(**kwargs))
+
+
+def checked_params(p: SamplingParams) -> SamplingParams:
+    _check(is_int_at_least(p.max_new_tokens, 1), "max_new_tokens must be an integer >= 1")
+    _check(_is_number(p.temperature) and p.temperature >= 0, "temperature must be a finite number >= 0")
+    _check(_is_number(p.top_p) and 0 < p.top_p <= 1, "top_p must be in (0, 1]")
+    _check(is_int_at_least(p.top_k, 0), "top_k must be an integer >= 0 (0 disables it)")
+    _check(_is_number(p.min_p) and 0 <= p.min_p <= 1, "min_p must be in [0, 1]")
+    _check(
+        _is_number(p.repetition_penalty) and p.repetition_penalty > 0, "repetition_penalty must be a finite number > 0"
+    )
+    _check(p.seed is None or (is_int_at_least(p.seed, 0) and p.seed < 2**32), "seed must be in [0, 2**32)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(p, name)
+        _check(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2]")
+    _check(p.grammar is None or (isinstance(p.grammar, str) and p.grammar.strip()), "grammar is empty")
+    _check(
+        p.logprobs is None or (is_int_at_least(p.logprobs, 0) and p.logprobs <= MAX_LOGPROBS),
+        f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
+    )
+    _check(isinstance(p.ignore_eos, bool), "ignore_eos must be true or false")
+    stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
+    _check(
+        len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
+        f"stop must be at most {MAX_STOP_SEQUENCES} non-empty strings",
+    )
+    return replace(p, stop=stop)
+
+
+def checked_messages(messages: Any) -> list[dict[str, Any]]:
+    """Role and text of each message, plus what tool calling adds: an assistant's `tool_calls`
+    (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`."""
+    _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
+    return [_checked_message(i, message) for i, message in enumerate(messages)]
+
+
+def check_prompt_fits(n_prompt: int, n_ctx: int, param: str = "prompt") -> None:
+    if n_prompt == 0:
+        raise InvalidParameterError("prompt is empty", param)
+    if n_prompt >= n_ctx:
+        raise PromptTooLongError(n_prompt, n_ctx, param)
+
+
+def is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_chat(options: ChatOptions) -> None:
+    names = [tool_name(t) for t in options.tools]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError("tools have duplicate function names", "tools")
+    if options.tool_choice not in ("auto", "none", "required") and options.tool_choice not in names:
+        raise InvalidParameterError(f"tool_choice names an unknown function: {options.tool_choice!r}", "tool_choice")
+    if options.tool_choice == "required" and not names:
+        raise InvalidParameterError("tool_choice 'required' needs tools", "tool_choice")
+    if reserved := sorted(RESERVED_TEMPLATE_VARIABLES & set(options.template_kwargs)):
+        raise InvalidParameterError(f"chat_template_kwargs cannot set {', '.join(reserved)}", "chat_template_kwargs")
+
+
+def _checked_message(i: int, message: Any) -> dict[str, Any]:
+    _check(isinstance(message, dict), f"messages[{i}] must be an object with role and content")
+    role, content, calls = message.get("role"), message.get("content"), message.get("tool_calls")
+    _check(role in ROLES, f"messages[{i}].role must be one of {', '.join(ROLES)}")
+    _check(isinstance(content, str) or (content is None and bool(calls)), f"messages[{i}].content must be a string")
+    checked: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        _check(role == "assistant" and isinstance(calls, list), f"messages[{i}].tool_calls: only assistants call tools")
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            _check(isinstance(function, dict) and isinstance(function.get("name"), str),
+                   f"messages[{i}].tool_calls: each call needs function.name")  # fmt: skip
+        checked["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if message.get(key) is not None:
+            _check(isinstance(message[key], str), f"messages[{i}].{key} must be a string")
+            checked[key] = message[key]
+    return checked
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidParameterError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)

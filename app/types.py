@@ -1,0 +1,196 @@
+"""The types every layer speaks: a generation request, its sampling parameters and chat options, the
+prompt made of it, the token events that come back, usage and log-probabilities, and the contract
+of whatever produces the events.
+
+A leaf: it imports nothing of the app, so the engine, the chat semantics, the backends and the
+dialects can all depend on it. The values are checked once, by the backend that starts the request
+(`app.services.checks`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, Generic, Literal, TypedDict, TypeVar
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_STOP_SEQUENCES = 16
+MAX_LOGPROBS = 20
+
+ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one function
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    grammar: str | None = None  # GBNF that the output must match (backends with supports_grammar)
+    logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely
+    ignore_eos: bool = False  # generate max_new_tokens even past end-of-generation (benchmarks; vLLM's name)
+
+
+class SamplingKwargs(TypedDict, total=False):
+    """`SamplingParams` as keyword arguments of the Python API (`generate(prompt, **kwargs)`)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    stop: Sequence[str] | str | None
+    seed: int | None
+    presence_penalty: float
+    frequency_penalty: float
+    grammar: str | None
+    logprobs: int | None
+    ignore_eos: bool
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How a chat request wants its prompt rendered and its output read (beyond sampling)."""
+
+    tools: tuple[Mapping[str, Any], ...] = ()  # OpenAI tool definitions: {"type": "function", "function": {...}}
+    tool_choice: ToolChoice = "auto"  # "auto" | "none" | "required" | a function's name
+    parallel_tool_calls: bool = True
+    think: bool | None = None  # None: the model's own default
+    reasoning_format: Literal["auto", "none"] = "auto"  # "none": the raw text, tags and all
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
+    truncate: bool = False  # drop the oldest turns (never the system prompt) when the prompt does not fit
+
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def enable_thinking(self) -> bool | None:
+        value = self.template_kwargs.get("enable_thinking", self.think)
+        return None if value is None else bool(value)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Either a raw `prompt` or chat `messages` (OpenAI's shape) rendered with the model's template."""
+
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    chat: ChatOptions = field(default_factory=ChatOptions)  # chats only: tools, thinking, truncation
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    text: str
+    think: Literal["open", "closed"] | None  # the prompt ends in an open <think> block, or just after one
+
+    @property
+    def in_reasoning(self) -> bool:
+        """The output starts as reasoning."""
+        return self.think == "open"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given for a request, and what is needed to read its answer."""
+
+    ids: list[int]
+    text: str  # the rendered chat, or the raw prompt
+    chat: RenderedChat | None = None  # None for a raw prompt
+    tool_format: str = "json"  # how this model writes tool calls
+    tool_names: tuple[str, ...] = ()  # the functions it may call ("tool_choice" none: none)
+    dropped_messages: int = 0  # the oldest turns left out so that the prompt fits (ChatOptions.truncate)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float  # request start to first sampled token, prompt processing included
+    decode_tokens_per_s: float  # tokens after the first, over the time after the first
+    total_ms: float
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request
+
+
+class UsageClock:
+    """Times one generation from request to last token; both backends report usage through it."""
+
+    def __init__(self, prompt_tokens: int, t_start: float):
+        self.prompt_tokens, self.t_start = prompt_tokens, t_start
+        self.t_first: float | None = None
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+
+    def sampled(self) -> None:
+        """A token was sampled (an end-of-generation token too: it ends the wait for the first token)."""
+        self.t_first = self.t_first or perf_counter()
+
+    def usage(self) -> Usage:
+        t_end = perf_counter()
+        t_first = self.t_first or t_end
+        n = self.completion_tokens
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=n,
+            ttft_ms=(t_first - self.t_start) * 1000,
+            decode_tokens_per_s=(n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
+            total_ms=(t_end - self.t_start) * 1000,
+            cached_tokens=self.cached_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str  # the token's text; bytes of an incomplete UTF-8 character show as U+FFFD
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob(TopLogprob):
+    """The sampled token's log-probability (of the distribution before sampling filters) and the
+    most likely alternatives, as `SamplingParams.logprobs` asked."""
+
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`."""
+
+    text: str
+    token_id: int | None = None
+    finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
+    usage: Usage | None = None
+    logprob: TokenLogprob | None = None
+
+
+JobT = TypeVar("JobT")
+
+
+class TokenSource(ABC, Generic[JobT]):
+    """What runs generations and hands their events to readers: the llama.cpp batch engine
+    (`app.engine.batch.BatchEngine`, jobs are `Ticket`s) and the PyTorch worker thread
+    (`app.engine.worker.Worker`, jobs are `Task`s). A reader that stops reading cancels its job."""
+
+    @abstractmethod
+    def stream(self, job: JobT) -> Iterator[TokenEvent]:
+        """The job's events in the calling thread; closing the iterator cancels the job."""
+
+    @abstractmethod
+    def astream(self, job: JobT) -> AsyncIterator[TokenEvent]:
+        """The same for a coroutine: events arrive through the event loop, no thread per event."""
+
+    @abstractmethod
+    def cancel(self, job: JobT) -> None:
+        """Stops the job at its next token; its reader gets no more events."""
