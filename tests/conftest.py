@@ -91,7 +91,11 @@ def hunyuan_dir(tmp_path_factory) -> Path:
 def torch_beside_env(hunyuan_dir) -> dict[str, str]:
     """Server settings that load the PyTorch backend on that checkpoint beside llama.cpp
     (`"model": "pytorch"` or `"backend": "pytorch"` picks it)."""
-    return {"HYCHAT_TORCH_ENABLED": "true", "HYCHAT_TORCH_MODEL_PATH": str(hunyuan_dir), "HYCHAT_TORCH_DTYPE": "float32"}
+    return {
+        "HYCHAT_TORCH_ENABLED": "true",
+        "HYCHAT_TORCH_MODEL_PATH": str(hunyuan_dir),
+        "HYCHAT_TORCH_DTYPE": "float32",
+    }
 
 
 @pytest.fixture(scope="session")

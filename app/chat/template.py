@@ -7,7 +7,7 @@ trim_blocks/lstrip_blocks, loop controls, its `tojson` that keeps non-ASCII text
 `strftime_now`, dict and namespace that refuse underscore names) and passes the same variables:
 `messages` without keys whose value is None, `tools`, `add_generation_prompt`, the tokenizer's
 special tokens, then the request's own `chat_template_kwargs`. llama-cpp-python's formatter differs in
-each of these points. `tests/services/test_chat_template.py` holds both to the same output.
+each of these points. `tests/chat/test_template.py` holds both to the same output.
 """
 
 from __future__ import annotations

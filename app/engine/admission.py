@@ -1,6 +1,6 @@
 """Who gets a slot next: the waiting line and the slot choice, as plain data and functions.
 
-No llama.cpp and no threads here, so the policy is tested on its own (tests/unit/test_admission.py).
+No llama.cpp and no threads here, so the policy is tested on its own (tests/engine/test_admission.py).
 """
 
 from __future__ import annotations

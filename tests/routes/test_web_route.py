@@ -1,4 +1,4 @@
-"""The chat page's route and files, without a browser (tests/browser/ drives the page itself)."""
+"""The chat page's route and files, without a browser (tests/static/ drives the page itself)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -222,7 +223,8 @@ def _answered_by(response, streamed: bool) -> str | None:
     if not streamed:
         answers = [response.json()]
     else:
-        lines = response.text.splitlines()
+        # SSE's line ends only: splitlines() would also cut at a U+0085 or U+2028 that a random answer holds.
+        lines = re.split(r"\r\n|\r|\n", response.text)
         answers = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
     return next((a.get("backend") or a.get("model") for a in answers if a.get("backend") or a.get("model")), None)
 

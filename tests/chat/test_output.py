@@ -1,5 +1,5 @@
 """ChatOutputParser: one token's text at a time in, reasoning, answer and tool calls out. Pure logic
-on texts; the engines' side is in tests/api/test_reasoning_split.py and tests/api/test_tools.py."""
+on texts; the engines' side is in tests/routes/test_reasoning_split.py and tests/routes/test_tools.py."""
 
 from __future__ import annotations
 
