@@ -91,14 +91,14 @@ class Settings(BaseSettings):
 
     # Server
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_key: str | None = Field(None, description="When set, every API route requires it (Bearer or X-API-Key).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
     cors_origins: CommaList = Field(
         default_factory=list, description="Browser origins allowed to call the API (comma-separated); none: CORS off."
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
     # Chats
@@ -112,12 +112,14 @@ class Settings(BaseSettings):
 
     # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
     # enabled, PyTorch otherwise.
-    backend: Literal["auto", "llamacpp", "pytorch"] = "auto"
+    backend: Literal["auto", "llamacpp", "pytorch"] = Field(
+        "auto", description="Backend for requests naming none; auto: llama.cpp if installed and enabled, else PyTorch."
+    )
 
     # llama.cpp backend
-    llamacpp_enabled: bool = True
+    llamacpp_enabled: bool = Field(True, description="Load the llama.cpp backend at start-up.")
     llamacpp_model_path: str | None = Field(None, description="GGUF file; empty means the embedded SmolLM2 model.")
-    llamacpp_n_ctx: int = Field(2048, ge=16)
+    llamacpp_n_ctx: int = Field(2048, ge=16, description="Context window of each request (slot), in tokens.")
     llamacpp_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
     llamacpp_n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 = all.")
     llamacpp_lora_path: str | None = Field(None, description="GGUF LoRA adapter (hychat lora-to-gguf) applied at load.")
@@ -137,8 +139,8 @@ class Settings(BaseSettings):
     )
     torch_lora_path: str | None = Field(None, description="peft LoRA adapter folder applied at load time.")
     torch_merge_lora: bool = Field(True, description="Merge the adapter into the weights (faster decode).")
-    torch_dtype: Literal[DTYPES] = "auto"
-    torch_n_ctx: int = Field(2048, ge=16)
+    torch_dtype: Literal[DTYPES] = Field("auto", description="Weights dtype; auto: the faster here.")
+    torch_n_ctx: int = Field(2048, ge=16, description="Context window in tokens (at most the model's own).")
     torch_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
 
     # Where POST /admin/reload may load models from (a request can never name a file elsewhere).

@@ -73,7 +73,7 @@ PREFLIGHT = {"Origin": "https://elsewhere.example", "Access-Control-Request-Meth
 
 
 def test_cors_is_off_unless_configured():
-    with TestClient(create_app(Settings(llamacpp_enabled=False))) as client:
+    with TestClient(create_app(Settings(_env_file=None), backends={})) as client:  # CORS needs no model
         r = client.options("/v1/chat/completions", headers=PREFLIGHT)
         assert "access-control-allow-origin" not in r.headers
         r = client.get("/health", headers={"Origin": "https://elsewhere.example"})
@@ -82,9 +82,9 @@ def test_cors_is_off_unless_configured():
 
 def test_cors_allows_only_the_configured_origins(monkeypatch):
     monkeypatch.setenv("HYCHAT_CORS_ORIGINS", "https://chat.example, https://other.example")
-    settings = Settings(llamacpp_enabled=False)
+    settings = Settings(_env_file=None)
     assert settings.cors_origins == ["https://chat.example", "https://other.example"]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, backends={})) as client:
         r = client.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": "https://chat.example"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://chat.example"
         r = client.options("/v1/chat/completions", headers=PREFLIGHT)
