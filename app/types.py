@@ -1,6 +1,5 @@
 """The types every layer speaks: a generation request, its sampling parameters and chat options, the
-prompt made of it, the token events that come back, usage and log-probabilities, and the contract
-of whatever produces the events.
+prompt made of it, the token events that come back, usage and log-probabilities.
 
 A leaf: it imports nothing of the app, so the engine, the chat semantics, the backends and the
 dialects can all depend on it. The values are checked once, by the backend that starts the request
@@ -9,11 +8,10 @@ dialects can all depend on it. The values are checked once, by the backend that 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Literal, TypedDict
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 16
@@ -173,24 +171,3 @@ class TokenEvent:
     finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
     usage: Usage | None = None
     logprob: TokenLogprob | None = None
-
-
-JobT = TypeVar("JobT")
-
-
-class TokenSource(ABC, Generic[JobT]):
-    """What runs generations and hands their events to readers: the llama.cpp batch engine
-    (`app.engine.batch.BatchEngine`, jobs are `Ticket`s) and the PyTorch worker thread
-    (`app.engine.worker.Worker`, jobs are `Task`s). A reader that stops reading cancels its job."""
-
-    @abstractmethod
-    def stream(self, job: JobT) -> Iterator[TokenEvent]:
-        """The job's events in the calling thread; closing the iterator cancels the job."""
-
-    @abstractmethod
-    def astream(self, job: JobT) -> AsyncIterator[TokenEvent]:
-        """The same for a coroutine: events arrive through the event loop, no thread per event."""
-
-    @abstractmethod
-    def cancel(self, job: JobT) -> None:
-        """Stops the job at its next token; its reader gets no more events."""

@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import queue
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +31,9 @@ import numpy as np
 from app.engine.admission import AdmissionQueue, choose_slot
 from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
-from app.engine.worker import END, Failure, aread, read
+from app.engine.source import END, Failure, TokenSource
 from app.errors import EngineClosedError, HychatError, QueueFullError
-from app.types import TokenEvent, TokenLogprob, TokenSource, TopLogprob, UsageClock
+from app.types import TokenEvent, TokenLogprob, TopLogprob, UsageClock
 
 log = logging.getLogger(__name__)
 
@@ -157,27 +156,13 @@ class BatchEngine(TokenSource[Ticket]):
         self._report()
         return ticket
 
-    def stream(self, ticket: Ticket) -> Iterator[TokenEvent]:
-        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        ticket.attach(None, events)
-        try:
-            yield from read(events)
-        finally:
-            self.cancel(ticket)
-
-    async def astream(self, ticket: Ticket) -> AsyncIterator[TokenEvent]:
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        ticket.attach(asyncio.get_running_loop(), events)
-        try:
-            async for item in aread(events):
-                yield item
-        finally:
-            self.cancel(ticket)
-
     def cancel(self, ticket: Ticket) -> None:
         ticket.cancel()
         with self._wake:
             self._wake.notify()
+
+    def _attach(self, ticket: Ticket, loop: asyncio.AbstractEventLoop | None, events: Any) -> None:
+        ticket.attach(loop, events)
 
     def close(self) -> None:
         """Stops taking requests; the running ones finish, then the context is freed."""

@@ -13,29 +13,20 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.types import TokenSource
+from app.engine.source import END, Failure, TokenSource
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], None]
 Decode = Callable[[Emit], None]  # one generation: produces its events by calling emit
 
-END = object()  # the last item of every stream
-
 
 class JobCancelled(Exception):
     """Raised inside a job by `emit` once nobody reads its events any more."""
-
-
-@dataclass
-class Failure:
-    """A job's error, raised again in its reader's own thread."""
-
-    error: BaseException
 
 
 @dataclass
@@ -58,29 +49,13 @@ class Worker(TokenSource[Task]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def stream(self, task: Task) -> Iterator[Any]:
-        """Runs `task` on the worker; yields its events in the calling thread."""
-        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        task.deliver = events.put
-        self._tasks.put(task)
-        try:
-            yield from read(events)
-        finally:
-            self.cancel(task)
-
-    async def astream(self, task: Task) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        task.deliver = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
-        self._tasks.put(task)
-        try:
-            async for item in aread(events):
-                yield item
-        finally:
-            self.cancel(task)
-
     def cancel(self, task: Task) -> None:
         task.cancelled.set()
+
+    def _attach(self, task: Task, loop: asyncio.AbstractEventLoop | None, events: Any) -> None:
+        """Queues `task` on the worker, its events going to `events`."""
+        task.deliver = events.put if loop is None else lambda item: loop.call_soon_threadsafe(events.put_nowait, item)
+        self._tasks.put(task)
 
     def _run(self) -> None:
         while True:
@@ -101,18 +76,3 @@ class Worker(TokenSource[Task]):
         except Exception as error:  # handed to the reader, who re-raises it in its own thread
             task.deliver(Failure(error))
         task.deliver(END)
-
-
-def read(events: queue.SimpleQueue[Any]) -> Iterator[Any]:
-    """A stream's items from a thread-side queue, up to END; a Failure is raised here."""
-    while (item := events.get()) is not END:
-        if isinstance(item, Failure):
-            raise item.error
-        yield item
-
-
-async def aread(events: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    while (item := await events.get()) is not END:
-        if isinstance(item, Failure):
-            raise item.error
-        yield item

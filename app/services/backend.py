@@ -16,10 +16,11 @@ from typing import Any, ClassVar, Protocol, Unpack
 from app import metrics
 from app.chat.format import ChatFormat, drop_oldest_turn, tool_name
 from app.chat.tool_grammar import tool_call_grammar
+from app.engine.source import TokenSource
 from app.engine.worker import Emit, Task, Worker
 from app.errors import BackendUnavailableError, InvalidParameterError
 from app.services.checks import check_prompt_fits, checked, sampling_params
-from app.types import GenerationRequest, Prompt, SamplingKwargs, SamplingParams, TokenEvent, TokenSource, UsageClock
+from app.types import GenerationRequest, Prompt, SamplingKwargs, SamplingParams, TokenEvent, UsageClock
 
 
 class Generation:

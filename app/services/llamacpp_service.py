@@ -22,6 +22,7 @@ from app import llama_build, metrics
 from app.chat.format import ChatFormat
 from app.chat.template import CHATML_TEMPLATE, compile_template
 from app.cpu import physical_cores
+from app.engine.source import TokenSource
 from app.errors import (
     BackendUnavailableError,
     ChatTemplateError,
@@ -32,7 +33,7 @@ from app.errors import (
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
 from app.services.backend import Backend, Generation
 from app.services.checks import is_int_at_least
-from app.types import GenerationRequest, SamplingParams, TokenSource, UsageClock
+from app.types import GenerationRequest, SamplingParams, UsageClock
 
 try:
     import llama_cpp
