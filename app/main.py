@@ -7,21 +7,19 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import metrics
+from app import metrics, routes
 from app.errors import AuthenticationError, HychatError, InvalidParameterError, error_body, error_object
 from app.limits import BodySizeLimit
-from app.protocol.errors import error_responses, invalid_body
+from app.protocol.errors import invalid_body
 from app.protocol.openapi import without_validation_422
-from app.routes import admin, api, health, openai, tokens, web
-from app.routes import metrics as metrics_route
-from app.routes.deps import require_api_key
+from app.routes import web
 from app.services.backend import Backend
 from app.services.registry import Registry
 from app.telemetry import RequestTelemetry
@@ -53,14 +51,9 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestTelemetry)  # outermost: sees 413s too
-    app.include_router(health.router)
-    app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
-    app.include_router(openai.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
-    app.include_router(tokens.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
-    app.include_router(web.router)
+    for router in routes.routers():  # each says whether it needs the API key (admin: and off without one)
+        app.include_router(router)
     web.mount_static(app)
-    app.include_router(metrics_route.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
-    app.include_router(admin.router)  # its own check: the API key, and off without one
     metrics.declare_backends(registry.backends)
     _install_error_handlers(app)
     app.openapi = lambda: without_validation_422(FastAPI.openapi(app))  # a bad body is our 400, not a 422

@@ -23,11 +23,11 @@ from app.protocol.simple import (
     stream_events,
     to_generation_request,
 )
-from app.routes.deps import RegistryDep, SettingsDep
+from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
 from app.routes.streaming import event_stream
 from app.services.chat import ChatStream, start_chat
 
-router = APIRouter()
+router = APIRouter(**BEHIND_API_KEY)
 
 
 @router.post(

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import AuthenticationError
+from app.protocol.errors import error_responses
 from app.services.registry import Registry
 from config.settings import Settings
 
@@ -31,3 +32,7 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     given = token if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
     if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
         raise AuthenticationError("missing or wrong API key (send 'Authorization: Bearer <key>')")
+
+
+# A router behind the API key: `APIRouter(**BEHIND_API_KEY)`.
+BEHIND_API_KEY = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401)}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app import metrics
+from app.routes.deps import BEHIND_API_KEY
 
-router = APIRouter()
+router = APIRouter(**BEHIND_API_KEY)
 
 
 @router.get(

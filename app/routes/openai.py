@@ -37,13 +37,13 @@ from app.protocol.openai_answers import (
     response_meta,
 )
 from app.protocol.openapi import event_stream_response
-from app.routes.deps import RegistryDep, SettingsDep
+from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
 from app.routes.streaming import event_stream
 from app.services.chat import ChatStream, start_chat
 from app.types import GenerationRequest
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", **BEHIND_API_KEY)
 GENERATION_ERRORS = error_responses(400, 404, 413, 429, 503)
 DONE = ServerSentEvent("[DONE]")
 

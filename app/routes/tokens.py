@@ -21,9 +21,9 @@ from app.protocol.tokens import (
     TokenizeResponse,
     token_pieces,
 )
-from app.routes.deps import RegistryDep, SettingsDep
+from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
 
-router = APIRouter()
+router = APIRouter(**BEHIND_API_KEY)
 TOKEN_ERRORS = error_responses(400, 404, 413, 503)
 
 

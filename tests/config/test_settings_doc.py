@@ -5,7 +5,7 @@ from pathlib import Path
 from config.settings import Settings
 from config.settings_doc import markdown
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def test_the_settings_page_is_generated_from_the_settings():
