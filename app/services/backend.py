@@ -65,7 +65,7 @@ class LoadedModel(Protocol):
 class Backend(ABC):
     """What every inference backend offers. The user-facing methods are built on `start()`; a backend
     supplies loading (its loaded model has a `chat_format`), `_encode_raw` / `_encode_chat`, and either
-    `_decode` (run one at a time on the backend's worker thread) or its own `_generation` (llama.cpp's
+    `_decode` (run one at a time on the backend's worker thread) or its own `_submit` (llama.cpp's
     batching engine)."""
 
     name: ClassVar[str]
@@ -183,7 +183,7 @@ class Backend(ABC):
 
     @staticmethod
     def _decode(m: Any, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
-        """One generation on the worker thread (backends that keep the default `_generation`)."""
+        """One generation on the worker thread (backends that keep the default `_submit`)."""
         raise NotImplementedError
 
     def generate(self, prompt: str, **gen: Unpack[SamplingKwargs]) -> str:

@@ -51,16 +51,9 @@ class ChatStream:
     def _delta(self, event: TokenEvent) -> ChatDelta:
         parser = self._parser
         delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
-        if event.finish_reason is None:
-            return replace(delta, logprob=event.logprob)
-        if parser is None:
+        if event.finish_reason is None or parser is None:
             return replace(delta, logprob=event.logprob, finish_reason=event.finish_reason, usage=event.usage)
         delta = delta + parser.finish()  # raises ToolCallMissingError where tool_choice demanded a call
         finish = "tool_calls" if parser.tool_calls else event.finish_reason
-        return replace(
-            delta,
-            logprob=event.logprob,
-            finish_reason=finish,
-            usage=event.usage,
-            reasoning_tokens=parser.reasoning_tokens,
-        )
+        last = {"finish_reason": finish, "usage": event.usage, "reasoning_tokens": parser.reasoning_tokens}
+        return replace(delta, logprob=event.logprob, **last)

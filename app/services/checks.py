@@ -22,18 +22,19 @@ def checked(request: GenerationRequest) -> GenerationRequest:
     if request.prompt is not None:
         _check(isinstance(request.prompt, str), "prompt must be a string")
     _check_chat(request.chat)
-    messages = None if request.messages is None else checked_messages(request.messages)
-    return replace(request, params=checked_params(request.params), messages=messages)
+    messages = None if request.messages is None else _checked_messages(request.messages)
+    return replace(request, params=_checked_params(request.params), messages=messages)
 
 
 def sampling_params(**kwargs: Any) -> SamplingParams:
-    """The Python API's keyword arguments (`generate(prompt, temperature=...)`) as checked parameters."""
+    """The Python API's keyword arguments (`generate(prompt, temperature=...)`) as parameters; their
+    values are checked with the rest of the request, by `checked`."""
     unknown = sorted(set(kwargs) - set(SamplingParams.__dataclass_fields__))
     _check(not unknown, f"unknown generation parameter(s): {', '.join(unknown)}")
-    return checked_params(SamplingParams(**kwargs))
+    return SamplingParams(**kwargs)
 
 
-def checked_params(p: SamplingParams) -> SamplingParams:
+def _checked_params(p: SamplingParams) -> SamplingParams:
     _check(is_int_at_least(p.max_new_tokens, 1), "max_new_tokens must be an integer >= 1")
     _check(_is_number(p.temperature) and p.temperature >= 0, "temperature must be a finite number >= 0")
     _check(_is_number(p.top_p) and 0 < p.top_p <= 1, "top_p must be in (0, 1]")
@@ -60,7 +61,7 @@ def checked_params(p: SamplingParams) -> SamplingParams:
     return replace(p, stop=stop)
 
 
-def checked_messages(messages: Any) -> list[dict[str, Any]]:
+def _checked_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text of each message, plus what tool calling adds: an assistant's `tool_calls`
     (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`."""
     _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
