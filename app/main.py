@@ -20,6 +20,7 @@ from app.limits import BodySizeLimit
 from app.protocol.errors import invalid_body
 from app.protocol.openapi import without_validation_422
 from app.routes import web
+from app.routes.deps import ErrorBody
 from app.services.backend import Backend
 from app.services.registry import Registry
 from app.telemetry import RequestTelemetry
@@ -68,7 +69,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         elif getattr(error, "retry_after_s", None):  # a full queue, a model being swapped
             headers = {"Retry-After": str(error.retry_after_s)}
-        return JSONResponse(error_body(error), status_code=error.status_code, headers=headers)
+        return JSONResponse(_error_body(request)(error), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -83,4 +84,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:  # the server logs it
-        return JSONResponse(error_body(error), status_code=HychatError.status_code)
+        return JSONResponse(_error_body(request)(error), status_code=HychatError.status_code)
+
+
+def _error_body(request: Request) -> ErrorBody:
+    """The error shape of the dialect whose route took the request (`dialect_route`); OpenAI's by
+    default, and for requests no route took."""
+    return getattr(request.scope.get("route"), "error_body", error_body)

@@ -61,11 +61,12 @@ _HEADERS: dict[int, dict[str, Any]] = {
 }
 
 
-def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """FastAPI `responses=` for these error statuses, each with the error body (and its headers)."""
+def error_responses(*status_codes: int, model: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` for these error statuses, each with the error body (`model`: a dialect's
+    own, OpenAI's by default) and its headers."""
     return {
         code: {
-            "model": ErrorResponse,
+            "model": model or ErrorResponse,
             "description": _DESCRIPTIONS[code],
             **({"headers": _HEADERS[code]} if code in _HEADERS else {}),
         }

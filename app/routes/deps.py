@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from app.errors import AuthenticationError
 from app.protocol.errors import error_responses
@@ -34,5 +37,19 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         raise AuthenticationError("missing or wrong API key (send 'Authorization: Bearer <key>')")
 
 
-# A router behind the API key: `APIRouter(**BEHIND_API_KEY)`.
-BEHIND_API_KEY = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401)}
+def behind_api_key(error_model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """A router behind the API key, its 401 documented with the dialect's error body (OpenAI's by
+    default): `APIRouter(**behind_api_key())`."""
+    return {"dependencies": [Depends(require_api_key)], "responses": error_responses(401, model=error_model)}
+
+
+BEHIND_API_KEY = behind_api_key()
+
+# A dialect's error body for any error (a HychatError, or anything else: then without details).
+ErrorBody = Callable[[Exception], dict[str, Any]]
+
+
+def dialect_route(error_body: ErrorBody) -> type[APIRoute]:
+    """A route class whose errors (a bad body, a wrong key, whatever the route raises) `app.main`
+    answers in `error_body`'s shape: `APIRouter(route_class=dialect_route(anthropic.error_body))`."""
+    return type("DialectRoute", (APIRoute,), {"error_body": staticmethod(error_body)})
