@@ -16,6 +16,7 @@ from typing import Any, Literal, TypedDict
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 16
 MAX_LOGPROBS = 20
+MAX_EMBEDDING_INPUTS = 512  # texts (or token lists) in one embeddings request
 
 ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one function
 
@@ -171,3 +172,9 @@ class TokenEvent:
     finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
     usage: Usage | None = None
     logprob: TokenLogprob | None = None
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: Any  # numpy float32 [n_inputs, n_embd], each of length 1
+    prompt_tokens: int

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+"""The OpenAI-compatible API: `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
+`GET /v1/models`.
 
 Each route picks the backend the request's `model` names, starts the generation (which validates,
 so a bad request fails before a response starts) and answers JSON, or Server-Sent Events
@@ -15,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from sse_starlette import ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import error_body
 from app.protocol.errors import error_responses
@@ -36,6 +38,7 @@ from app.protocol.openai_answers import (
     completion_response,
     response_meta,
 )
+from app.protocol.openai_embeddings import EmbeddingRequest, EmbeddingResponse, embedding_inputs, embedding_response
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
 from app.routes.streaming import event_stream
@@ -95,6 +98,14 @@ async def _answer(body: Any, request: GenerationRequest, registry: RegistryDep, 
         return event_stream(_frames(stream, chunks), _error_frame, DONE)
     answer, with_logprobs = await stream.answer(), request.params.logprobs is not None
     return (chat_completion_response if is_chat else completion_response)(answer, meta, with_logprobs)
+
+
+@router.post("/embeddings", response_model=EmbeddingResponse, responses=error_responses(400, 404, 413, 503))
+async def embeddings(body: EmbeddingRequest, registry: RegistryDep) -> EmbeddingResponse:
+    """Embeddings from llama.cpp, normalised to length 1, computed beside the chats, not between them."""
+    backend = registry.for_model(body.model)
+    result = await run_in_threadpool(backend.embed, embedding_inputs(body))
+    return embedding_response(result, body, backend.model_name or body.model)
 
 
 @router.get("/models", response_model=ModelList)

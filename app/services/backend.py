@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, closing
 from dataclasses import replace
 from time import perf_counter
@@ -20,7 +20,7 @@ from app.engine.source import TokenSource
 from app.engine.worker import Emit, Task, Worker
 from app.errors import BackendUnavailableError, InvalidParameterError
 from app.services.checks import check_prompt_fits, checked, sampling_params
-from app.types import GenerationRequest, Prompt, SamplingKwargs, SamplingParams, TokenEvent, UsageClock
+from app.types import Embeddings, GenerationRequest, Prompt, SamplingKwargs, SamplingParams, TokenEvent, UsageClock
 
 
 class Generation:
@@ -73,6 +73,7 @@ class Backend(ABC):
     available: ClassVar[bool]
     supports_grammar: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
+    supports_embeddings: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._model: Any = None
@@ -114,6 +115,10 @@ class Backend(ABC):
     def apply_template(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text the model sees for `messages`, from its own chat template."""
         return self.prompt(GenerationRequest(messages=messages)).text
+
+    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False) -> Embeddings:
+        """L2-normalised embeddings of texts or token ids (backends with supports_embeddings)."""
+        raise InvalidParameterError(f"embeddings are not served by the {self.label} backend (llama.cpp serves them)")
 
     @abstractmethod
     def token_piece(self, token_id: int) -> bytes:

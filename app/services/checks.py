@@ -12,7 +12,15 @@ from typing import Any
 
 from app.chat.format import RESERVED_TEMPLATE_VARIABLES, tool_name
 from app.errors import InvalidParameterError, PromptTooLongError
-from app.types import MAX_LOGPROBS, MAX_STOP_SEQUENCES, ROLES, ChatOptions, GenerationRequest, SamplingParams
+from app.types import (
+    MAX_EMBEDDING_INPUTS,
+    MAX_LOGPROBS,
+    MAX_STOP_SEQUENCES,
+    ROLES,
+    ChatOptions,
+    GenerationRequest,
+    SamplingParams,
+)
 
 
 def checked(request: GenerationRequest) -> GenerationRequest:
@@ -73,6 +81,15 @@ def check_prompt_fits(n_prompt: int, n_ctx: int, param: str = "prompt") -> None:
         raise InvalidParameterError("prompt is empty", param)
     if n_prompt >= n_ctx:
         raise PromptTooLongError(n_prompt, n_ctx, param)
+
+
+def check_embedding_inputs(inputs: Any) -> None:
+    _check(isinstance(inputs, (list, tuple)) and 0 < len(inputs) <= MAX_EMBEDDING_INPUTS,
+           f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts or token lists")  # fmt: skip
+    for i, item in enumerate(inputs):
+        text = isinstance(item, str) and item != ""
+        tokens = isinstance(item, (list, tuple)) and len(item) > 0 and all(is_int_at_least(t, 0) for t in item)
+        _check(text or tokens, f"input[{i}] must be a non-empty text or a non-empty list of token ids")
 
 
 def is_int_at_least(value: Any, low: int) -> bool:

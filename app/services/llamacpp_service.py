@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -32,13 +33,14 @@ from app.errors import (
 )
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
 from app.services.backend import Backend, Generation
-from app.services.checks import is_int_at_least
-from app.types import GenerationRequest, SamplingParams, UsageClock
+from app.services.checks import check_embedding_inputs, check_prompt_fits, is_int_at_least
+from app.types import Embeddings, GenerationRequest, SamplingParams, UsageClock
 
 try:
     import llama_cpp
 
     from app.engine.batch import BatchEngine, Ticket, Vocabulary
+    from app.engine.embed import Embedder
     from app.engine.sampler import RequestSampler
 
     LLAMACPP_AVAILABLE = True
@@ -63,6 +65,13 @@ class _Loaded:
     engine: Any = None  # BatchEngine
     chat_format: Any = None  # ChatFormat from the GGUF's template
     pieces: dict[int, bytes] = field(default_factory=dict)
+    embedder: Any = None  # Embedder, made by the first embedding request
+
+    def close(self) -> None:
+        """The running generations finish on these weights, then the contexts are freed."""
+        self.engine.close()
+        if self.embedder is not None:
+            self.embedder.close()
 
     @property
     def name(self) -> str:
@@ -75,11 +84,13 @@ class LlamaCppBackend(Backend):
     available = LLAMACPP_AVAILABLE
     supports_grammar = True
     supports_logprobs = True
+    supports_embeddings = True
     _model: _Loaded | None
 
     def __init__(self, on_state: Callable[[int, int, int], None] = lambda queued, busy, slots: None) -> None:
         super().__init__()
         self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
+        self._embedder_made = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -125,7 +136,7 @@ class LlamaCppBackend(Backend):
         loaded.chat_format = _chat_format(loaded)
         old, self._model = self._model, loaded
         if old is not None:
-            old.engine.close()  # its running generations finish on the old weights
+            old.close()
         log.info(
             "llama.cpp loaded %s: %d slots of %d tokens (the context of each request), %d threads, weights in %s",
             header.path, parallel, loaded.n_ctx, n_threads,
@@ -157,7 +168,7 @@ class LlamaCppBackend(Backend):
     def unload(self) -> None:
         m, self._model = self._model, None
         if m is not None:
-            m.engine.close()  # its running generations finish, then its context is freed
+            m.close()
 
     def info(self) -> dict[str, Any]:
         m = self._model
@@ -206,6 +217,31 @@ class LlamaCppBackend(Backend):
             return super().start(request)
         except EngineClosedError:  # the model was swapped while this request was read: once more, on the new one
             return super().start(request)
+
+    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False) -> Embeddings:
+        """L2-normalised embeddings of texts or token ids, pooled as the model's file says (mean where
+        it says nothing), on a context of their own: chats keep decoding meanwhile. An input longer
+        than the context is an error, or is cut to fit with `truncate`."""
+        m = self._require()
+        check_embedding_inputs(inputs)
+        ids = [self._embedding_ids(m, item, truncate, i) for i, item in enumerate(inputs)]
+        with self._embedder_made:
+            if m.embedder is None:
+                declares_pooling = m.header.arch_value("pooling_type") is not None
+                m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, declares_pooling)
+        return Embeddings(m.embedder.embed(ids), sum(map(len, ids)))
+
+    def _embedding_ids(self, m: _Loaded, item: str | Sequence[int], truncate: bool, i: int) -> list[int]:
+        if isinstance(item, str):
+            ids = _tokenize(m, item, add_bos=True, special=True)
+        else:
+            ids = list(item)
+            if not all(0 <= token < m.llm.n_vocab() for token in ids):
+                raise InvalidParameterError(f"input[{i}] holds a token id outside the vocabulary", "input")
+        if len(ids) > m.n_ctx and truncate:
+            ids = ids[: m.n_ctx]
+        check_prompt_fits(len(ids), m.n_ctx + 1, "input")  # an embedding needs no room for an answer
+        return ids
 
     def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
         return _tokenize(m, text, add_bos=True, special=True)
