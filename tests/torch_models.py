@@ -238,3 +238,28 @@ def build_tiny_gpt2(path: Path) -> Path:
         transformers.GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=100)
     ).save_pretrained(path)
     return path
+
+
+def build_tiny_bert(path: Path, hidden: int = 64, seed: int = 0) -> Path:
+    """A random BertModel (an embedding model: no language-model head) with a WordPiece vocabulary
+    of the corpus' characters and words, and sentence-transformers' mean-pooling files, from which
+    llama.cpp's converter writes `bert.pooling_type`."""
+    import torch
+    import transformers
+
+    words = {w.strip(".,!").lower() for line in CORPUS for w in line.split() if w.isascii()}
+    chars = {c for line in CORPUS for c in line if not c.isspace()}
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars | words - {""})]
+    transformers.BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(path)
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=hidden * 2,
+                                     max_position_embeddings=256)  # fmt: skip
+    transformers.BertModel(config).save_pretrained(path)
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))  # fmt: skip
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return path

@@ -69,7 +69,8 @@ class _Loaded:
 
     def close(self) -> None:
         """The running generations finish on these weights, then the contexts are freed."""
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
         if self.embedder is not None:
             self.embedder.close()
 
@@ -131,15 +132,20 @@ class LlamaCppBackend(Backend):
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
         loaded.weight_buffers = buffers
-        loaded.n_ctx = n_ctx or llm.n_ctx_train()
-        loaded.engine = self._engine(loaded, parallel, max_waiting)
+        loaded.n_ctx = n_ctx or llama_cpp.llama_model_n_ctx_train(llm.model)
+        # A file that names its pooling is an embedding model (BERT-type): it gets no chat engine, and
+        # inputs no longer than it was trained on (its positions end there).
+        if header.arch_value("pooling_type") is None:
+            loaded.engine = self._engine(loaded, parallel, max_waiting)
+        else:
+            loaded.n_ctx = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
         loaded.chat_format = _chat_format(loaded)
         old, self._model = self._model, loaded
         if old is not None:
             old.close()
         log.info(
-            "llama.cpp loaded %s: %d slots of %d tokens (the context of each request), %d threads, weights in %s",
-            header.path, parallel, loaded.n_ctx, n_threads,
+            "llama.cpp loaded %s: %s of %d tokens (the context of each request), %d threads, weights in %s",
+            header.path, f"{parallel} slots" if loaded.engine else "embeddings only", loaded.n_ctx, n_threads,
             ", ".join(f"{name} {mib:.0f} MiB" for name, mib in buffers.items()),
         )  # fmt: skip
 
@@ -186,8 +192,9 @@ class LlamaCppBackend(Backend):
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
             "n_ctx": m.n_ctx,  # per request: each slot has its own
-            "parallel": m.engine.n_slots,
-            "n_ctx_total": m.n_ctx * m.engine.n_slots,
+            "embeddings_only": m.engine is None,
+            "parallel": m.engine.n_slots if m.engine else 0,
+            "n_ctx_total": m.n_ctx * (m.engine.n_slots if m.engine else 1),
             "n_ctx_train": h.arch_value("context_length"),
             "n_threads": m.n_threads,
             "n_gpu_layers": m.n_gpu_layers,
@@ -213,6 +220,11 @@ class LlamaCppBackend(Backend):
         return _token_to_piece(m.llm._model.vocab, token_id, special=True)
 
     def start(self, request: GenerationRequest) -> Generation:
+        m = self._require()
+        if m.engine is None:
+            raise InvalidParameterError(
+                f"{m.name} is an embedding model: it answers /v1/embeddings and /api/embed only", "model"
+            )
         try:
             return super().start(request)
         except EngineClosedError:  # the model was swapped while this request was read: once more, on the new one
@@ -227,8 +239,7 @@ class LlamaCppBackend(Backend):
         ids = [self._embedding_ids(m, item, truncate, i) for i, item in enumerate(inputs)]
         with self._embedder_made:
             if m.embedder is None:
-                declares_pooling = m.header.arch_value("pooling_type") is not None
-                m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, declares_pooling)
+                m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, m.engine is None)
         return Embeddings(m.embedder.embed(ids), sum(map(len, ids)))
 
     def _embedding_ids(self, m: _Loaded, item: str | Sequence[int], truncate: bool, i: int) -> list[int]:

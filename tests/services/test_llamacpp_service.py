@@ -284,3 +284,12 @@ def test_a_request_that_meets_a_model_swap_runs_on_the_new_model(service, model_
     assert swapped == [Path(model_path).name] and service.model_name == "other.gguf"
     assert answer == expected  # same weights, so the same greedy answer, from the new engine
     service.load_model(model_path=model_path)
+
+
+def test_n_ctx_0_is_the_models_own_training_context(model_path):
+    from app.services.llamacpp_service import LlamaCppBackend
+
+    backend = LlamaCppBackend()
+    backend.load_model(model_path=model_path, n_ctx=0)
+    assert backend.info()["n_ctx"] == backend.info()["n_ctx_train"] == 8192
+    backend.unload()
