@@ -35,6 +35,7 @@ class ChatStream:
         self._generation, self._parser = generation, parser
         self.backend_name = generation.backend_name
         self.model_name = generation.model_name
+        self.prompt_tokens = len(generation.prompt.ids)
         self.dropped_messages = generation.prompt.dropped_messages  # left out so that the prompt fits
 
     def __iter__(self) -> Iterator[ChatDelta]:

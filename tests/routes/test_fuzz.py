@@ -43,7 +43,7 @@ from app.main import create_app
 EXAMPLES = int(os.environ.get("HYCHAT_FUZZ_EXAMPLES", "500"))  # requests per operation; fewer for a quick look
 API_KEY = "fuzz-key"
 BACKEND_NAMES = ["default", "llamacpp", "pytorch"]
-GENERATING = ("POST /api/chat", "POST /v1/chat/completions", "POST /v1/completions")
+GENERATING = ("POST /api/chat", "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/messages")
 MAX_TOKENS = 4  # HYCHAT_MAX_TOKENS_LIMIT: answers stay cheap
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TIMEOUT_S = 60  # one request; a generation is at most 4 tokens
@@ -209,7 +209,7 @@ def _steered(case, model: str | None, max_tokens: int):
     elif "backend" in body or case.path == "/api/chat":
         body["backend"] = model if model in BACKEND_NAMES[1:] else None
     for key in ("max_tokens", "max_new_tokens", "max_completion_tokens"):
-        if isinstance(body.get(key), int) and body[key] > MAX_TOKENS:
+        if isinstance(body.get(key), int | float) and body[key] > MAX_TOKENS:  # JSON's integers come as 5431.0 too
             body[key] = max_tokens
     if body.get("grammar") is not None:  # a drawn string is hardly ever GBNF: the request would end as a 400
         del body["grammar"]
@@ -226,7 +226,12 @@ def _answered_by(response, streamed: bool) -> str | None:
         # SSE's line ends only: splitlines() would also cut at a U+0085 or U+2028 that a random answer holds.
         lines = re.split(r"\r\n|\r|\n", response.text)
         answers = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
-    return next((a.get("backend") or a.get("model") for a in answers if a.get("backend") or a.get("model")), None)
+
+    def named(a: dict) -> str | None:  # Anthropic's stream names the model in message_start's message
+        message = a.get("message")
+        return a.get("backend") or a.get("model") or (message.get("model") if isinstance(message, dict) else None)
+
+    return next((name for name in map(named, answers) if name), None)
 
 
 def _fingerprint(case) -> str:
