@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     context_overflow: Literal["error", "truncate"] = Field(
         "error", description="A chat longer than the context: 400, or drop its oldest turns (never the system prompt)."
     )
+    responses_store_size: int = Field(
+        1000, ge=0, description="Responses kept for previous_response_id (/v1/responses); beyond it the least used go."
+    )
+    responses_store_ttl_s: float = Field(
+        3600, gt=0, description="Seconds a stored response is kept (previous_response_id, GET /v1/responses/{id})."
+    )
 
     # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
     # enabled, PyTorch otherwise.

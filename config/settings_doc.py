@@ -24,7 +24,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
         "Server",
         ("host", "port", "api_key", "max_request_bytes", "max_tokens_limit", "cors_origins", "log_level", "cache_dir"),
     ),
-    ("Chats", ("think", "reasoning_format", "context_overflow")),
+    ("Chats", ("think", "reasoning_format", "context_overflow", "responses_store_size", "responses_store_ttl_s")),
     ("Backend choice", ("backend",)),
     (
         "llama.cpp backend",

@@ -60,6 +60,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_THINK": "false",
         "HYCHAT_REASONING_FORMAT": "none",
         "HYCHAT_CONTEXT_OVERFLOW": "truncate",
+        "HYCHAT_RESPONSES_STORE_SIZE": "7",
+        "HYCHAT_RESPONSES_STORE_TTL_S": "90",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -82,6 +84,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
     }
     assert s.backend == "pytorch"
     assert s.chat_defaults() == {"think": False, "reasoning_format": "none", "truncate": True}
+    assert (s.responses_store_size, s.responses_store_ttl_s) == (7, 90)
     assert s.torch_config() == {
         "enabled": True,
         "model_path": str(tmp_path / "hf"),
