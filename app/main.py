@@ -23,6 +23,7 @@ from app.routes import web
 from app.routes.deps import ErrorBody
 from app.services.backend import Backend
 from app.services.registry import Registry
+from app.services.response_store import ResponseStore
 from app.telemetry import RequestTelemetry
 from config.settings import Settings
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
 
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.registry = settings, registry
+    app.state.response_store = ResponseStore(settings.responses_store_size, settings.responses_store_ttl_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:  # off unless configured: a browser page elsewhere cannot call the API
         app.add_middleware(
@@ -88,6 +90,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _error_body(request: Request) -> ErrorBody:
-    """The error shape of the dialect whose route took the request (`dialect_route`); OpenAI's by
-    default, and for requests no route took."""
-    return getattr(request.scope.get("route"), "error_body", error_body)
+    """The error shape of the dialect whose body a shared route read (`body_dialect_route`), else of
+    the dialect whose route took the request (`dialect_route`); OpenAI's by default, and for
+    requests no route took."""
+    chosen = getattr(request.state, "error_body", None)
+    return chosen or getattr(request.scope.get("route"), "error_body", error_body)

@@ -1,18 +1,20 @@
-"""Dependencies shared by the routes: settings, the app's backends (its registry) and the API key check."""
+"""Dependencies shared by the routes: settings, the app's backends (its registry), its stored responses
+and the API key check."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from app.errors import AuthenticationError
 from app.protocol.errors import error_responses
 from app.services.registry import Registry
+from app.services.response_store import ResponseStore
 from config.settings import Settings
 
 
@@ -24,8 +26,13 @@ def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
+def get_response_store(request: Request) -> ResponseStore:
+    return request.app.state.response_store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+ResponseStoreDep = Annotated[ResponseStore, Depends(get_response_store)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:
@@ -53,3 +60,25 @@ def dialect_route(error_body: ErrorBody) -> type[APIRoute]:
     """A route class whose errors (a bad body, a wrong key, whatever the route raises) `app.main`
     answers in `error_body`'s shape: `APIRouter(route_class=dialect_route(anthropic.error_body))`."""
     return type("DialectRoute", (APIRoute,), {"error_body": staticmethod(error_body)})
+
+
+def body_dialect_route(error_body_of: Callable[[Any], ErrorBody]) -> type[APIRoute]:
+    """A route class for a path that dialects share (`POST /api/chat`): before anything else runs
+    (the API key, the body's validation), the JSON body (None when it is not JSON) picks the shape
+    of every error of the request, `error_body_of(body)`; `app.main` reads it from `request.state`."""
+
+    class BodyDialectRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    body = await request.json()  # parsed once: FastAPI reads the same one
+                except ValueError:  # not JSON, not UTF-8, empty: FastAPI's validation names the problem
+                    body = None
+                request.state.error_body = error_body_of(body)
+                return await handler(request)
+
+            return route
+
+    return BodyDialectRoute

@@ -43,7 +43,14 @@ from app.main import create_app
 EXAMPLES = int(os.environ.get("HYCHAT_FUZZ_EXAMPLES", "500"))  # requests per operation; fewer for a quick look
 API_KEY = "fuzz-key"
 BACKEND_NAMES = ["default", "llamacpp", "pytorch"]
-GENERATING = ("POST /api/chat", "POST /v1/chat/completions", "POST /v1/completions", "POST /v1/messages")
+GENERATING = (
+    "POST /api/chat",
+    "POST /api/generate",
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/messages",
+    "POST /v1/responses",
+)
 MAX_TOKENS = 4  # HYCHAT_MAX_TOKENS_LIMIT: answers stay cheap
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TIMEOUT_S = 60  # one request; a generation is at most 4 tokens
@@ -55,6 +62,14 @@ CHECKS = [
     response_headers_conformance,
 ]
 CHINESE = {"messages": [{"role": "user", "content": "请用中文介绍一下长城。"}], "max_tokens": 4, "temperature": 0}
+
+
+@schemathesis.deserializer("application/x-ndjson")
+def _ndjson(_context, response) -> list:
+    """Ollama's streams, read as the array of their lines that the schema describes (OpenAPI 3.2's reading)."""
+    return [json.loads(line) for line in response.content.decode().split("\n") if line]
+
+
 OPERATIONS = sorted(
     f"{method.upper()} {path}" for path, operations in create_app().openapi()["paths"].items() for method in operations
 )
@@ -124,7 +139,8 @@ def test_fuzz_operation(schema, server, label):
             return
         tally.statuses[response.status_code] += 1
         if label in GENERATING and response.status_code == 200:
-            streamed = "json" not in response.headers["content-type"][0]
+            content_type = response.headers["content-type"][0]
+            streamed = "json" not in content_type or "ndjson" in content_type  # SSE, or Ollama's JSON lines
             tally.streamed += streamed
             tally.answered_by[_answered_by(response, streamed)] += 1
         try:
@@ -175,7 +191,8 @@ def test_without_the_api_key_every_protected_route_answers_a_documented_401(sche
     for label in OPERATIONS:
         method, path = label.split(" ", 1)
         operation = schema[path][method]
-        case = operation.Case(body={}) if operation.body else operation.Case()
+        ids = {p.name: "resp_x" for p in operation.iter_parameters() if p.location == "path"}  # /v1/responses/{id}
+        case = operation.Case(body={}, path_parameters=ids) if operation.body else operation.Case(path_parameters=ids)
         response = case.call(base_url=server.url, timeout=TIMEOUT_S)
         assert response.status_code == (200 if path in ("/health", "/ready") else 401), label
         case.validate_response(response, checks=CHECKS)
@@ -208,28 +225,33 @@ def _steered(case, model: str | None, max_tokens: int):
         body["model"] = model
     elif "backend" in body or case.path == "/api/chat":
         body["backend"] = model if model in BACKEND_NAMES[1:] else None
-    for key in ("max_tokens", "max_new_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_new_tokens", "max_completion_tokens", "max_output_tokens"):
         if isinstance(body.get(key), int | float) and body[key] > MAX_TOKENS:  # JSON's integers come as 5431.0 too
             body[key] = max_tokens
     if body.get("grammar") is not None:  # a drawn string is hardly ever GBNF: the request would end as a 400
         del body["grammar"]
+    if body.get("previous_response_id") is not None:  # a drawn id is never a stored response's: a 404
+        del body["previous_response_id"]
     if body.get("top_logprobs") is not None:
         body["logprobs"] = True
     return case
 
 
 def _answered_by(response, streamed: bool) -> str | None:
-    """The backend (/api/chat) or model (/v1) named in the answer: in its body, or in a stream's events."""
-    if not streamed:
+    """The model named in the answer (hychat's /api/chat: else the backend): in its body, or in a
+    stream's events or lines."""
+    if "ndjson" in response.headers["content-type"][0]:  # Ollama's stream: a JSON value per "\n"-ended line
+        answers = [json.loads(line) for line in response.text.split("\n") if line]
+    elif not streamed:
         answers = [response.json()]
     else:
         # SSE's line ends only: splitlines() would also cut at a U+0085 or U+2028 that a random answer holds.
         lines = re.split(r"\r\n|\r|\n", response.text)
         answers = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
 
-    def named(a: dict) -> str | None:  # Anthropic's stream names the model in message_start's message
-        message = a.get("message")
-        return a.get("backend") or a.get("model") or (message.get("model") if isinstance(message, dict) else None)
+    def named(a: dict) -> str | None:  # a stream's first event may name it: Anthropic's message, Responses' response
+        message = a.get("message") or a.get("response")
+        return a.get("model") or a.get("backend") or (message.get("model") if isinstance(message, dict) else None)
 
     return next((name for name in map(named, answers) if name), None)
 

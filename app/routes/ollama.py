@@ -1,0 +1,205 @@
+"""Ollama's native API: `POST /api/generate`, `GET /api/tags`, `POST /api/show`, `GET /api/ps`,
+`GET /api/version`, and `HEAD /` for the clients that probe it. `POST /api/chat` is shared with
+hychat's own body: `app/routes/api.py`'s `chat()` hands a body in Ollama's dialect to `answer_chat`
+here. Every error of these routes is Ollama's `{"error": "..."}`.
+
+A generation answers newline-delimited JSON unless the request says `"stream": false` (Ollama's
+default); an error after the first line is the stream's last line, `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from app.chat.template import CHATML_TEMPLATE
+from app.errors import HychatError, InvalidParameterError, ModelFileError
+from app.modelfiles.gguf import read_gguf
+from app.protocol import ollama
+from app.protocol.errors import error_responses
+from app.protocol.ollama import OllamaChatRequest, OllamaError, OllamaGenerateRequest, OllamaShowRequest
+from app.protocol.ollama_answers import (
+    OLLAMA_VERSION,
+    OllamaChunk,
+    OllamaChunks,
+    OllamaGenerateChunk,
+    OllamaPsResponse,
+    OllamaShowResponse,
+    OllamaTagsResponse,
+    OllamaVersion,
+    ServedModel,
+    ndjson_line,
+    ndjson_response,
+    running_entry,
+    show_response,
+    tags_entry,
+)
+from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
+from app.services.backend import Backend
+from app.services.chat import ChatStream, start_chat
+from app.services.registry import Registry
+from app.types import GenerationRequest, SamplingParams
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter()  # HEAD /, open as the probes are; the API below is behind the key
+# Behind the key, every error in Ollama's shape; served through `router` (included at the end).
+api = APIRouter(route_class=dialect_route(ollama.error_body), **behind_api_key(OllamaError))
+# A body over the size limit is refused before any route is chosen: that 413 is OpenAI's shape.
+GENERATION_ERRORS = {**error_responses(400, 404, 429, 503, model=OllamaError), **error_responses(413)}
+STREAM_DESCRIPTION = (
+    'The answer; by default (without `"stream": false`) newline-delimited JSON chunks, the last `done`.'
+)
+
+
+@router.head("/", include_in_schema=False)
+def probe() -> PlainTextResponse:
+    """Ollama's CLI asks `HEAD /` whether the server runs (`GET /` stays the chat page)."""
+    return PlainTextResponse("Ollama is running")
+
+
+@api.post(
+    "/api/generate",
+    response_model=OllamaGenerateChunk,
+    responses={**ndjson_response(STREAM_DESCRIPTION, OllamaGenerateChunk), **GENERATION_ERRORS},
+)
+async def generate(body: OllamaGenerateRequest, settings: SettingsDep, registry: RegistryDep) -> Response:
+    """Completes `prompt`, rendered as a user turn with the model's chat template (`raw`: as it is)."""
+    backend = ollama.backend_for(registry, body.model)
+    if not body.prompt:
+        return _json(OllamaChunks(backend.model_name or body.model, "generate").loaded())
+    request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    return await _answer(body, request, registry, backend)
+
+
+async def answer_chat(body: OllamaChatRequest, settings: Settings, registry: Registry) -> Response:
+    """`POST /api/chat` in Ollama's dialect."""
+    backend = ollama.backend_for(registry, body.model)
+    if not body.messages:
+        return _json(OllamaChunks(backend.model_name or body.model, "chat").loaded())
+    request = ollama.to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    return await _answer(body, request, registry, backend)
+
+
+@api.get("/api/tags", response_model=OllamaTagsResponse, response_model_exclude_none=True)
+def tags(registry: RegistryDep) -> OllamaTagsResponse:
+    return OllamaTagsResponse(models=[tags_entry(_served(backend)) for backend in _served_backends(registry)])
+
+
+@api.post(
+    "/api/show",
+    response_model=OllamaShowResponse,
+    response_model_exclude_none=True,
+    responses={**error_responses(400, 404, 503, model=OllamaError), **error_responses(413)},
+)
+def show(body: OllamaShowRequest, registry: RegistryDep) -> OllamaShowResponse:
+    name = body.model or body.name
+    if not name:
+        raise InvalidParameterError("model is required", "model")  # Ollama's words
+    return show_response(_served(ollama.backend_for(registry, name), files=True), SamplingParams(), body.verbose)
+
+
+@api.get("/api/ps", response_model=OllamaPsResponse, response_model_exclude_none=True)
+def ps(registry: RegistryDep) -> OllamaPsResponse:
+    return OllamaPsResponse(models=[running_entry(_served(backend)) for backend in _served_backends(registry)])
+
+
+@api.get("/api/version", response_model=OllamaVersion)
+def version() -> OllamaVersion:
+    return OllamaVersion(version=OLLAMA_VERSION)
+
+
+# -- POST /api/embed and POST /api/embeddings: the embeddings routes go here, on `api` ---------------
+
+
+async def _answer(
+    body: OllamaChatRequest | OllamaGenerateRequest, request: GenerationRequest, registry: Registry, backend: Backend
+) -> Response:
+    """Starts the generation (a bad request fails here, before a response starts), then streams its
+    chunks or, once the answer is whole, answers one object."""
+    if body.options and body.options.num_ctx is not None:
+        ollama.check_num_ctx(body, backend.info().get("n_ctx"))
+    stream = start_chat(registry, request, backend=backend.name)
+    kind = "generate" if isinstance(body, OllamaGenerateRequest) else "chat"
+    chunks = OllamaChunks(stream.model_name, kind, with_logprobs=request.params.logprobs is not None)
+    if body.stream:
+        return _ndjson(_lines(stream, chunks))
+    return _json(chunks.whole(await stream.answer()))
+
+
+async def _lines(stream: ChatStream, chunks: OllamaChunks) -> AsyncIterator[str]:
+    async for delta in stream:
+        for chunk in chunks.chunks(delta):
+            yield ndjson_line(chunk)
+
+
+def _ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
+    """Once the response has started, an error can no longer change its status: it is the last line."""
+
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for line in lines:
+                yield line
+        except Exception as error:
+            if not isinstance(error, HychatError):
+                log.exception("generation failed mid-stream")
+            yield ndjson_line(ollama.error_body(error))
+
+    return StreamingResponse(guarded(), media_type="application/x-ndjson")
+
+
+def _json(chunk: OllamaChunk) -> JSONResponse:
+    return JSONResponse(chunk.model_dump(exclude_none=True))
+
+
+def _served_backends(registry: Registry) -> list[Backend]:
+    """The backends with a model loaded, one per model name (the default backend's first)."""
+    by_name: dict[str, Backend] = {}
+    for backend in registry.served():
+        by_name.setdefault(backend.model_name or backend.name, backend)
+    return list(by_name.values())
+
+
+def _served(backend: Backend, files: bool = False) -> ServedModel:
+    """What the backend says of its model, with its file's size and time; `files`: also the GGUF
+    header (metadata, tensors) and the chat template it is served with."""
+    info = backend.info()
+    path = Path(info.get("path", ""))
+    try:
+        modified_ns = path.stat().st_mtime_ns
+    except OSError:  # moved or deleted since it was loaded: the model in memory still serves
+        modified_ns = 0
+    served: dict[str, Any] = {"metadata": {}}
+    if files and path.is_file():
+        try:
+            header = read_gguf(path)
+        except ModelFileError:  # replaced on disk by something else since
+            header = None
+        if header is not None:
+            template = header.metadata.get("tokenizer.chat_template")
+            template = template if isinstance(template, str) else CHATML_TEMPLATE  # as the backend renders
+            served = {"metadata": header.metadata, "tensors": header.tensors, "template": template}
+    elif files:
+        served["template"] = _checkpoint_template(path)
+    name = backend.model_name or backend.name
+    return ServedModel(name=name, info=info, size=info.get("size_bytes") or 0, modified_ns=modified_ns, **served)
+
+
+def _checkpoint_template(folder: Path) -> str:
+    """A PyTorch checkpoint's chat template, as transformers finds it (ChatML where it has none)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    try:
+        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError):
+        template = None
+    return template if isinstance(template, str) else CHATML_TEMPLATE
+
+
+router.include_router(api)  # last: every route of `api` is defined by now
