@@ -43,17 +43,17 @@ class Embedder:
         self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         self._worker = Worker("llama.cpp embeddings")
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
-        """One L2-normalised vector per input ([len(inputs), n_embd]), computed on the embedder's
-        thread; each input at most `n_ctx` tokens (the caller checks)."""
-        (vectors,) = self._worker.stream(Task(lambda emit: emit(self._compute(inputs))))
+    def embed(self, inputs: Sequence[Sequence[int]], normalize: bool = True) -> np.ndarray:
+        """One vector per input ([len(inputs), n_embd]), of length 1 with `normalize`, computed on the
+        embedder's thread; each input at most `n_ctx` tokens (the caller checks)."""
+        (vectors,) = self._worker.stream(Task(lambda emit: emit(self._compute(inputs, normalize))))
         return vectors
 
     def close(self) -> None:
         """Frees the context once the work queued before it has run."""
         list(self._worker.stream(Task(lambda emit: self._free())))
 
-    def _compute(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+    def _compute(self, inputs: Sequence[Sequence[int]], normalize: bool) -> np.ndarray:
         out = np.zeros((len(inputs), self.n_embd), dtype=np.float32)  # [n_inputs, n_embd]
         start = 0
         while start < len(inputs):
@@ -63,6 +63,8 @@ class Embedder:
                 end += 1
             out[start:end] = self._decode(inputs[start:end])
             start = end
+        if not normalize:
+            return out
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1)
 

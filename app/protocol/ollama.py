@@ -25,7 +25,14 @@ from app.protocol.openai import FunctionName, ToolDefinition
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K
 from app.services.backend import Backend
 from app.services.registry import Registry
-from app.types import MAX_LOGPROBS, MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams
+from app.types import (
+    MAX_EMBEDDING_INPUTS,
+    MAX_LOGPROBS,
+    MAX_STOP_SEQUENCES,
+    ChatOptions,
+    GenerationRequest,
+    SamplingParams,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +161,40 @@ class OllamaShowRequest(_Strict):
     model: str = Field("", max_length=256)
     name: str = Field("", max_length=256)  # Ollama's deprecated name for `model`
     verbose: bool = False  # arrays of more than 5 values in full, as far as the file header keeps them
+
+
+class OllamaEmbedRequest(_Strict):
+    model: str = Field(max_length=256)
+    input: (
+        Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]],
+                    Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    )  # fmt: skip
+    truncate: bool = Field(True, description="Cut an input longer than the context; false: an error.")
+    dimensions: int | None = Field(None, ge=1, description="Only the model's own: vectors are never shortened.")
+    options: OllamaOptions | None = None  # accepted; nothing in them changes an embedding
+    keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
+
+
+class OllamaEmbeddingsRequest(_Strict):
+    """The older `POST /api/embeddings`: one `prompt`, one vector, not normalised (as Ollama's)."""
+
+    model: str = Field(max_length=256)
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    options: OllamaOptions | None = None
+    keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
+
+
+def embed_inputs(body: OllamaEmbedRequest) -> list[str]:
+    return [body.input] if isinstance(body.input, str) else list(body.input)
+
+
+def check_dimensions(dimensions: int | None, n_embd: int) -> None:
+    if dimensions is not None and dimensions != n_embd:
+        raise InvalidParameterError(
+            f"dimensions: this model's embeddings have {n_embd} dimensions, and they are never shortened",
+            "dimensions",
+        )
 
 
 class OllamaError(_Strict):

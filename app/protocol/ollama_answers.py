@@ -239,6 +239,18 @@ class OllamaShowResponse(BaseModel):
     modified_at: str
 
 
+class OllamaEmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]  # each of length 1
+    total_duration: int  # ns
+    load_duration: int = 0  # ns: models stay loaded
+    prompt_eval_count: int
+
+
+class OllamaEmbeddingsResponse(BaseModel):
+    embedding: list[float]  # not normalised, as Ollama's older route answers
+
+
 class OllamaVersion(BaseModel):
     version: str
 

@@ -1,5 +1,6 @@
-"""Ollama's native API: `POST /api/generate`, `GET /api/tags`, `POST /api/show`, `GET /api/ps`,
-`GET /api/version`, and `HEAD /` for the clients that probe it. `POST /api/chat` is shared with
+"""Ollama's native API: `POST /api/generate`, `POST /api/embed` (and the older `/api/embeddings`),
+`GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and `HEAD /` for the clients
+that probe it. `POST /api/chat` is shared with
 hychat's own body: `app/routes/api.py`'s `chat()` hands a body in Ollama's dialect to `answer_chat`
 here. Every error of these routes is Ollama's `{"error": "..."}`.
 
@@ -11,23 +12,34 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.chat.template import CHATML_TEMPLATE
 from app.errors import HychatError, InvalidParameterError, ModelFileError
 from app.modelfiles.gguf import read_gguf
 from app.protocol import ollama
 from app.protocol.errors import error_responses
-from app.protocol.ollama import OllamaChatRequest, OllamaError, OllamaGenerateRequest, OllamaShowRequest
+from app.protocol.ollama import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaError,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+)
 from app.protocol.ollama_answers import (
     OLLAMA_VERSION,
     OllamaChunk,
     OllamaChunks,
+    OllamaEmbeddingsResponse,
+    OllamaEmbedResponse,
     OllamaGenerateChunk,
     OllamaPsResponse,
     OllamaShowResponse,
@@ -115,7 +127,26 @@ def version() -> OllamaVersion:
     return OllamaVersion(version=OLLAMA_VERSION)
 
 
-# -- POST /api/embed and POST /api/embeddings: the embeddings routes go here, on `api` ---------------
+EMBED_ERRORS = {**error_responses(400, 404, 503, model=OllamaError), **error_responses(413)}
+
+
+@api.post("/api/embed", response_model=OllamaEmbedResponse, responses=EMBED_ERRORS)
+async def embed(body: OllamaEmbedRequest, registry: RegistryDep) -> OllamaEmbedResponse:
+    """Embeddings from llama.cpp, normalised, an input longer than the context cut unless `truncate` is false."""
+    backend, t_start = ollama.backend_for(registry, body.model), time.perf_counter_ns()
+    result = await run_in_threadpool(backend.embed, ollama.embed_inputs(body), body.truncate)
+    ollama.check_dimensions(body.dimensions, result.vectors.shape[1])
+    return OllamaEmbedResponse(model=backend.model_name or body.model, embeddings=result.vectors.tolist(),
+                               total_duration=time.perf_counter_ns() - t_start,
+                               prompt_eval_count=result.prompt_tokens)  # fmt: skip
+
+
+@api.post("/api/embeddings", response_model=OllamaEmbeddingsResponse, responses=EMBED_ERRORS)
+async def embeddings(body: OllamaEmbeddingsRequest, registry: RegistryDep) -> OllamaEmbeddingsResponse:
+    """Ollama's older route: one `prompt`, its vector as the model gives it (not normalised)."""
+    backend = ollama.backend_for(registry, body.model)
+    result = await run_in_threadpool(backend.embed, [body.prompt], True, False)
+    return OllamaEmbeddingsResponse(embedding=result.vectors[0].tolist())
 
 
 async def _answer(

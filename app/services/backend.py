@@ -116,8 +116,10 @@ class Backend(ABC):
         """The prompt text the model sees for `messages`, from its own chat template."""
         return self.prompt(GenerationRequest(messages=messages)).text
 
-    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False) -> Embeddings:
-        """L2-normalised embeddings of texts or token ids (backends with supports_embeddings)."""
+    def embed(
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False, normalize: bool = True
+    ) -> Embeddings:
+        """Embeddings of texts or token ids (backends with supports_embeddings)."""
         raise InvalidParameterError(f"embeddings are not served by the {self.label} backend (llama.cpp serves them)")
 
     @abstractmethod

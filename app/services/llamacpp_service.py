@@ -230,17 +230,19 @@ class LlamaCppBackend(Backend):
         except EngineClosedError:  # the model was swapped while this request was read: once more, on the new one
             return super().start(request)
 
-    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False) -> Embeddings:
-        """L2-normalised embeddings of texts or token ids, pooled as the model's file says (mean where
-        it says nothing), on a context of their own: chats keep decoding meanwhile. An input longer
-        than the context is an error, or is cut to fit with `truncate`."""
+    def embed(
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], truncate: bool = False, normalize: bool = True
+    ) -> Embeddings:
+        """Embeddings of texts or token ids (of length 1 with `normalize`), pooled as the model's file
+        says (mean where it says nothing), on a context of their own: chats keep decoding meanwhile.
+        An input longer than the context is an error, or is cut to fit with `truncate`."""
         m = self._require()
         check_embedding_inputs(inputs)
         ids = [self._embedding_ids(m, item, truncate, i) for i, item in enumerate(inputs)]
         with self._embedder_made:
             if m.embedder is None:
                 m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, m.engine is None)
-        return Embeddings(m.embedder.embed(ids), sum(map(len, ids)))
+        return Embeddings(m.embedder.embed(ids, normalize), sum(map(len, ids)))
 
     def _embedding_ids(self, m: _Loaded, item: str | Sequence[int], truncate: bool, i: int) -> list[int]:
         if isinstance(item, str):

@@ -348,3 +348,30 @@ def test_an_error_once_the_stream_has_started_is_its_last_line():
 
     assert asyncio.run(read(EngineClosedError("the model was replaced")))[1:] == [{"error": "the model was replaced"}]
     assert asyncio.run(read(RuntimeError("a secret path")))[1:] == [{"error": "internal error"}]
+
+
+def test_embed_gives_v1s_normalised_vectors_and_embeddings_the_raw_one(client, http):
+    import numpy as np
+
+    texts = ["你好，世界", "The cat sat on the mat."]
+    embedded = client.embed(model=MODEL, input=texts)
+    v1 = http.post("/v1/embeddings", json={"model": MODEL, "input": texts}).json()
+    got = np.array(embedded.embeddings)
+    assert got.shape == (2, 576) and np.allclose(got, [d["embedding"] for d in v1["data"]], atol=1e-6)
+    assert embedded.model == MODEL and embedded.prompt_eval_count == v1["usage"]["prompt_tokens"]
+    assert embedded.total_duration > 0
+    single = np.array(client.embed(model=MODEL + ":latest", input=texts[0]).embeddings[0])
+    assert np.allclose(single, got[0], atol=1e-6)
+    raw = np.array(client.embeddings(model=MODEL, prompt=texts[0]).embedding)  # the older route
+    assert not np.isclose(np.linalg.norm(raw), 1) and np.allclose(raw / np.linalg.norm(raw), got[0], atol=1e-5)
+
+
+def test_embed_cuts_a_long_input_unless_asked_not_to(client):
+    long = "长城" * 2000  # far more tokens than the context
+    assert len(client.embed(model=MODEL, input=long).embeddings[0]) == 576
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.embed(model=MODEL, input=long, truncate=False)
+    assert raised.value.status_code == 400 and "context" in raised.value.error
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.embed(model=MODEL, input="你好", dimensions=64)
+    assert raised.value.status_code == 400 and "dimensions" in raised.value.error
