@@ -19,6 +19,7 @@ from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.modelfiles.gguf import ArrayInfo, TensorInfo, type_name
 from app.protocol.ollama import OllamaError
+from app.protocol.openapi import inlined
 from app.types import SamplingParams, TokenLogprob, TopLogprob, Usage
 
 # What GET /api/version reports: the newest Ollama release when this was written. Clients compare it
@@ -361,7 +362,7 @@ def ndjson_response(description: str, *models: type[BaseModel]) -> dict[int | st
     """The 200 of a route that streams newline-delimited JSON: the stream read as the array of its
     lines (what OpenAPI 3.2 makes `schema` of a sequential media type), each line a chunk or, last,
     an error."""
-    line = {"anyOf": [_standalone(model) for model in (*models, OllamaError)]}
+    line = {"anyOf": [inlined(model) for model in (*models, OllamaError)]}
     stream = {"type": "array", "items": line}
     return {200: {"description": description, "content": {"application/x-ndjson": {"schema": stream}}}}
 
@@ -376,18 +377,3 @@ def _shown(value: Any, verbose: bool) -> Any:
     if isinstance(value, ArrayInfo) or (isinstance(value, list) and len(value) > MAX_SHOWN_ARRAY and not verbose):
         return []
     return value
-
-
-def _standalone(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema (as sent) with its `$defs` written in place, to stand in a response's content."""
-    schema = model.model_json_schema(mode="serialization")
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
-            return {key: resolve(value) for key, value in node.items()}
-        return [resolve(value) for value in node] if isinstance(node, list) else node
-
-    return resolve(schema)

@@ -19,7 +19,7 @@ def event_stream_response(
     OpenAPI 3.2 (`itemSchema`) and schema-driven clients read it."""
     variants = []
     for name, models in events.items():
-        payload = {"anyOf": [_inlined(model) for model in (*models, ErrorResponse)]}
+        payload = {"anyOf": [inlined(model) for model in (*models, ErrorResponse)]}
         data: dict[str, Any] = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}
         if done_data is not None:
             data = {"type": "string", "if": {"const": done_data}, "else": data}
@@ -39,7 +39,7 @@ def without_validation_422(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _inlined(model: type[BaseModel]) -> dict[str, Any]:
+def inlined(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema (as it is sent) with its `$defs` written in place: the schema of an
     event's data stands alone, outside the components."""
     schema = model.model_json_schema(mode="serialization")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError
-from app.protocol.openai import FunctionName, _max_new_tokens
+from app.protocol.openai import FunctionName, JsonObjectFormat, TextFormat, _max_new_tokens
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS
 from app.types import ChatOptions, GenerationRequest, SamplingParams
 
@@ -160,14 +160,6 @@ class FunctionToolChoice(_Strict):
 
 
 ToolChoice = Literal["auto", "none", "required"] | FunctionToolChoice
-
-
-class TextFormat(_Strict):
-    type: Literal["text"]
-
-
-class JsonObjectFormat(_Strict):
-    type: Literal["json_object"]
 
 
 class JsonSchemaFormat(_Strict):

@@ -11,7 +11,6 @@ default); an error after the first line is the stream's last line, `{"error": ".
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from app.chat.template import CHATML_TEMPLATE
-from app.errors import HychatError, InvalidParameterError, ModelFileError
+from app.errors import InvalidParameterError, ModelFileError
 from app.modelfiles.gguf import read_gguf
 from app.protocol import ollama
 from app.protocol.errors import error_responses
@@ -53,13 +52,13 @@ from app.protocol.ollama_answers import (
     tags_entry,
 )
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
+from app.routes.streaming import guarded
 from app.services.backend import Backend
 from app.services.chat import ChatStream, start_chat
 from app.services.registry import Registry
 from app.types import GenerationRequest, SamplingParams
 from config.settings import Settings
 
-log = logging.getLogger(__name__)
 router = APIRouter()  # HEAD /, open as the probes are; the API below is behind the key
 # Behind the key, every error in Ollama's shape; served through `router` (included at the end).
 api = APIRouter(route_class=dialect_route(ollama.error_body), **behind_api_key(OllamaError))
@@ -172,17 +171,8 @@ async def _lines(stream: ChatStream, chunks: OllamaChunks) -> AsyncIterator[str]
 
 def _ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
     """Once the response has started, an error can no longer change its status: it is the last line."""
-
-    async def guarded() -> AsyncIterator[str]:
-        try:
-            async for line in lines:
-                yield line
-        except Exception as error:
-            if not isinstance(error, HychatError):
-                log.exception("generation failed mid-stream")
-            yield ndjson_line(ollama.error_body(error))
-
-    return StreamingResponse(guarded(), media_type="application/x-ndjson")
+    error_line = lambda error: ndjson_line(ollama.error_body(error))  # noqa: E731
+    return StreamingResponse(guarded(lines, error_line), media_type="application/x-ndjson")
 
 
 def _json(chunk: OllamaChunk) -> JSONResponse:

@@ -375,3 +375,20 @@ def test_embed_cuts_a_long_input_unless_asked_not_to(client):
     with pytest.raises(ollama.ResponseError) as raised:
         client.embed(model=MODEL, input="你好", dimensions=64)
     assert raised.value.status_code == 400 and "dimensions" in raised.value.error
+
+
+def test_the_thinking_switch_on_a_reasoning_model_renders_as_on_v1(start_server, torch_beside_env):
+    """The tiny HunYuan (PyTorch backend) has Hunyuan-7B's switch: think false adds /no_think and an
+    empty think block; Ollama's `think` reaches the template exactly as /v1's does."""
+    server = start_server(torch_beside_env)
+    client = ollama.Client(host=server.url, timeout=120)
+    counts = {}
+    for think in (True, False):
+        answer = client.chat(model="pytorch", messages=CHINESE, think=think, options={"num_predict": 1})
+        v1 = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
+            "model": "pytorch", "messages": CHINESE, "max_tokens": 1, "think": think})  # fmt: skip
+        counts[think] = answer.prompt_eval_count
+        assert answer.prompt_eval_count == v1.json()["usage"]["prompt_tokens"]
+    assert counts[False] > counts[True]  # "/no_think " and the closed think block
+    prompt = httpx.post(f"{server.url}/apply-template", json={"model": "pytorch", "messages": CHINESE, "think": False})
+    assert "/no_think" in prompt.json()["prompt"]
