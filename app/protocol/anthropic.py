@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from app.errors import InvalidParameterError, MaxTokensTooLargeError
+from app.errors import InvalidParameterError
+from app.protocol.openai import max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K
 from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams
 
@@ -254,13 +255,12 @@ def to_generation_request(
     truncate: bool = False,
 ) -> GenerationRequest:
     """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
-    if body.max_tokens > max_tokens_limit:
-        raise MaxTokensTooLargeError(body.max_tokens, max_tokens_limit, "max_tokens")
+    max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit)
     if isinstance(body.thinking, ThinkingEnabled) and body.thinking.budget_tokens >= body.max_tokens:
         raise InvalidParameterError("thinking.budget_tokens must be less than max_tokens", "thinking.budget_tokens")
     given = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k}
     params = SamplingParams(
-        max_new_tokens=body.max_tokens,
+        max_new_tokens=max_new_tokens,
         stop=tuple(body.stop_sequences or ()),
         grammar=body.grammar,
         **{name: value for name, value in given.items() if value is not None},

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.chat.grammar import json_grammar, json_schema_grammar
-from app.errors import HychatError, InvalidParameterError, MaxTokensTooLargeError, ModelNotFoundError
-from app.protocol.openai import FunctionName, ToolDefinition
+from app.errors import HychatError, InvalidParameterError, ModelNotFoundError
+from app.protocol.openai import FunctionName, ToolDefinition, max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K
 from app.services.backend import Backend
 from app.services.registry import Registry
@@ -322,9 +322,8 @@ def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int) -> Sampling
     options = body.options or OllamaOptions()
     if options.model_extra:
         log.warning("ignoring options Ollama or hychat do not know: %s", ", ".join(sorted(options.model_extra)))
-    predict = options.num_predict
-    if predict is not None and predict > max_tokens_limit:
-        raise MaxTokensTooLargeError(predict, max_tokens_limit, "options.num_predict")
+    predict = options.num_predict if options.num_predict is not None and options.num_predict > 0 else None
+    max_new_tokens = max_new_tokens_within(predict, "options.num_predict", max_tokens_limit)  # -1, -2, 0: no bound
     given = {
         "temperature": options.temperature,
         "top_p": options.top_p,
@@ -335,7 +334,7 @@ def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int) -> Sampling
         "frequency_penalty": options.frequency_penalty,
     }
     params = SamplingParams(
-        max_new_tokens=predict if predict is not None and predict > 0 else max_tokens_limit,  # -1, -2, 0: no bound
+        max_new_tokens=max_new_tokens,
         stop=tuple(options.stop or ()),
         seed=options.seed if options.seed is not None and options.seed >= 0 else None,
         grammar=format_grammar(body.format),

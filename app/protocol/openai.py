@@ -246,9 +246,9 @@ def to_chat_generation_request(
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidParameterError("top_logprobs needs logprobs: true", "top_logprobs")
     if body.max_completion_tokens is not None:
-        max_new_tokens = _max_new_tokens(body.max_completion_tokens, "max_completion_tokens", max_tokens_limit)
+        max_new_tokens = max_new_tokens_within(body.max_completion_tokens, "max_completion_tokens", max_tokens_limit)
     else:
-        max_new_tokens = _max_new_tokens(body.max_tokens, "max_tokens", max_tokens_limit)
+        max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _sampling_params(body, max_new_tokens, logprobs)
     if body.grammar is not None:
@@ -282,7 +282,7 @@ def to_chat_options(
 def to_completion_generation_request(body: CompletionRequest, max_tokens_limit: int) -> GenerationRequest:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]  # a list holds exactly one
     default = min(COMPLETIONS_DEFAULT_MAX_TOKENS, max_tokens_limit)
-    max_new_tokens = _max_new_tokens(body.max_tokens, "max_tokens", max_tokens_limit, default)
+    max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit, default)
     return GenerationRequest(_sampling_params(body, max_new_tokens, body.logprobs), prompt=prompt)
 
 
@@ -323,9 +323,9 @@ def response_format_grammar(response_format: TextFormat | JsonObjectFormat | Jso
     return json_schema_grammar(response_format.json_schema.schema_, "response_format")
 
 
-def _max_new_tokens(value: int | None, param: str, limit: int, default: int | None = None) -> int:
-    """The request's bound (unset: `default`, else the server's limit; the backend also stops at the
-    end of the context window)."""
+def max_new_tokens_within(value: int | None, param: str, limit: int, default: int | None = None) -> int:
+    """Every dialect's bound on an answer's tokens: the request's (unset: `default`, else the server's
+    limit; the backend also stops at the end of the context window); above the limit, a 400."""
     if value is None:
         return default or limit
     if value > limit:

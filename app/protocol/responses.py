@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError
-from app.protocol.openai import FunctionName, JsonObjectFormat, TextFormat, _max_new_tokens
+from app.protocol.openai import FunctionName, JsonObjectFormat, TextFormat, max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS
 from app.types import ChatOptions, GenerationRequest, SamplingParams
 
@@ -342,7 +342,7 @@ def _sampling_params(body: ResponseRequest, max_tokens_limit: int) -> SamplingPa
         grammar = body.grammar
     given = {"temperature": body.temperature, "top_p": body.top_p}
     return SamplingParams(
-        max_new_tokens=_max_new_tokens(body.max_output_tokens, "max_output_tokens", max_tokens_limit),
+        max_new_tokens=max_new_tokens_within(body.max_output_tokens, "max_output_tokens", max_tokens_limit),
         grammar=grammar,
         **{name: value for name, value in given.items() if value is not None},
     )
