@@ -79,13 +79,26 @@ class ChatOptions:
 
 
 @dataclass(frozen=True)
+class Infill:
+    """Fill-in-the-middle: the code before the cursor and after it, other files of the project as
+    (filename, text), and the start of the line being written (llama-server's /infill)."""
+
+    prefix: str
+    suffix: str
+    extra: tuple[tuple[str, str], ...] = ()
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """Either a raw `prompt` or chat `messages` (OpenAI's shape) rendered with the model's template."""
+    """A raw `prompt`, chat `messages` (OpenAI's shape) rendered with the model's template, or an
+    `infill` in the model's fill-in-the-middle tokens."""
 
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     chat: ChatOptions = field(default_factory=ChatOptions)  # chats only: tools, thinking, truncation
+    infill: Infill | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,7 @@ class TokenEvent:
     finish_reason: str | None = None  # "stop" (end of turn or stop string) | "length"
     usage: Usage | None = None
     logprob: TokenLogprob | None = None
+    stop_sequence: str | None = None  # the last event: the request's stop string that ended the answer
 
 
 @dataclass(frozen=True)

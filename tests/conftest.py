@@ -88,6 +88,26 @@ def hunyuan_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def coder_dir(tmp_path_factory) -> Path:
+    """A tiny random HunYuan with fill-in-the-middle tokens."""
+    from tests.torch_models import build_tiny_coder
+
+    return build_tiny_coder(tmp_path_factory.mktemp("coder"))
+
+
+@pytest.fixture(scope="session")
+def coder_gguf(coder_dir) -> Path:
+    """That checkpoint as an f32 GGUF, made by the product's converter."""
+    from app.pipeline.hf_to_gguf import convert
+    from config.settings import Settings
+
+    # Its tokenizer is trained here, so the converter cannot know the pre-tokenizer by its hash.
+    return convert(
+        coder_dir, coder_dir.parent / "coder-f32.gguf", Path(Settings().cache_dir), "f32", vocab_pre="hunyuan"
+    ).path
+
+
+@pytest.fixture(scope="session")
 def torch_beside_env(hunyuan_dir) -> dict[str, str]:
     """Server settings that load the PyTorch backend on that checkpoint beside llama.cpp
     (`"model": "pytorch"` or `"backend": "pytorch"` picks it)."""

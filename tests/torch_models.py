@@ -19,6 +19,7 @@ CORPUS = [
 ] * 20
 
 SPECIAL = ["<|startoftext|>", "<|eos|>", "<|pad|>", "<|extra_0|>", "<|extra_4|>"]
+FIM_SPECIAL = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_repo|>", "<|file_sep|>")
 # Hunyuan-7B's chat format (see shared/README.md), trimmed to what the tests need.
 TEMPLATE = (
     "{% for m in messages %}"
@@ -41,18 +42,30 @@ HUNYUAN_7B_N_EXTRA = 205
 HUNYUAN_7B_STOP_IDS = [127960, 127967]
 
 
-def build_tiny_hunyuan(path: Path, hidden: int = 256, seed: int = 0, tie: bool = False) -> Path:
-    """`tie`: share lm_head with the input embeddings (tie_word_embeddings)."""
+def build_tiny_hunyuan(
+    path: Path, hidden: int = 256, seed: int = 0, tie: bool = False, special: tuple[str, ...] = ()
+) -> Path:
+    """`tie`: share lm_head with the input embeddings (tie_word_embeddings); `special`: more special
+    tokens in its vocabulary."""
     import transformers
 
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_train_bpe(SPECIAL), bos_token="<|startoftext|>", eos_token="<|eos|>", pad_token="<|pad|>"
+        tokenizer_object=_train_bpe([*SPECIAL, *special]),
+        bos_token="<|startoftext|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
     )
     tokenizer.chat_template = TEMPLATE
     tokenizer.save_pretrained(path)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in ("<|startoftext|>", "<|eos|>", "<|pad|>")}
     _save_random_model(path, len(tokenizer), ids, hidden, seed, tie)
     return path
+
+
+def build_tiny_coder(path: Path) -> Path:
+    """A tiny HunYuan with Qwen2.5-Coder's fill-in-the-middle tokens (prefix, suffix, middle, and the
+    repository and file separators of its repo-level prompt), which llama.cpp finds by their text."""
+    return build_tiny_hunyuan(path, hidden=128, special=FIM_SPECIAL)
 
 
 def build_tiny_hunyuan_tiktoken(path: Path, hidden: int = 256, seed: int = 0) -> Path:

@@ -24,6 +24,7 @@ class ChatDelta:
     finish_reason: str | None = None  # the last delta: "stop" | "length" | "tool_calls" (the answer called)
     usage: Usage | None = None  # the last delta
     reasoning_tokens: int = 0  # the last delta: how many of the completion's tokens were reasoning
+    stop_sequence: str | None = None  # the last delta: the request's stop string that ended the answer
 
     def __add__(self, later: ChatDelta) -> ChatDelta:
         """The text of both, in order (what a token's text and the parser's last words make)."""
@@ -42,6 +43,7 @@ class Answer:
     usage: Usage
     reasoning_tokens: int
     logprobs: tuple[TokenLogprob, ...]  # each token's, when the request asked
+    stop_sequence: str | None = None  # the request's stop string that ended the answer
 
     @classmethod
     def of(cls, deltas: Sequence[ChatDelta]) -> Answer:
@@ -55,6 +57,7 @@ class Answer:
             usage=last.usage,
             reasoning_tokens=last.reasoning_tokens,
             logprobs=tuple(d.logprob for d in deltas if d.logprob is not None),
+            stop_sequence=last.stop_sequence,
         )
 
 

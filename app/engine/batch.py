@@ -319,7 +319,8 @@ class BatchEngine(TokenSource[Ticket]):
     def _finish(self, slot: _Slot, reason: str, outbox: list) -> None:
         ticket, text = slot.ticket, slot.text
         assert ticket is not None and text is not None
-        outbox.append((ticket, TokenEvent(text.flush(), None, reason, ticket.clock.usage())))
+        usage = ticket.clock.usage()
+        outbox.append((ticket, TokenEvent(text.flush(), None, reason, usage, stop_sequence=text.matched)))
         outbox.append((ticket, END))
         self._release(slot)
 

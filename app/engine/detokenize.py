@@ -14,7 +14,11 @@ class TextAssembler:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = tuple(stop)
         self._pending = ""
-        self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
+
+    @property
+    def stopped(self) -> bool:
+        return self.matched is not None
 
     def push(self, data: bytes) -> str:
         """Adds one token's bytes; returns the text that is now safe to emit."""
@@ -26,9 +30,9 @@ class TextAssembler:
         if not self._stop:
             text, self._pending = self._pending, ""
             return text
-        cut = min((i for i in (self._pending.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
+        found = [(i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda hit: hit[0])
             text, self._pending = self._pending[:cut], ""
             return text
         keep = max(_overlap(self._pending, s) for s in self._stop)

@@ -65,7 +65,7 @@ class MessageResponse(_Sent):
     model: str
     content: list[ContentBlock]
     stop_reason: StopReason | None  # None only in message_start
-    stop_sequence: str | None = None  # never set: the engine does not say which stop string ended an answer
+    stop_sequence: str | None = None  # the request's stop sequence that ended the answer
     usage: MessageUsage
 
 
@@ -168,8 +168,9 @@ def usage_body(usage: Usage) -> MessageUsage:
 _STOP_REASONS: dict[str, StopReason] = {"length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def stop_reason(finish_reason: str | None) -> StopReason:
-    """A stop string ends an answer as its end of turn does ("stop"): both are end_turn here."""
+def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> StopReason:
+    if finish_reason == "stop" and stop_sequence is not None:
+        return "stop_sequence"
     return _STOP_REASONS.get(finish_reason or "", "end_turn")
 
 
@@ -184,7 +185,8 @@ def message_response(answer: Answer, meta: MessageMeta) -> MessageResponse:
         id=meta.id,
         model=meta.model,
         content=content,
-        stop_reason=stop_reason(answer.finish_reason),
+        stop_reason=stop_reason(answer.finish_reason, answer.stop_sequence),
+        stop_sequence=answer.stop_sequence,
         usage=usage_body(answer.usage),
     )
 
@@ -230,9 +232,10 @@ class MessageEvents:
         if delta.finish_reason:
             events += self._close()
             usage = usage_body(delta.usage) if delta.usage else MessageUsage(input_tokens=0, output_tokens=0)
-            events.append(
-                MessageDeltaEvent(delta=MessageDelta(stop_reason=stop_reason(delta.finish_reason)), usage=usage)
+            reason = MessageDelta(
+                stop_reason=stop_reason(delta.finish_reason, delta.stop_sequence), stop_sequence=delta.stop_sequence
             )
+            events.append(MessageDeltaEvent(delta=reason, usage=usage))
             events.append(MessageStopEvent())
         return events
 

@@ -5,7 +5,7 @@ server/routes.go.
 
 Unset options take the service's defaults (those of `SamplingParams`), as on every route. Options
 Ollama has that hychat cannot honour are accepted and ignored where that is harmless (Ollama itself
-ignores options it does not know); what would change the answer and cannot be done (images, `suffix`,
+ignores options it does not know); what would change the answer and cannot be done (images,
 `template`, `context`, a larger `num_ctx`) is a 400 that says so. Fields that are not Ollama's are marked.
 """
 
@@ -31,6 +31,7 @@ from app.types import (
     MAX_STOP_SEQUENCES,
     ChatOptions,
     GenerationRequest,
+    Infill,
     SamplingParams,
 )
 
@@ -151,7 +152,7 @@ class OllamaGenerateRequest(_OllamaGeneration):
     prompt: str = Field("", max_length=MAX_TEXT_CHARS)  # empty: load the model
     system: str = Field("", max_length=MAX_TEXT_CHARS)
     raw: bool = False  # true: the prompt as it is, without the chat template
-    suffix: str = Field("", max_length=MAX_TEXT_CHARS, json_schema_extra=NO_TEXT)  # no fill-in-the-middle
+    suffix: str = Field("", max_length=MAX_TEXT_CHARS)  # fill-in-the-middle: the text after the prompt
     template: str = Field("", max_length=MAX_TEXT_CHARS, json_schema_extra=NO_TEXT)  # the model's own renders
     context: list[int] | None = Field(None, max_length=1_000_000, json_schema_extra=NO_ITEMS)  # Ollama deprecated it
     images: list[str] | None = Field(None, max_length=64, json_schema_extra=NO_ITEMS)
@@ -241,9 +242,9 @@ def to_generate_generation_request(
     body: OllamaGenerateRequest, max_tokens_limit: int, *, think: bool | None, reasoning_format: str, truncate: bool
 ) -> GenerationRequest:
     """The prompt as a user turn (after `system`) through the model's chat template, as Ollama renders
-    it; with `raw`, the prompt as it is."""
+    it; with `raw`, the prompt as it is; with a `suffix`, the prompt and the suffix in the model's
+    fill-in-the-middle tokens (raw or not: Ollama would drop the suffix of a raw prompt)."""
     refused = {
-        "suffix": "suffix (fill-in-the-middle) is not supported",
         "template": "template is not supported: prompts are rendered with the model's own chat template",
         "context": "context is not supported (Ollama deprecated it): send the conversation to /api/chat",
         "images": "images are not supported: the served models read text only",
@@ -254,6 +255,12 @@ def to_generate_generation_request(
     if body.raw and body.system:
         raise InvalidParameterError("raw mode does not support template, system, or context", "raw")  # Ollama's words
     params = _sampling_params(body, max_tokens_limit)
+    if body.suffix:
+        if body.system:
+            raise InvalidParameterError(
+                "system does not go with suffix (a fill-in-the-middle prompt has none)", "system"
+            )
+        return GenerationRequest(params, infill=Infill(prefix=body.prompt, suffix=body.suffix))
     if body.raw:
         return GenerationRequest(params, prompt=body.prompt)
     messages = [{"role": "system", "content": body.system}] if body.system else []

@@ -342,11 +342,12 @@ def model_details(m: ServedModel) -> OllamaModelDetails:
 
 def capabilities(m: ServedModel) -> list[str]:
     """An embedding model only embeds. Any other takes tools (a template that does not show them gets
-    them described in the system prompt); it thinks when its template has a reasoning block."""
+    them described in the system prompt); it thinks when its template has a reasoning block, and
+    inserts (a `suffix`) when it has fill-in-the-middle tokens."""
     if m.info.get("embeddings_only"):
         return ["embedding"]
     thinks = "<think>" in m.template or "enable_thinking" in m.template
-    return ["completion", "tools", *(["thinking"] if thinks else [])]
+    return ["completion", "tools", *(["thinking"] if thinks else []), *(["insert"] if m.info.get("infill") else [])]
 
 
 def human_number(n: int) -> str:

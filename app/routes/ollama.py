@@ -81,9 +81,10 @@ def probe() -> PlainTextResponse:
     responses={**ndjson_response(STREAM_DESCRIPTION, OllamaGenerateChunk), **GENERATION_ERRORS},
 )
 async def generate(body: OllamaGenerateRequest, settings: SettingsDep, registry: RegistryDep) -> Response:
-    """Completes `prompt`, rendered as a user turn with the model's chat template (`raw`: as it is)."""
+    """Completes `prompt`, rendered as a user turn with the model's chat template (`raw`: as it is;
+    with `suffix`: the middle between them)."""
     backend = ollama.backend_for(registry, body.model)
-    if not body.prompt:
+    if not body.prompt and not body.suffix:
         return _json(OllamaChunks(backend.model_name or body.model, "generate").loaded())
     request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
     return await _answer(body, request, registry, backend)

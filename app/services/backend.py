@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol, Unpack
 
 from app import metrics
 from app.chat.format import ChatFormat, drop_oldest_turn, tool_name
+from app.chat.infill import FimTokens, infill_ids
 from app.chat.tool_grammar import tool_call_grammar
 from app.engine.source import TokenSource
 from app.engine.worker import Emit, Task, Worker
@@ -130,6 +131,16 @@ class Backend(ABC):
         return b"".join(self.token_piece(i) for i in ids).decode("utf-8", errors="replace")
 
     def _prompt(self, m: Any, request: GenerationRequest) -> Prompt:
+        if request.infill is not None:
+            ids = infill_ids(
+                request.infill,
+                self._fim_tokens(m),
+                lambda text, special: self.tokenize(text, add_special=False, parse_special=special),
+                self.tokenize("", add_special=True, parse_special=False),  # the BOS, where the model wants one
+                m.n_ctx,
+                request.params.max_new_tokens,
+            )
+            return Prompt(ids, self.detokenize(ids))
         if request.messages is None:
             return Prompt(self._encode_raw(m, request.prompt or ""), request.prompt or "")
         fmt: ChatFormat = m.chat_format
@@ -179,6 +190,15 @@ class Backend(ABC):
         if self._model is None:
             raise BackendUnavailableError(f"no model is loaded in the {self.label} backend")
         return self._model
+
+    @abstractmethod
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """`add_special`: the tokens the model adds around a text (BOS...); `parse_special`: special
+        tokens written in the text become their ids."""
+
+    @abstractmethod
+    def _fim_tokens(self, m: Any) -> FimTokens:
+        """The model's fill-in-the-middle tokens (none: it cannot infill)."""
 
     @abstractmethod
     def _encode_raw(self, m: Any, text: str) -> list[int]:

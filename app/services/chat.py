@@ -52,9 +52,10 @@ class ChatStream:
     def _delta(self, event: TokenEvent) -> ChatDelta:
         parser = self._parser
         delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
+        last = {"finish_reason": event.finish_reason, "usage": event.usage, "stop_sequence": event.stop_sequence}
         if event.finish_reason is None or parser is None:
-            return replace(delta, logprob=event.logprob, finish_reason=event.finish_reason, usage=event.usage)
+            return replace(delta, logprob=event.logprob, **last)
         delta = delta + parser.finish()  # raises ToolCallMissingError where tool_choice demanded a call
-        finish = "tool_calls" if parser.tool_calls else event.finish_reason
-        last = {"finish_reason": finish, "usage": event.usage, "reasoning_tokens": parser.reasoning_tokens}
-        return replace(delta, logprob=event.logprob, **last)
+        if parser.tool_calls:
+            last["finish_reason"] = "tool_calls"
+        return replace(delta, logprob=event.logprob, reasoning_tokens=parser.reasoning_tokens, **last)

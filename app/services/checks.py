@@ -19,6 +19,7 @@ from app.types import (
     ROLES,
     ChatOptions,
     GenerationRequest,
+    Infill,
     SamplingParams,
 )
 
@@ -26,12 +27,20 @@ from app.types import (
 def checked(request: GenerationRequest) -> GenerationRequest:
     """`request` with its values checked (InvalidParameterError names the first one at fault) and
     normalised: `stop` a tuple, each message only the keys a template reads."""
-    _check((request.prompt is None) != (request.messages is None), "give exactly one of prompt or messages")
+    given = [request.prompt, request.messages, request.infill]
+    _check(sum(x is not None for x in given) == 1, "give exactly one of prompt, messages or infill")
     if request.prompt is not None:
         _check(isinstance(request.prompt, str), "prompt must be a string")
+    if request.infill is not None:
+        _check_infill(request.infill)
     _check_chat(request.chat)
     messages = None if request.messages is None else _checked_messages(request.messages)
     return replace(request, params=_checked_params(request.params), messages=messages)
+
+
+def _check_infill(infill: Infill) -> None:
+    texts = [infill.prefix, infill.suffix, infill.prompt, *(part for file in infill.extra for part in file)]
+    _check(all(isinstance(text, str) for text in texts), "infill: prefix, suffix, prompt and files must be strings")
 
 
 def sampling_params(**kwargs: Any) -> SamplingParams:

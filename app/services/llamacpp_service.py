@@ -21,6 +21,7 @@ from typing import Any
 
 from app import llama_build, metrics
 from app.chat.format import ChatFormat
+from app.chat.infill import FimTokens
 from app.chat.template import CHATML_TEMPLATE, compile_template
 from app.cpu import physical_cores
 from app.engine.source import TokenSource
@@ -201,6 +202,7 @@ class LlamaCppBackend(Backend):
             "weight_buffers_mib": m.weight_buffers,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "chat_template": "tokenizer.chat_template" in h.metadata,
+            "infill": not self._fim_tokens(m).missing(),  # it has fill-in-the-middle tokens
             "lora_path": m.llm.lora_path,
             "lora_scale": m.llm.lora_scale if m.llm.lora_path else None,
         }
@@ -255,6 +257,12 @@ class LlamaCppBackend(Backend):
             ids = ids[: m.n_ctx]
         check_prompt_fits(len(ids), m.n_ctx + 1, "input")  # an embedding needs no room for an answer
         return ids
+
+    def _fim_tokens(self, m: _Loaded) -> FimTokens:
+        vocab, lib = m.llm._model.vocab, llama_cpp
+        kinds = (lib.llama_vocab_fim_pre, lib.llama_vocab_fim_suf, lib.llama_vocab_fim_mid, lib.llama_vocab_fim_rep,
+                 lib.llama_vocab_fim_sep)  # fmt: skip
+        return FimTokens(*(token if (token := kind(vocab)) >= 0 else None for kind in kinds))
 
     def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
         return _tokenize(m, text, add_bos=True, special=True)

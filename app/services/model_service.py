@@ -17,6 +17,7 @@ from time import perf_counter
 from typing import Any
 
 from app.chat.format import ChatFormat
+from app.chat.infill import FimTokens
 from app.chat.template import CHATML_TEMPLATE
 from app.cpu import physical_cores
 from app.engine.detokenize import TextAssembler, WindowDecoder
@@ -102,7 +103,7 @@ class TorchBackend(Backend):
     def info(self) -> dict[str, Any]:
         if self._model is None:
             return {"backend": self.name, "available": self.available, "loaded": False}
-        return dict(self._model.info)
+        return {**self._model.info, "infill": not self._fim_tokens(self._model).missing()}
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -118,6 +119,9 @@ class TorchBackend(Backend):
         if not 0 <= token_id < len(tokenizer):
             raise InvalidParameterError(f"token id {token_id} is outside the vocabulary (0..{len(tokenizer) - 1})")
         return _token_bytes(tokenizer, token_id)
+
+    def _fim_tokens(self, m: _Loaded) -> FimTokens:
+        return FimTokens.from_vocabulary(m.tokenizer.get_vocab())
 
     def _encode_raw(self, m: _Loaded, text: str) -> list[int]:
         return m.tokenizer(text, add_special_tokens=True).input_ids
@@ -186,7 +190,8 @@ def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: Us
             )
     except _StopGeneration:
         pass
-    emit(TokenEvent(streamer.text.flush(), None, streamer.finish, clock.usage()))
+    text = streamer.text
+    emit(TokenEvent(text.flush(), None, streamer.finish, clock.usage(), stop_sequence=text.matched))
 
 
 class _OpenAIPenalties:

@@ -29,14 +29,14 @@ def test_stop_string_split_across_tokens_is_cut_and_never_emitted():
     a = TextAssembler(stop=["<END>"])
     out = feed(a, [b"Hello <E", b"N", b"D> tail"])
     assert out == ["Hello ", "", ""]
-    assert a.stopped and a.flush() == ""
+    assert a.matched == "<END>" and a.flush() == ""
 
 
 def test_a_held_back_stop_prefix_is_released_when_it_turns_out_not_to_be_a_stop():
     a = TextAssembler(stop=["。结束"])
     assert a.push("好的。".encode()) == "好的"
     assert a.push("然后".encode()) == "。然后"
-    assert not a.stopped
+    assert not a.stopped and a.matched is None
 
 
 def test_held_back_prefix_is_flushed_at_the_end():
@@ -48,3 +48,4 @@ def test_held_back_prefix_is_flushed_at_the_end():
 def test_earliest_of_several_stop_strings_wins():
     a = TextAssembler(stop=["B", "A"])
     assert a.push(b"xxAyyB") == "xx"
+    assert a.matched == "A"

@@ -102,6 +102,29 @@ def test_chinese_text_comes_whole_in_every_delta(client):
     assert text_of(message) == ANSWER and message.stop_reason == "end_turn"
 
 
+def test_a_stop_sequence_that_ends_the_answer_is_named(client):
+    grammar = {"grammar": "root ::= " + json.dumps(ANSWER), **GREEDY}
+    params = {"model": "llamacpp", "messages": QUESTION, "max_tokens": 60, "extra_body": grammar}
+    message = client.messages.create(**params, stop_sequences=["。", "，"])
+    assert text_of(message) == "北京今天晴" and message.stop_reason == "stop_sequence"
+    assert message.stop_sequence == "，"
+    events = list(client.messages.create(**params, stop_sequences=["，"], stream=True))
+    (last,) = [e for e in events if e.type == "message_delta"]
+    assert last.delta.stop_reason == "stop_sequence" and last.delta.stop_sequence == "，"
+    unmatched = client.messages.create(**params, stop_sequences=["下雨"])
+    assert text_of(unmatched) == ANSWER and unmatched.stop_reason == "end_turn" and unmatched.stop_sequence is None
+
+
+def test_a_stop_sequence_is_named_on_the_pytorch_backend_too(client):
+    """The tiny random model's greedy words, cut at a character of their own middle."""
+    free = create(client, model="pytorch", max_tokens=12)
+    text = text_of(free)
+    stop = next(c for c in text[3:] if c.strip() and text.index(c) >= 3)
+    cut = create(client, model="pytorch", max_tokens=12, stop_sequences=[stop])
+    assert text_of(cut) == text[: text.index(stop)]
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
+
+
 def test_a_forced_tool_call_and_its_result_make_a_whole_tool_loop(client):
     question = [{"role": "user", "content": "北京今天天气怎么样？"}]
     choice = {"type": "tool", "name": "get_weather"}
