@@ -159,6 +159,10 @@ def error_object(message: str, status_code: int, code: str | None = None, param:
 
 def error_body(error: Exception) -> dict:
     """The JSON error shape every route answers with (an unexpected exception shows no details)."""
+    if isinstance(error, PromptTooLongError):  # llama-server's fields: a client can shorten by so much
+        body = error_object(str(error), error.status_code, error.code, error.param)
+        body["error"].update(n_prompt_tokens=error.n_prompt, n_ctx=error.n_ctx)
+        return body
     if isinstance(error, HychatError):
         return error_object(str(error), error.status_code, error.code, error.param)
     return error_object("internal error", HychatError.status_code, HychatError.code)

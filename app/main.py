@@ -13,12 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics, routes
 from app.errors import AuthenticationError, HychatError, InvalidParameterError, error_body, error_object
 from app.limits import BodySizeLimit
 from app.protocol.errors import invalid_body
 from app.protocol.openapi import without_validation_422
+from app.protocol.strict import UNKNOWN_FIELDS_IGNORED
 from app.routes import web
 from app.routes.deps import ErrorBody
 from app.services.backend import Backend
@@ -28,6 +30,7 @@ from app.telemetry import RequestTelemetry
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
+LOCAL_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"  # a page served from this machine
 
 
 def create_app(settings: Settings | None = None, backends: Mapping[str, Backend] | None = None) -> FastAPI:
@@ -45,10 +48,13 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
     app.state.settings, app.state.registry = settings, registry
     app.state.response_store = ResponseStore(settings.responses_store_size, settings.responses_store_ttl_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(UnknownFields, ignore=settings.unknown_fields == "ignore")
     if settings.cors_origins:  # off unless configured: a browser page elsewhere cannot call the API
+        local = "localhost" in settings.cors_origins  # llama-server's special value: any local page
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=[origin for origin in settings.cors_origins if origin != "localhost"],
+            allow_origin_regex=LOCAL_ORIGIN if local else None,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
@@ -61,6 +67,20 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
     _install_error_handlers(app)
     app.openapi = lambda: without_validation_422(FastAPI.openapi(app))  # a bad body is our 400, not a 422
     return app
+
+
+class UnknownFields:
+    """Tells the request bodies' models (`protocol/strict.py`) whether to drop unknown fields."""
+
+    def __init__(self, app: ASGIApp, ignore: bool):
+        self.app, self.ignore = app, ignore
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = UNKNOWN_FIELDS_IGNORED.set(self.ignore)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            UNKNOWN_FIELDS_IGNORED.reset(token)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

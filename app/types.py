@@ -36,6 +36,10 @@ class SamplingParams:
     grammar: str | None = None  # GBNF that the output must match (backends with supports_grammar)
     logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely
     ignore_eos: bool = False  # generate max_new_tokens even past end-of-generation (benchmarks; vLLM's name)
+    # Added to a token's logit before sampling (-inf bans it): a token id, or a text whose tokens all
+    # get the bias (the backend resolves it).
+    logit_bias: tuple[tuple[int | str, float], ...] = ()
+    infill: bool = False  # llama.cpp's infill sampler (llama-server's `samplers: [..., "infill"]`), for code
 
 
 class SamplingKwargs(TypedDict, total=False):
@@ -54,6 +58,8 @@ class SamplingKwargs(TypedDict, total=False):
     grammar: str | None
     logprobs: int | None
     ignore_eos: bool
+    logit_bias: Sequence[tuple[int | str, float]]
+    infill: bool
 
 
 @dataclass(frozen=True)
@@ -67,10 +73,22 @@ class ChatOptions:
     reasoning_format: Literal["auto", "none"] = "auto"  # "none": the raw text, tags and all
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
     truncate: bool = False  # drop the oldest turns (never the system prompt) when the prompt does not fit
+    # The answer continues the last message, an assistant's (a prefill); None: when the conversation
+    # ends with one and add_generation_prompt is not asked for (llama-server's rule).
+    continue_final_message: bool | None = None
+    add_generation_prompt: bool | None = None  # None: unless the last message is continued
 
     @property
     def calls_tools(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
+
+    def continues(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the answer continues the last message rather than starting a turn of its own."""
+        if self.continue_final_message is not None:
+            return self.continue_final_message
+        last = messages[-1] if messages else {}
+        prefill = last.get("role") == "assistant" and bool(last.get("content")) and not last.get("tool_calls")
+        return prefill and self.add_generation_prompt is not True
 
     @property
     def enable_thinking(self) -> bool | None:
@@ -95,7 +113,9 @@ class GenerationRequest:
     `infill` in the model's fill-in-the-middle tokens."""
 
     params: SamplingParams = field(default_factory=SamplingParams)
-    prompt: str | None = None
+    # A raw prompt: a text, or token ids, or both mixed (llama-server's prompts): the texts are tokenized
+    # (the model's BOS before the first piece only when that piece is a text), the ids kept as they are.
+    prompt: str | tuple[int | str, ...] | None = None
     messages: list[dict[str, Any]] | None = None
     chat: ChatOptions = field(default_factory=ChatOptions)  # chats only: tools, thinking, truncation
     infill: Infill | None = None
@@ -186,6 +206,20 @@ class TokenEvent:
     usage: Usage | None = None
     logprob: TokenLogprob | None = None
     stop_sequence: str | None = None  # the last event: the request's stop string that ended the answer
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One slot of llama.cpp's batch engine as a snapshot shows it (GET /slots): idle, or the request
+    it runs and how far that request is."""
+
+    index: int
+    busy: bool
+    n_cached: int  # tokens whose KV cells the slot holds (its last request's, kept for the next one)
+    n_prompt: int = 0  # the running request's prompt tokens
+    n_prompt_cached: int = 0  # of them, reused from the slot's cells
+    n_decoded: int = 0  # tokens generated so far
+    max_new_tokens: int = 0  # the running request's bound
 
 
 @dataclass(frozen=True)

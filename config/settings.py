@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -32,6 +32,20 @@ def _split_commas(value: object) -> object:
 
 # A list setting written as `a,b,c` in the environment (NoDecode: not parsed as JSON first).
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+
+
+def _minus_one_is_none(value: object) -> object:
+    """llama-server's -1 for "not set" (--n-predict -1: no default bound, --seed -1: a random draw)."""
+    return None if value in (-1, "-1") else value
+
+
+def _deepseek_is_auto(value: object) -> object:
+    """llama-server's --reasoning-format deepseek: the reasoning in reasoning_content, hychat's auto."""
+    return "auto" if value == "deepseek" else value
+
+
+# A setting where llama-server's -1 means unset.
+UnsetByMinusOne = BeforeValidator(_minus_one_is_none)
 
 
 def embedded_model_path() -> str | None:
@@ -90,30 +104,106 @@ class Settings(BaseSettings):
         return init_settings, env_settings, dotenv_settings, renamed, file_secret_settings
 
     # Server
-    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the service to the network.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; 0.0.0.0 exposes the service to the network. Several, comma-separated: each "
+        "is bound (an IPv6 one then takes IPv6 only).",
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_key: str | None = Field(None, description="When set, every API route requires it (Bearer or X-API-Key).")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for (400 above).")
+    endpoint_slots: bool = Field(
+        True,
+        description="GET /slots (llama-server's; on by default, as there): the state of each llama.cpp slot; false: "
+        "a 501, as llama-server --no-slots.",
+    )
     cors_origins: CommaList = Field(
-        default_factory=list, description="Browser origins allowed to call the API (comma-separated); none: CORS off."
+        default_factory=list,
+        description="Browser origins allowed to call the API (comma-separated; `localhost`: any page served from this "
+        "machine, `*`: any); none: CORS off.",
     )
     log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
     # Chats
     think: bool | None = Field(None, description="Let models reason before answering; None: each model's default.")
-    reasoning_format: Literal["auto", "none"] = Field(
-        "auto", description="auto: reasoning apart from the answer (reasoning_content); none: the raw text."
+    reasoning_format: Annotated[Literal["auto", "none"], BeforeValidator(_deepseek_is_auto)] = Field(
+        "auto",
+        description="auto: reasoning apart from the answer (reasoning_content; llama-server's deepseek is taken "
+        "as auto); none: the raw text.",
     )
     context_overflow: Literal["error", "truncate"] = Field(
         "error", description="A chat longer than the context: 400, or drop its oldest turns (never the system prompt)."
+    )
+    unknown_model: Literal["error", "default"] = Field(
+        "error",
+        description="A request naming a model that is not served: 404, or answered by the default model "
+        "(llama-server's behaviour, for clients that send a fixed name such as gpt-3.5-turbo).",
+    )
+    unknown_fields: Literal["error", "ignore"] = Field(
+        "error",
+        description="A request field hychat does not know: 400 (OpenAI's behaviour: a typo is never ignored), or "
+        "ignored with a log line (llama-server's and vLLM's). Their known extensions are accepted either way.",
     )
     responses_store_size: int = Field(
         1000, ge=0, description="Responses kept for previous_response_id (/v1/responses); beyond it the least used go."
     )
     responses_store_ttl_s: float = Field(
         3600, gt=0, description="Seconds a stored response is kept (previous_response_id, GET /v1/responses/{id})."
+    )
+
+    # The configured model as served (llama-server's --alias, --chat-template, --chat-template-file,
+    # --no-jinja). A model that POST /admin/reload loads is served as it is.
+    alias: CommaList = Field(
+        default_factory=list,
+        description="Names of the configured model (comma-separated, llama-server's --alias): the first is the "
+        "name /v1/models, /api/tags and every answer report, and any of them may be a request's model; none: the "
+        "file's (or folder's) name.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Replaces the model's chat template on both backends: the name of one of llama.cpp's built-in "
+        "templates (chatml, llama3, gemma, phi3, mistral-v7, deepseek3...; rendered by llama_chat_apply_template), "
+        "or a Jinja template text (one that holds {% or {{).",
+    )
+    chat_template_file: str | None = Field(
+        None, description="A Jinja chat template file (UTF-8) that replaces the model's own on both backends."
+    )
+    jinja: bool = Field(
+        True,
+        description="false (llama-server's --no-jinja): chats are rendered by llama.cpp's built-in templates, the "
+        "one chat_template names or else the one llama.cpp recognises in the model's own template; a template "
+        "it does not know is a start-up error.",
+    )
+
+    # What a request leaves unset of its sampling takes these, on every dialect (llama-server's
+    # --n-predict, --temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed); unset here: the
+    # defaults of app.types.SamplingParams.
+    default_max_tokens: Annotated[int | None, UnsetByMinusOne] = Field(
+        None,
+        ge=1,
+        description="Tokens an answer may have when its request sets no max_tokens (llama-server's --n-predict; "
+        "-1 or none: each dialect's own default). At most max_tokens_limit.",
+    )
+    default_temperature: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Temperature of requests that set none (0: greedy)."
+    )
+    default_top_k: int | None = Field(None, ge=0, lt=2**31, description="top_k of requests that set none (0: off).")
+    default_top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="top_p of requests that set none (1: off)."
+    )
+    default_min_p: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="min_p of requests that set none (0: off)."
+    )
+    default_repetition_penalty: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="repetition_penalty (Ollama's repeat_penalty) of requests that set none (1: off).",
+    )
+    default_seed: Annotated[int | None, UnsetByMinusOne] = Field(
+        None, ge=0, lt=2**32, description="Seed of requests that set none; -1 or none: a fresh draw each time."
     )
 
     # Which backend answers requests that do not name one. auto: llama.cpp when it is installed and
@@ -154,12 +244,51 @@ class Settings(BaseSettings):
         default_factory=list, description="Model folders (comma-separated); none: the configured models' folders."
     )
 
+    @field_validator("host")
+    @classmethod
+    def _some_host(cls, host: str) -> str:
+        if not any(part.strip() for part in host.split(",")):
+            raise ValueError("give at least one address")
+        return host
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.chat_template is not None and self.chat_template_file is not None:
+            raise ValueError("give either chat_template or chat_template_file (--chat-template, --chat-template-file)")
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"default_max_tokens (--n-predict) {self.default_max_tokens} is above max_tokens_limit "
+                f"{self.max_tokens_limit}"
+            )
+        return self
+
+    def hosts(self) -> list[str]:
+        """The addresses to bind: `host`, comma-separated, each once."""
+        return list(dict.fromkeys(part.strip() for part in self.host.split(",") if part.strip()))
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampling defaults of this server, as `SamplingParams` keyword arguments: what a request
+        leaves unset takes these (on every dialect). Only the settings that are set: for the rest,
+        SamplingParams' own defaults hold. `max_new_tokens` replaces a dialect's own default for a
+        request without max_tokens (never a limit: a request may ask up to max_tokens_limit)."""
+        given = {
+            "max_new_tokens": self.default_max_tokens,
+            "temperature": self.default_temperature,
+            "top_k": self.default_top_k,
+            "top_p": self.default_top_p,
+            "min_p": self.default_min_p,
+            "repetition_penalty": self.default_repetition_penalty,
+            "seed": self.default_seed,
+        }
+        return {name: value for name, value in given.items() if value is not None}
+
     def chat_defaults(self) -> dict:
         """What a chat request leaves unset takes these (the protocol converters' keyword arguments)."""
         return {
             "think": self.think,
             "reasoning_format": self.reasoning_format,
             "truncate": self.context_overflow == "truncate",
+            "defaults": self.sampling_defaults(),
         }
 
     def llamacpp_config(self) -> dict:

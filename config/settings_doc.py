@@ -22,9 +22,43 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     (
         "Server",
-        ("host", "port", "api_key", "max_request_bytes", "max_tokens_limit", "cors_origins", "log_level", "cache_dir"),
+        (
+            "host",
+            "port",
+            "api_key",
+            "max_request_bytes",
+            "max_tokens_limit",
+            "endpoint_slots",
+            "cors_origins",
+            "log_level",
+            "cache_dir",
+        ),
     ),
-    ("Chats", ("think", "reasoning_format", "context_overflow", "responses_store_size", "responses_store_ttl_s")),
+    (
+        "Chats",
+        (
+            "think",
+            "reasoning_format",
+            "context_overflow",
+            "unknown_model",
+            "unknown_fields",
+            "responses_store_size",
+            "responses_store_ttl_s",
+        ),
+    ),
+    ("The configured model as served", ("alias", "chat_template", "chat_template_file", "jinja")),
+    (
+        "Sampling defaults (for what a request leaves unset)",
+        (
+            "default_max_tokens",
+            "default_temperature",
+            "default_top_k",
+            "default_top_p",
+            "default_min_p",
+            "default_repetition_penalty",
+            "default_seed",
+        ),
+    ),
     ("Backend choice", ("backend",)),
     (
         "llama.cpp backend",
@@ -90,21 +124,54 @@ validation error names the field and the value.
 ## Command-line flags that override settings
 
 `hychat serve`, `hychat chat` and `hychat generate` take the model flags; `serve` also takes the
-server's. An unset flag keeps the setting's value.
+server's. An unset flag keeps the setting's value. Each flag also answers to llama-server's name for
+it (second column), so a llama-server command line runs as it is where hychat has the feature.
 
-| flag | setting |
-|---|---|
-| `--host` (serve) | `HYCHAT_HOST` |
-| `--port` (serve) | `HYCHAT_PORT` |
-| `--api-key` (serve) | `HYCHAT_API_KEY` |
-| `--parallel` (serve) | `HYCHAT_PARALLEL` |
-| `--backend auto/llamacpp/pytorch` | `HYCHAT_BACKEND` |
-| `--model` | `HYCHAT_LLAMACPP_MODEL_PATH`; with `--backend pytorch`, `HYCHAT_TORCH_MODEL_PATH` |
-| `--n-ctx` | `HYCHAT_LLAMACPP_N_CTX`; with `--backend pytorch`, `HYCHAT_TORCH_N_CTX` |
-| `--threads` | `HYCHAT_LLAMACPP_N_THREADS`; with `--backend pytorch`, `HYCHAT_TORCH_N_THREADS` |
-| `--n-gpu-layers` | `HYCHAT_LLAMACPP_N_GPU_LAYERS` |
-| `--dtype` | `HYCHAT_TORCH_DTYPE` |
-| `--lora` | `HYCHAT_TORCH_LORA_PATH` |
+| flag | llama-server's names | setting |
+|---|---|---|
+| `--host` (serve; repeated or comma-separated: each is bound) | `--host` | `HYCHAT_HOST` |
+| `--port` (serve) | `--port` | `HYCHAT_PORT` |
+| `--api-key` (serve) | `--api-key` | `HYCHAT_API_KEY` |
+| `--cors-origins` (serve) | `--cors-origins` | `HYCHAT_CORS_ORIGINS` |
+| `--parallel` (serve) | `-np` | `HYCHAT_PARALLEL` |
+| `--alias` (serve) | `-a` | `HYCHAT_ALIAS` |
+| `--chat-template` (serve) | `--chat-template` | `HYCHAT_CHAT_TEMPLATE` |
+| `--chat-template-file` (serve) | `--chat-template-file` | `HYCHAT_CHAT_TEMPLATE_FILE` |
+| `--jinja` / `--no-jinja` (serve) | the same | `HYCHAT_JINJA` |
+| `--reasoning-format auto/deepseek/none` (serve) | the same | `HYCHAT_REASONING_FORMAT` |
+| `--n-predict` (serve) | `-n` | `HYCHAT_DEFAULT_MAX_TOKENS` |
+| `--temp` (serve) | `--temp` | `HYCHAT_DEFAULT_TEMPERATURE` |
+| `--top-k`, `--top-p`, `--min-p` (serve) | the same | `HYCHAT_DEFAULT_TOP_K`, `_TOP_P`, `_MIN_P` |
+| `--repeat-penalty` (serve) | `--repeat-penalty` | `HYCHAT_DEFAULT_REPETITION_PENALTY` |
+| `--seed` (serve) | `-s` | `HYCHAT_DEFAULT_SEED` |
+| `--backend auto/llamacpp/pytorch` | | `HYCHAT_BACKEND` |
+| `--model` | `-m` | `HYCHAT_LLAMACPP_MODEL_PATH`; with `--backend pytorch`, `HYCHAT_TORCH_MODEL_PATH` |
+| `--n-ctx` | | `HYCHAT_LLAMACPP_N_CTX`; with `--backend pytorch`, `HYCHAT_TORCH_N_CTX` |
+| `--ctx-size`: all requests together | `-c`, `--ctx-size` | the same, divided by `HYCHAT_PARALLEL` (llama.cpp) |
+| `--threads` | `-t` | `HYCHAT_LLAMACPP_N_THREADS`; with `--backend pytorch`, `HYCHAT_TORCH_N_THREADS` |
+| `--n-gpu-layers` | `-ngl`, `--gpu-layers` | `HYCHAT_LLAMACPP_N_GPU_LAYERS` |
+| `--dtype` | | `HYCHAT_TORCH_DTYPE` |
+| `--lora` | | `HYCHAT_TORCH_LORA_PATH` |
+
+A flag's value out of range is the command's error naming the flag (exit 2), a conflict between
+settings one line (exit 1); neither is a traceback. Where the two programs differ:
+
+- `-c` / `--ctx-size` is llama-server's context of all requests together: `-c 4096 -np 2` gives each
+  request 2048 tokens, as there. hychat's own `--n-ctx` is each request's.
+- `--chat-template NAME` renders every llama.cpp built-in template by llama.cpp's own
+  `llama_chat_apply_template`, as llama-server does without Jinja (with Jinja, its default, it knows
+  only `chatml` by name). A value that is no built-in name must be a Jinja template (hold `{%` or
+  `{{`): a misspelt name is an error, not a template that writes the name. With a built-in template
+  the functions of `tools` are described in the system prompt and the answer is read for a JSON call
+  (llama-server refuses `tools` without Jinja).
+- `--no-jinja` has a meaning of its own: chats are rendered by llama.cpp's built-in templates, the
+  one `--chat-template` names or the one llama.cpp recognises in the model's template, as
+  llama-server `--no-jinja` renders them. `--jinja` is the default and changes nothing.
+- `--host` may be given several times (or comma-separated): each address is bound; beside others,
+  an IPv6 address is bound for IPv6 only, as llama-server does.
+- `--reasoning-format deepseek` is hychat's `auto`; llama-server's `deepseek-legacy` is not offered.
+- `--alias`, `--chat-template` and `--chat-template-file` are the configured model's: a model that
+  `POST /admin/reload` loads is served by its own name and template (`--no-jinja` still holds).
 
 So `--model`, `--n-ctx` and `--threads` set the backend that answers (`--backend`); `--dtype` and
 `--lora` are PyTorch's, `--n-gpu-layers` llama.cpp's. `hychat reload` reads its key from
@@ -126,6 +193,14 @@ the configured (or embedded) model and threads.
   model's own default ([api.md](api.md#the-thinking-switch)).
 - `HYCHAT_REASONING_FORMAT`: `auto` returns a `<think>` block apart, as `reasoning_content` /
   `reasoning`; `none` returns the raw text, tags and all.
+- `HYCHAT_ALIAS`: `a,b` serves the default backend's model as `a` (in `/v1/models`, `/api/tags` and the
+  `model` of every answer); a request may name it `a` or `b`.
+- `HYCHAT_CHAT_TEMPLATE`, `HYCHAT_CHAT_TEMPLATE_FILE`: in place of each backend's model's own
+  template; `POST /apply-template` shows what it renders. A file that is missing, not UTF-8 or not
+  Jinja, or a value that is no template, stops the start before any model loads, in one line.
+- `HYCHAT_DEFAULT_*`: what a request leaves unset of its sampling, on every API; a field the request
+  sets wins. Unset, hychat's own defaults (temperature 0.7, top_p 0.95, top_k 40, min_p 0.05, no
+  penalty, a fresh seed; max_tokens: each API's).
 - `HYCHAT_CONTEXT_OVERFLOW`: `error` answers 400 `context_length_exceeded` with both counts;
   `truncate` leaves out the oldest turns, never the system prompt, and the answer says how many in
   `truncated_messages`.

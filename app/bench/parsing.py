@@ -73,7 +73,7 @@ def _run(backend: Backend, parse: bool) -> tuple[int, float]:
         if parse
         else ChatOutputParser(replace(generation.prompt, tool_names=()), ChatOptions(reasoning_format="none"))
     )
-    chunks = ChatChunks(response_meta("chatcmpl", "bench"), include_usage=True)
+    chunks = ChatChunks(response_meta("chatcmpl", "bench"))
     times = []
     for delta in ChatStream(generation, parser):  # what the chat path does for every dialect
         for chunk in chunks.chunks(delta):

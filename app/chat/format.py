@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.chat.template import render, uses_variable
+from app.errors import ChatTemplateError
 from app.types import ChatOptions, RenderedChat
 
 NO_THINK = "/no_think"
@@ -29,6 +30,10 @@ _GENERIC_TOOL_PROMPT = (
     "to call several, a JSON list of such objects."
 )
 
+# Renders (messages, add_generation_prompt) by one of llama.cpp's built-in templates: roles and texts
+# only, no variables (app.services.chat_templates makes it; this layer never imports llama.cpp).
+BuiltinRenderer = Callable[[list[dict[str, Any]], bool], str]
+
 
 @dataclass(frozen=True)
 class ChatFormat:
@@ -37,6 +42,13 @@ class ChatFormat:
     tool_format: Literal["hunyuan", "hermes", "json"]
     shows_tools: bool  # the template renders `tools` itself
     hunyuan_7b: bool
+    builtin: BuiltinRenderer | None = None  # set: `template` names a llama.cpp built-in template that renders instead
+
+    @classmethod
+    def from_builtin(cls, name: str, renderer: BuiltinRenderer) -> ChatFormat:
+        """A template that only writes roles and texts: tools go in the system prompt, as for a Jinja
+        template that ignores them; template variables (chat_template_kwargs) have nothing to set."""
+        return cls(name, {}, "json", False, False, renderer)
 
     @classmethod
     def from_template(cls, template: str, special_tokens: Mapping[str, str]) -> ChatFormat:
@@ -46,8 +58,22 @@ class ChatFormat:
         return cls(template, dict(special_tokens), fmt if shows_tools else "json", shows_tools, hunyuan)
 
     def render(self, messages: Sequence[Mapping[str, Any]], options: ChatOptions) -> RenderedChat:
-        messages, tools, kwargs = self.template_inputs(messages, options)
-        text = render(self.template, messages, special_tokens=self.special_tokens, tools=tools, **kwargs)
+        continues, asked = options.continues(messages), options.add_generation_prompt
+        add_generation_prompt = not continues if asked is None else asked
+        shown, tools, kwargs = self.template_inputs(messages, options)
+        if self.builtin is not None:
+            text = self.builtin(shown, add_generation_prompt)
+        else:
+            text = render(
+                self.template,
+                shown,
+                special_tokens=self.special_tokens,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                **kwargs,
+            )
+        if continues:
+            text = _cut_after_last_message(text, str(messages[-1].get("content") or ""))
         return RenderedChat(text, _think_at_end(text))
 
     def template_inputs(
@@ -137,6 +163,17 @@ def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(written[0] if len(written) == 1 else written, ensure_ascii=False)
     rest = {k: v for k, v in message.items() if k != "tool_calls"}
     return {**rest, "content": ((message.get("content") or "") + text)}
+
+
+def _cut_after_last_message(text: str, final: str) -> str:
+    """The prompt up to the end of the last message's text: what the template writes after it (its
+    end-of-turn token) goes, so the model writes on. transformers' continue_final_message does this."""
+    if not final.strip() or final.strip() not in text:
+        raise ChatTemplateError("the chat template does not show the last message, so it cannot be continued")
+    at = text.rindex(final.strip())
+    if text[at : at + len(final.lstrip())] == final.lstrip():  # the template kept the text's spacing
+        return text[: at + len(final.lstrip())]
+    return text[: at + len(final.strip())]
 
 
 def _think_at_end(prompt: str) -> Literal["open", "closed"] | None:

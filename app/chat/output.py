@@ -21,6 +21,7 @@ class ChatDelta:
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     logprob: TokenLogprob | None = None
+    token: int | None = None  # the sampled token this delta's text comes from (None: the last delta)
     finish_reason: str | None = None  # the last delta: "stop" | "length" | "tool_calls" (the answer called)
     usage: Usage | None = None  # the last delta
     reasoning_tokens: int = 0  # the last delta: how many of the completion's tokens were reasoning

@@ -80,6 +80,8 @@ def template_errors() -> Iterator[None]:
         yield
     except jinja2.exceptions.SecurityError as error:
         raise ChatTemplateError(f"the chat template tried an unsafe operation: {error}") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise ChatTemplateError(f"the chat template is not Jinja (line {error.lineno}): {error.message}") from None
     except (ValueError, TypeError, KeyError, IndexError, jinja2.TemplateError) as error:  # raise_exception() too
         raise ChatTemplateError(f"the chat template rejected the conversation: {error}") from None
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import ValidationError
 
 from app.errors import HychatError
 from config.settings import DTYPES, Settings
@@ -20,16 +21,55 @@ if TYPE_CHECKING:
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Flags shared by every command that loads a model; unset flags keep the settings' values.
-    --model, --n-ctx and --threads apply to the backend that answers (--backend)."""
+    --model, --n-ctx and --threads apply to the backend that answers (--backend). Each also takes
+    llama-server's name for it (-m, -t, -ngl / --gpu-layers); -c / --ctx-size is llama-server's
+    context of all requests together."""
     options = [
         click.option("--backend", type=click.Choice(["auto", "llamacpp", "pytorch"]), help="Backend that answers."),
-        click.option("--model", help="GGUF file (llama.cpp), or checkpoint folder / GGUF (PyTorch)."),
-        click.option("--n-ctx", type=int, help="Context window in tokens."),
-        click.option("--threads", type=int, help="CPU threads (default: physical cores)."),
-        click.option("--n-gpu-layers", "llamacpp_n_gpu_layers", type=int, help="llama.cpp layers to offload to a GPU."),
+        click.option("--model", "-m", "model", help="GGUF file (llama.cpp), or checkpoint folder / GGUF (PyTorch)."),
+        click.option("--n-ctx", type=int, help="Context window of each request, in tokens."),
+        click.option("--ctx-size", "-c", "ctx_size", type=int,
+                     help="llama-server's: the context of all requests together; each gets ctx-size / parallel."),
+        click.option("--threads", "-t", "threads", type=int, help="CPU threads (default: physical cores)."),
+        click.option("--n-gpu-layers", "-ngl", "--gpu-layers", "llamacpp_n_gpu_layers", type=int,
+                     help="llama.cpp layers to offload to a GPU (-1: all)."),
         click.option("--dtype", "torch_dtype", type=click.Choice(DTYPES), help="PyTorch weights dtype."),
         click.option("--lora", "torch_lora_path", help="PyTorch: peft LoRA adapter folder."),
-    ]
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`hychat serve`'s own flags, by hychat's names and llama-server's; each sets one setting."""
+    options = [
+        click.option("--host", multiple=True,
+                     help="Address to bind (default 127.0.0.1); several: repeat it or comma-separate them."),
+        click.option("--port", type=int, help="Port (default 8000)."),
+        click.option("--api-key", help="Require this key on every API route."),
+        click.option("--cors-origins", help="Browser origins allowed to call the API, comma-separated "
+                     "(localhost: any page served from this machine; default: none)."),
+        click.option("--parallel", "-np", "parallel", type=int, help="llama.cpp requests decoded together (4)."),
+        click.option("--alias", "-a", "alias",
+                     help="Name(s) of the model, comma-separated: the first is reported, each is accepted."),
+        click.option("--chat-template", help="llama.cpp built-in template (chatml, llama3, gemma...) or a Jinja "
+                     "template text, in place of the model's."),
+        click.option("--chat-template-file", help="Jinja chat template file, in place of the model's."),
+        click.option("--jinja/--no-jinja", default=None,
+                     help="--no-jinja: render chats with llama.cpp's built-in templates (default: Jinja)."),
+        click.option("--reasoning-format", type=click.Choice(["auto", "deepseek", "none"]),
+                     help="auto (= deepseek): reasoning apart from the answer; none: the raw text."),
+        click.option("--n-predict", "-n", "default_max_tokens", type=int,
+                     help="max_tokens of requests that set none (-1: each API's default)."),
+        click.option("--temp", "default_temperature", type=float, help="Temperature of requests that set none."),
+        click.option("--top-k", "default_top_k", type=int, help="top_k of requests that set none."),
+        click.option("--top-p", "default_top_p", type=float, help="top_p of requests that set none."),
+        click.option("--min-p", "default_min_p", type=float, help="min_p of requests that set none."),
+        click.option("--repeat-penalty", "default_repetition_penalty", type=float,
+                     help="Repetition penalty of requests that set none."),
+        click.option("--seed", "-s", "default_seed", type=int, help="Seed of requests that set none (-1: random)."),
+    ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
     return command
@@ -43,9 +83,43 @@ _BACKEND_FLAGS = {
 
 
 def build_settings(**flags: Any) -> Settings:
-    """Settings from the environment with the flags given on top."""
+    """Settings from the environment with the flags given on top. A value out of range is the
+    command's error naming the flag (or the variable), not a traceback."""
     names = _BACKEND_FLAGS["pytorch" if flags.get("backend") == "pytorch" else "llamacpp"]
-    return Settings(**{names.get(k, k): v for k, v in flags.items() if v is not None})
+    ctx_size = flags.pop("ctx_size", None)
+    given = {names.get(k, k): v for k, v in flags.items() if v is not None}
+    flag_of = {names.get(k, k): k for k in flags}
+    settings = _settings(given, flag_of, given)
+    if ctx_size is None:
+        return settings
+    # llama-server's -c is the context of all slots together; hychat's n_ctx is each slot's.
+    if flags.get("n_ctx") is not None:
+        raise click.UsageError("give either --n-ctx (each request's) or -c / --ctx-size (all together)")
+    slots = settings.parallel if names["n_ctx"] == "llamacpp_n_ctx" else 1
+    shown = f"{ctx_size} ({ctx_size} / {slots} slots = {ctx_size // slots} tokens for each request)"
+    given[names["n_ctx"]], flag_of[names["n_ctx"]] = ctx_size // slots, "ctx_size"
+    return _settings(given, flag_of, {**given, names["n_ctx"]: shown})
+
+
+def _settings(given: dict[str, Any], flag_of: dict[str, str], shown: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise _setting_error(error.errors()[0], flag_of, shown) from None
+
+
+def _setting_error(error: Any, flag_of: dict[str, str], shown: dict[str, Any]) -> click.ClickException:
+    """The first problem pydantic found, named by the flag that gave the value, else by its variable."""
+    field = str(error["loc"][0]) if error["loc"] else None
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    context = click.get_current_context(silent=True)
+    if field in shown and field in flag_of and context is not None:
+        option = next(p for p in context.command.params if p.name == flag_of[field])
+        value = shown[field] if isinstance(shown[field], str) and option.name == "ctx_size" else repr(shown[field])
+        return click.BadParameter(f"{value}: {message}", context, option)
+    if field is None:
+        return click.ClickException(f"invalid settings: {message}")
+    return click.ClickException(f"invalid setting HYCHAT_{field.upper()}: {message}")
 
 
 @click.group()
@@ -58,41 +132,68 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--host", help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8000).")
-@click.option("--api-key", help="Require this key on every /api route.")
-@click.option("--parallel", type=int, help="llama.cpp requests decoded together (default 4).")
+@server_options
 @model_options
-def serve(**overrides: Any) -> None:
-    """Start the HTTP server."""
+def serve(host: tuple[str, ...], **overrides: Any) -> None:
+    """Start the HTTP server. Flags take hychat's names or llama-server's (-m, -c, -np, -t, -ngl,
+    --alias, --chat-template, --temp...); --jinja / --no-jinja as there (hychat renders Jinja unless
+    --no-jinja)."""
     import uvicorn
 
     from app.logging_setup import configure_logging
     from app.main import create_app
 
-    settings = build_settings(**overrides)
+    settings = serve_settings(host, **overrides)
     configure_logging(settings.log_level)
     # Bound before any model loads: a taken port or a wrong host costs one line, not a 7B load first.
-    listener = _bind(settings.host, settings.port)
+    listeners = _bind_all(settings.hosts(), settings.port)
     registry = _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
     # Our logging for uvicorn's messages too; its access log gives way to app.telemetry's request lines.
     config = uvicorn.Config(
         create_app(settings, registry.backends),
-        host=settings.host,
+        host=settings.hosts()[0],  # for uvicorn's "running on" line; every listener serves
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
         access_log=False,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    if len(listeners) > 1:
+        logging.getLogger(__name__).info("listening on %s", ", ".join(_url(s.getsockname()) for s in listeners))
+    uvicorn.Server(config).run(sockets=listeners)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def serve_settings(host: tuple[str, ...] = (), **flags: Any) -> Settings:
+    """`hychat serve`'s settings: `--host` given again adds an address (as a comma does)."""
+    return build_settings(host=",".join(host) or None, **flags)
+
+
+def _bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+    """A listening socket for each address; none if any fails (the error names that one)."""
+    listeners: list[socket.socket] = []
+    try:
+        for host in hosts:
+            # Beside other addresses, :: is IPv6 alone (as llama-server): else it takes IPv4's port too.
+            listeners.append(_bind(host, port, v6only=len(hosts) > 1))
+    except click.ClickException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def _url(address: tuple[Any, ...]) -> str:
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _bind(host: str, port: int, v6only: bool = False) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a quick restart rebinds
+            if v6only and family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             listener.bind((host, port))
         except OSError:
             listener.close()

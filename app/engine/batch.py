@@ -33,7 +33,7 @@ from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
 from app.errors import EngineClosedError, HychatError, QueueFullError
-from app.types import TokenEvent, TokenLogprob, TopLogprob, UsageClock
+from app.types import SlotState, TokenEvent, TokenLogprob, TopLogprob, UsageClock
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,14 @@ class BatchEngine(TokenSource[Ticket]):
     @property
     def busy(self) -> int:
         return sum(s.ticket is not None for s in self._slots)
+
+    def slots(self) -> list[SlotState]:
+        """A snapshot of every slot (GET /slots). The lock keeps admission out, so no slot changes
+        hands while it is read; the decode step runs outside it, so each slot's ticket is read once and
+        every value is one attribute read (atomic under the GIL): a running slot's counts may be a step
+        behind, never a mix of two requests."""
+        with self._wake:
+            return [_slot_state(slot) for slot in self._slots]
 
     # -- the engine's side ---------------------------------------------------------------------
 
@@ -367,6 +375,21 @@ class BatchEngine(TokenSource[Ticket]):
         if state != self._reported:
             self._reported = state
             self._on_state(*state)
+
+
+def _slot_state(slot: _Slot) -> SlotState:
+    ticket = slot.ticket
+    if ticket is None or ticket.cancelled:  # a cancelled ticket's slot counts as free (see submit)
+        return SlotState(slot.index, busy=False, n_cached=len(slot.cached))
+    return SlotState(
+        slot.index,
+        busy=True,
+        n_cached=len(slot.cached),
+        n_prompt=len(ticket.prompt),
+        n_prompt_cached=ticket.clock.cached_tokens,
+        n_decoded=ticket.clock.completion_tokens,
+        max_new_tokens=ticket.max_new_tokens,
+    )
 
 
 def _put_all(items: list[tuple[Ticket, Any]]) -> None:

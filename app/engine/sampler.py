@@ -33,7 +33,7 @@ class RequestSampler:
         self.n_vocab = n_vocab
         self.grammar = _grammar(vocab, params.grammar) if params.grammar is not None else None
         self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        for sampler in _chain(n_vocab, params):
+        for sampler in _chain(vocab, n_vocab, params):
             llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
         self._candidates = np.zeros(n_vocab if self.grammar is not None else 0, TOKEN_DATA)
         # Plain greedy needs no chain: llama_sampler_sample copies the whole vocabulary into a
@@ -90,20 +90,28 @@ def _grammar(vocab: Any, grammar: str) -> Any:
 
 
 def _is_plain_greedy(p: SamplingParams) -> bool:
-    return p.temperature <= 0 and p.repetition_penalty == 1 and not p.presence_penalty and not p.frequency_penalty
+    penalised = p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty
+    return p.temperature <= 0 and not penalised and not p.logit_bias and not p.infill
 
 
-def _chain(n_vocab: int, p: SamplingParams) -> Any:
+def _chain(vocab: Any, n_vocab: int, p: SamplingParams) -> Any:
+    if p.logit_bias:  # first, as in llama.cpp's common_sampler; the backend made every key a token id
+        biases = (llama_cpp.llama_logit_bias * len(p.logit_bias))(*((int(t), b) for t, b in p.logit_bias))
+        yield llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases)
     if p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty:
         yield llama_cpp.llama_sampler_init_penalties(
             n_vocab, p.max_new_tokens, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
         )
     if p.temperature <= 0:
+        if p.infill:
+            yield llama_cpp.llama_sampler_init_infill(vocab)
         yield llama_cpp.llama_sampler_init_greedy()
         return
     if p.top_k > 0:
         yield llama_cpp.llama_sampler_init_top_k(p.top_k)
     yield llama_cpp.llama_sampler_init_top_p(p.top_p, 1)
     yield llama_cpp.llama_sampler_init_min_p(p.min_p, 1)
+    if p.infill:  # where llama-server's default chain for fill-in-the-middle clients puts it
+        yield llama_cpp.llama_sampler_init_infill(vocab)
     yield llama_cpp.llama_sampler_init_temp(p.temperature)
     yield llama_cpp.llama_sampler_init_dist(llama_cpp.LLAMA_DEFAULT_SEED if p.seed is None else p.seed)

@@ -13,13 +13,15 @@ defaults, as on `/v1`. Fields that are not Anthropic's are marked.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.errors import InvalidParameterError
 from app.protocol.openai import max_new_tokens_within
-from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K
+from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, NO_DEFAULTS, over_defaults
+from app.protocol.strict import Strict
 from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams
 
 MAX_BLOCKS = 256  # content blocks per message
@@ -27,11 +29,7 @@ MAX_BLOCKS = 256  # content blocks per message
 # -- requests -----------------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CacheControl(_Strict):
+class CacheControl(Strict):
     """Accepted, ignored: the engine reuses the KV cache of a prompt's known prefix by itself."""
 
     type: Literal["ephemeral"]
@@ -42,13 +40,13 @@ ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
-class TextBlockParam(_Strict):
+class TextBlockParam(Strict):
     type: Literal["text"]
     text: Text
     cache_control: CacheControl | None = None
 
 
-class ToolUseBlockParam(_Strict):
+class ToolUseBlockParam(Strict):
     """An earlier call of the assistant's."""
 
     type: Literal["tool_use"]
@@ -58,7 +56,7 @@ class ToolUseBlockParam(_Strict):
     cache_control: CacheControl | None = None
 
 
-class ThinkingBlockParam(_Strict):
+class ThinkingBlockParam(Strict):
     """An earlier answer's reasoning, sent back as the SDK does: accepted, not shown to the model."""
 
     type: Literal["thinking"]
@@ -66,7 +64,7 @@ class ThinkingBlockParam(_Strict):
     signature: str = Field(max_length=MAX_TEXT_CHARS)
 
 
-class RedactedThinkingBlockParam(_Strict):
+class RedactedThinkingBlockParam(Strict):
     type: Literal["redacted_thinking"]  # accepted and dropped, as thinking blocks are
     data: str = Field(max_length=MAX_TEXT_CHARS)
 
@@ -100,7 +98,7 @@ ResultBlock = Annotated[
 ]
 
 
-class ToolResultBlockParam(_Strict):
+class ToolResultBlockParam(Strict):
     type: Literal["tool_result"]
     tool_use_id: str = Field(max_length=256)
     content: Text | Annotated[list[ResultBlock], Field(max_length=MAX_BLOCKS)] = ""
@@ -126,12 +124,12 @@ AssistantBlock = Annotated[
 ]
 
 
-class UserMessageParam(_Strict):
+class UserMessageParam(Strict):
     role: Literal["user"]
     content: Text | Annotated[list[UserBlock], Field(max_length=MAX_BLOCKS)]
 
 
-class AssistantMessageParam(_Strict):
+class AssistantMessageParam(Strict):
     role: Literal["assistant"]
     content: Text | Annotated[list[AssistantBlock], Field(max_length=MAX_BLOCKS)]
 
@@ -161,7 +159,7 @@ class InputSchema(BaseModel):
     required: list[str] | None = None
 
 
-class ToolParam(_Strict):
+class ToolParam(Strict):
     name: ToolName
     description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     input_schema: InputSchema
@@ -170,55 +168,55 @@ class ToolParam(_Strict):
     cache_control: CacheControl | None = None
 
 
-class ToolChoiceAuto(_Strict):
+class ToolChoiceAuto(Strict):
     type: Literal["auto"]
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceAny(_Strict):
+class ToolChoiceAny(Strict):
     type: Literal["any"]
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceTool(_Strict):
+class ToolChoiceTool(Strict):
     type: Literal["tool"]
     name: ToolName
     disable_parallel_tool_use: bool = False
 
 
-class ToolChoiceNone(_Strict):
+class ToolChoiceNone(Strict):
     type: Literal["none"]
 
 
 ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")]
 
 
-class ThinkingEnabled(_Strict):
+class ThinkingEnabled(Strict):
     type: Literal["enabled"]
     # Anthropic's bounds (at least 1024, below max_tokens); the reasoning is not cut at the budget:
     # reasoning and answer together stop at max_tokens.
     budget_tokens: int = Field(ge=1024)
 
 
-class ThinkingDisabled(_Strict):
+class ThinkingDisabled(Strict):
     type: Literal["disabled"]
 
 
-class ThinkingAdaptive(_Strict):
+class ThinkingAdaptive(Strict):
     type: Literal["adaptive"]  # the server's default, else the model's own
 
 
 Thinking = Annotated[ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive, Field(discriminator="type")]
 
 
-class MessageMetadata(_Strict):
+class MessageMetadata(Strict):
     user_id: str | None = Field(None, max_length=256)  # accepted, unused
 
 
-class CountTokensRequest(_Strict):
+class CountTokensRequest(Strict):
     """What `/v1/messages/count_tokens` takes: the conversation, without generation parameters."""
 
-    model: str = Field(max_length=256)
+    model: str | None = Field(None, max_length=256)  # none: the default model
     messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: Text | Annotated[list[TextBlockParam], Field(max_length=MAX_BLOCKS)] | None = None
     tools: list[ToolParam] | None = Field(None, max_length=128)
@@ -253,8 +251,10 @@ def to_generation_request(
     think: bool | None = None,
     reasoning_format: str = "auto",
     truncate: bool = False,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
-    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
+    """`think`, `reasoning_format`, `truncate` and the sampling `defaults`: the server's defaults for
+    what the request leaves unset (max_tokens is required here)."""
     max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit)
     if isinstance(body.thinking, ThinkingEnabled) and body.thinking.budget_tokens >= body.max_tokens:
         raise InvalidParameterError("thinking.budget_tokens must be less than max_tokens", "thinking.budget_tokens")
@@ -263,7 +263,7 @@ def to_generation_request(
         max_new_tokens=max_new_tokens,
         stop=tuple(body.stop_sequences or ()),
         grammar=body.grammar,
-        **{name: value for name, value in given.items() if value is not None},
+        **over_defaults(given, defaults),
     )
     return GenerationRequest(
         params, messages=to_chat_messages(body), chat=to_chat_options(body, think, reasoning_format, truncate)
@@ -271,7 +271,12 @@ def to_generation_request(
 
 
 def to_prompt_request(
-    body: CountTokensRequest, *, think: bool | None = None, reasoning_format: str = "auto", truncate: bool = False
+    body: CountTokensRequest,
+    *,
+    think: bool | None = None,
+    reasoning_format: str = "auto",
+    truncate: bool = False,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,  # nothing is sampled: taken for the same keywords as the others
 ) -> GenerationRequest:
     """The conversation alone, for counting its prompt's tokens."""
     return GenerationRequest(

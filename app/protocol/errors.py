@@ -34,6 +34,9 @@ class ErrorDetail(BaseModel):
     ]
     param: str | None  # the request field at fault, when known
     code: str | None  # ours: invalid_parameter, context_length_exceeded, model_not_found, queue_full, ...
+    # A prompt over the context (context_length_exceeded): its tokens and the context, as llama-server says.
+    n_prompt_tokens: int | None = None
+    n_ctx: int | None = None
 
 
 class ErrorResponse(BaseModel):

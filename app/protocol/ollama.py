@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -22,7 +22,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import HychatError, InvalidParameterError, ModelNotFoundError
 from app.protocol.openai import FunctionName, ToolDefinition, max_new_tokens_within
-from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K
+from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, NO_DEFAULTS, over_defaults
+from app.protocol.strict import Strict
 from app.services.backend import Backend
 from app.services.registry import Registry
 from app.types import (
@@ -45,10 +46,6 @@ GO_DURATION = r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$"
 # so that the conversion refuses it by name (as /v1 does image parts).
 NO_TEXT: dict[str, Any] = {"maxLength": 0}
 NO_ITEMS: dict[str, Any] = {"maxItems": 0}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class OllamaOptions(BaseModel):
@@ -96,13 +93,13 @@ class OllamaOptions(BaseModel):
     draft_num_predict: int | None = None
 
 
-class OllamaFunctionCall(_Strict):
+class OllamaFunctionCall(Strict):
     index: int | None = Field(None, ge=0)  # the call's position, as Ollama writes it; not needed back
     name: FunctionName
     arguments: dict[str, Any] = Field(default_factory=dict)  # an object, not JSON text as on /v1
 
 
-class OllamaToolCall(_Strict):
+class OllamaToolCall(Strict):
     id: str | None = Field(None, max_length=256)
     function: OllamaFunctionCall
 
@@ -111,7 +108,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value  # Ollama lower-cases the role
 
 
-class OllamaMessage(_Strict):
+class OllamaMessage(Strict):
     role: Annotated[Literal["system", "user", "assistant", "tool"], BeforeValidator(_lower)]
     content: str = Field("", max_length=MAX_TEXT_CHARS)
     thinking: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # an earlier answer's; not shown to the model
@@ -126,10 +123,10 @@ Think = bool | Literal["low", "medium", "high", "max"]  # a level turns thinking
 KeepAlive = Annotated[str, Field(pattern=GO_DURATION, max_length=64)] | float
 
 
-class _OllamaGeneration(_Strict):
+class _OllamaGeneration(Strict):
     """What chat and generate share (Ollama's ChatRequest and GenerateRequest)."""
 
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field("", max_length=256)  # empty: the default model (/api/chat tells dialects apart by it)
     format: Format | None = None
     options: OllamaOptions | None = None
     stream: bool = True  # Ollama's default: newline-delimited JSON
@@ -158,14 +155,14 @@ class OllamaGenerateRequest(_OllamaGeneration):
     images: list[str] | None = Field(None, max_length=64, json_schema_extra=NO_ITEMS)
 
 
-class OllamaShowRequest(_Strict):
+class OllamaShowRequest(Strict):
     model: str = Field("", max_length=256)
     name: str = Field("", max_length=256)  # Ollama's deprecated name for `model`
     verbose: bool = False  # arrays of more than 5 values in full, as far as the file header keeps them
 
 
-class OllamaEmbedRequest(_Strict):
-    model: str = Field(max_length=256)
+class OllamaEmbedRequest(Strict):
+    model: str = Field("", max_length=256)
     input: (
         Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
         | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]],
@@ -177,10 +174,10 @@ class OllamaEmbedRequest(_Strict):
     keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
 
 
-class OllamaEmbeddingsRequest(_Strict):
+class OllamaEmbeddingsRequest(Strict):
     """The older `POST /api/embeddings`: one `prompt`, one vector, not normalised (as Ollama's)."""
 
-    model: str = Field(max_length=256)
+    model: str = Field("", max_length=256)
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     options: OllamaOptions | None = None
     keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
@@ -198,7 +195,7 @@ def check_dimensions(dimensions: int | None, n_embd: int) -> None:
         )
 
 
-class OllamaError(_Strict):
+class OllamaError(Strict):
     """`{"error": "..."}`, Ollama's error body for every status, and the last line of a stream that failed."""
 
     error: str
@@ -228,18 +225,31 @@ def backend_for(registry: Registry, name: str) -> Backend:
 
 
 def to_chat_generation_request(
-    body: OllamaChatRequest, max_tokens_limit: int, *, think: bool | None, reasoning_format: str, truncate: bool
+    body: OllamaChatRequest,
+    max_tokens_limit: int,
+    *,
+    think: bool | None,
+    reasoning_format: str,
+    truncate: bool,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
-    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
+    """`think`, `reasoning_format`, `truncate` and the sampling `defaults`: the server's defaults for
+    what the request leaves unset."""
     tools = tuple(tool.model_dump(exclude_none=True) for tool in body.tools or ())
     chat = _chat_options(body, think, reasoning_format, truncate, tools)
     return GenerationRequest(
-        _sampling_params(body, max_tokens_limit), messages=to_chat_messages(body.messages), chat=chat
+        _sampling_params(body, max_tokens_limit, defaults), messages=to_chat_messages(body.messages), chat=chat
     )
 
 
 def to_generate_generation_request(
-    body: OllamaGenerateRequest, max_tokens_limit: int, *, think: bool | None, reasoning_format: str, truncate: bool
+    body: OllamaGenerateRequest,
+    max_tokens_limit: int,
+    *,
+    think: bool | None,
+    reasoning_format: str,
+    truncate: bool,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
     """The prompt as a user turn (after `system`) through the model's chat template, as Ollama renders
     it; with `raw`, the prompt as it is; with a `suffix`, the prompt and the suffix in the model's
@@ -254,7 +264,7 @@ def to_generate_generation_request(
             raise InvalidParameterError(message, field)
     if body.raw and body.system:
         raise InvalidParameterError("raw mode does not support template, system, or context", "raw")  # Ollama's words
-    params = _sampling_params(body, max_tokens_limit)
+    params = _sampling_params(body, max_tokens_limit, defaults)
     if body.suffix:
         if body.system:
             raise InvalidParameterError(
@@ -325,12 +335,13 @@ def _chat_options(
     )
 
 
-def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int) -> SamplingParams:
+def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int, defaults: Mapping[str, Any]) -> SamplingParams:
     options = body.options or OllamaOptions()
     if options.model_extra:
         log.warning("ignoring options Ollama or hychat do not know: %s", ", ".join(sorted(options.model_extra)))
     predict = options.num_predict if options.num_predict is not None and options.num_predict > 0 else None
-    max_new_tokens = max_new_tokens_within(predict, "options.num_predict", max_tokens_limit)  # -1, -2, 0: no bound
+    default = defaults.get("max_new_tokens")  # -1, -2, 0: no bound but the server's
+    max_new_tokens = max_new_tokens_within(predict, "options.num_predict", max_tokens_limit, default)
     given = {
         "temperature": options.temperature,
         "top_p": options.top_p,
@@ -339,14 +350,14 @@ def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int) -> Sampling
         "repetition_penalty": options.repeat_penalty,
         "presence_penalty": options.presence_penalty,
         "frequency_penalty": options.frequency_penalty,
+        "seed": options.seed if options.seed is not None and options.seed >= 0 else None,
     }
     params = SamplingParams(
         max_new_tokens=max_new_tokens,
         stop=tuple(options.stop or ()),
-        seed=options.seed if options.seed is not None and options.seed >= 0 else None,
         grammar=format_grammar(body.format),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        **{name: value for name, value in given.items() if value is not None},
+        **over_defaults(given, defaults),
     )
     if body.grammar is not None:
         if params.grammar is not None:

@@ -8,9 +8,10 @@ Fields that are not OpenAI's are marked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -21,19 +22,19 @@ from app.protocol.simple import (
     MAX_MESSAGES,
     MAX_TEXT_CHARS,
     MAX_TOP_K,
+    NO_DEFAULTS,
     Stop,
     TemplateKwargs,
+    over_defaults,
     stop_sequences,
 )
+from app.protocol.strict import Strict
 from app.types import MAX_LOGPROBS, ChatOptions, GenerationRequest, SamplingParams
 
+ANY_OBJECT = {"type": "object"}  # an empty schema, as llama-server reads it
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers run to the limit
 
 # -- requests ----------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _text_parts_only(schema: dict[str, Any]) -> None:
@@ -54,12 +55,12 @@ class ContentPart(BaseModel):
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
 
 
-class FunctionCallBody(_Strict):
+class FunctionCallBody(Strict):
     name: FunctionName
     arguments: str = Field(max_length=MAX_TEXT_CHARS)  # JSON text
 
 
-class ToolCallBody(_Strict):
+class ToolCallBody(Strict):
     id: str = Field(max_length=256)
     type: Literal["function"] = "function"
     function: FunctionCallBody
@@ -68,7 +69,7 @@ class ToolCallBody(_Strict):
 Content = Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[list[ContentPart], Field(max_length=64)]
 
 
-class _Message(_Strict):
+class _Message(Strict):
     name: str | None = Field(None, max_length=64)  # a participant's name; a tool result's function name
 
 
@@ -127,47 +128,48 @@ ChatMessage = Annotated[
 ]
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(Strict):
     name: FunctionName
     description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     parameters: dict[str, Any] | None = None  # a JSON schema
     strict: bool | None = None  # a grammar enforces the schema where tool_choice forces a call
 
 
-class ToolDefinition(_Strict):
+class ToolDefinition(Strict):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Strict):
+class NamedFunction(Strict):
     name: FunctionName
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(Strict):
     type: Literal["function"]
     function: NamedFunction
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class JsonSchema(_Strict):
-    name: str = Field(max_length=64)
+class JsonSchema(Strict):
+    name: str | None = Field(None, max_length=64)  # OpenAI requires it; llama-server and vLLM do not
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None  # the grammar enforces the schema either way
 
 
-class TextFormat(_Strict):
+class TextFormat(Strict):
     type: Literal["text"]
 
 
-class JsonObjectFormat(_Strict):
+class JsonObjectFormat(Strict):
     type: Literal["json_object"]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # not OpenAI's (llama-server's): the object's schema
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(Strict):
     type: Literal["json_schema"]
     json_schema: JsonSchema
 
@@ -175,7 +177,39 @@ class JsonSchemaFormat(_Strict):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
-class _GenerationFields(_Strict):
+MAX_CHOICES = 8  # n: more than the engine's slots wait their turn
+# A token id (as text, OpenAI's keys) or a text whose tokens all get the bias (llama-server's); false
+# bans the token (llama-server's). OpenAI's range.
+BiasKey = Annotated[str, Field(min_length=1, max_length=256)]
+BiasValue = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)] | Literal[False]
+LogitBias = (
+    Annotated[dict[BiasKey, BiasValue], Field(max_length=1024)]
+    | Annotated[list[tuple[int | BiasKey, BiasValue]], Field(max_length=1024)]
+)
+# llama-server's and vLLM's request fields that change nothing here or that hychat does not have
+# (other samplers, slots, progress events, cache controls): accepted, dropped with a log line.
+IGNORED_EXTENSIONS = frozenset({
+    # llama-server (tools/server/server-schema.cpp)
+    "verbose", "timings_per_token", "cache_prompt", "return_tokens", "return_progress", "sse_ping_interval",
+    "n_indent", "n_keep", "n_discard", "n_cache_reuse", "t_max_predict_ms", "id_slot", "top_n_sigma",
+    "xtc_probability", "xtc_threshold", "typical_p", "dynatemp_range", "dynatemp_exponent", "repeat_last_n",
+    "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "mirostat",
+    "mirostat_tau", "mirostat_eta", "adaptive_target", "adaptive_decay", "n_probs", "min_keep", "backend_sampling",
+    "post_sampling_probs", "samplers", "grammar_lazy", "grammar_triggers", "preserved_tokens", "parse_tool_calls",
+    "reasoning_budget_tokens", "thinking_budget_tokens", "reasoning_budget_message", "reasoning_control",
+    "response_fields", "lora",
+    # vLLM (entrypoints/openai/protocol.py)
+    "best_of", "use_beam_search", "length_penalty", "stop_token_ids", "include_stop_str_in_output", "min_tokens",
+    "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens", "prompt_logprobs",
+    "add_special_tokens", "documents", "mm_processor_kwargs", "guided_decoding_backend", "guided_whitespace_pattern",
+    "priority", "request_id", "return_tokens_as_token_ids", "cache_salt", "kv_transfer_params", "vllm_xargs",
+    # OpenAI's that do not apply here
+    "service_tier", "store", "metadata", "prediction", "modalities", "audio", "web_search_options",
+    "safety_identifier", "prompt_cache_key", "verbosity",
+})  # fmt: skip
+
+
+class _GenerationFields(Strict):
     """What chat and text completions share. Ranges are OpenAI's where it documents them."""
 
     model_config = ConfigDict(  # stream_options only with stream: true
@@ -185,11 +219,14 @@ class _GenerationFields(_Strict):
         }
     )
 
-    model: str = Field(max_length=256)
+    ignored: ClassVar[frozenset[str]] = IGNORED_EXTENSIONS
+
+    model: str | None = Field(None, max_length=256)  # none: the default model (llama-server's behaviour)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)  # one choice per request
+    n: int = Field(1, ge=1, le=MAX_CHOICES)  # choices sampled independently, decoded together
     max_tokens: int | None = Field(None, ge=1)
+    logit_bias: LogitBias | None = None
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     stop: Stop | None = None
@@ -198,10 +235,15 @@ class _GenerationFields(_Strict):
     frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     response_format: ResponseFormat | None = None  # not OpenAI's on /v1/completions
     user: str | None = Field(None, max_length=256)  # accepted, unused
-    # Not OpenAI's: llama.cpp's samplers, as /api/chat takes them.
+    # Not OpenAI's: llama.cpp's samplers, as /api/chat takes them, and llama-server's and vLLM's
+    # fields that hychat honours.
     top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
     min_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)
+    repeat_penalty: float | None = Field(None, gt=0, allow_inf_nan=False)  # llama-server's name for it
+    n_predict: int | None = Field(None, ge=-1)  # llama-server's max_tokens; -1: up to the server's limit
+    ignore_eos: bool | None = None
+    json_schema: dict[str, Any] | None = None  # llama-server's: a schema the answer matches
 
 
 class ChatCompletionRequest(_GenerationFields):
@@ -218,15 +260,21 @@ class ChatCompletionRequest(_GenerationFields):
     think: bool | None = None
     reasoning_format: Literal["auto", "deepseek", "none"] | None = None  # deepseek: llama-server's name for auto
     grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
+    # llama-server's and vLLM's (transformers' names): whether the prompt ends with the start of the
+    # assistant's turn, and whether the answer continues the last (assistant) message instead.
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None  # none: no thinking
 
 
 class CompletionRequest(_GenerationFields):
-    # One prompt per request: a string, or a list of exactly one.
+    # One prompt per request: a string, a list of exactly one, or its token ids (no BOS added to them).
     prompt: (
         Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
         | Annotated[
             list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]], Field(min_length=1, max_length=1)
         ]
+        | Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     )
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -241,20 +289,25 @@ def to_chat_generation_request(
     think: bool | None = None,
     reasoning_format: str = "auto",
     truncate: bool = False,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
-    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
+    """`think`, `reasoning_format`, `truncate` and the sampling `defaults` (`Settings.sampling_defaults`):
+    the server's defaults for what the request leaves unset."""
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidParameterError("top_logprobs needs logprobs: true", "top_logprobs")
+    default = defaults.get("max_new_tokens")
     if body.max_completion_tokens is not None:
         max_new_tokens = max_new_tokens_within(body.max_completion_tokens, "max_completion_tokens", max_tokens_limit)
     else:
-        max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit)
+        max_new_tokens = _max_tokens(body, max_tokens_limit, default)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = _sampling_params(body, max_new_tokens, logprobs)
+    params = _sampling_params(body, max_new_tokens, logprobs, defaults)
     if body.grammar is not None:
         if params.grammar is not None:
             raise InvalidParameterError("give either grammar or response_format", "grammar")
         params = replace(params, grammar=body.grammar)
+    if body.reasoning_effort is not None and body.think is None:
+        think = body.reasoning_effort != "none"
     chat = to_chat_options(body, think, reasoning_format, truncate)
     return GenerationRequest(params, messages=to_chat_messages(body.messages), chat=chat)
 
@@ -276,14 +329,20 @@ def to_chat_options(
         reasoning_format="none" if (body.reasoning_format or reasoning_format) == "none" else "auto",
         template_kwargs=body.chat_template_kwargs or {},
         truncate=truncate,
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
     )
 
 
-def to_completion_generation_request(body: CompletionRequest, max_tokens_limit: int) -> GenerationRequest:
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]  # a list holds exactly one
-    default = min(COMPLETIONS_DEFAULT_MAX_TOKENS, max_tokens_limit)
-    max_new_tokens = max_new_tokens_within(body.max_tokens, "max_tokens", max_tokens_limit, default)
-    return GenerationRequest(_sampling_params(body, max_new_tokens, body.logprobs), prompt=prompt)
+def to_completion_generation_request(
+    body: CompletionRequest, max_tokens_limit: int, defaults: Mapping[str, Any] = NO_DEFAULTS
+) -> GenerationRequest:
+    prompt: str | tuple[int | str, ...] = body.prompt if isinstance(body.prompt, str) else tuple(body.prompt)
+    if isinstance(prompt, tuple) and isinstance(prompt[0], str):
+        prompt = prompt[0]  # a list of texts holds exactly one; else the list is token ids
+    default = defaults.get("max_new_tokens", min(COMPLETIONS_DEFAULT_MAX_TOKENS, max_tokens_limit))
+    max_new_tokens = _max_tokens(body, max_tokens_limit, default)
+    return GenerationRequest(_sampling_params(body, max_new_tokens, body.logprobs, defaults), prompt=prompt)
 
 
 def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -319,8 +378,18 @@ def response_format_grammar(response_format: TextFormat | JsonObjectFormat | Jso
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
-        return json_grammar()
-    return json_schema_grammar(response_format.json_schema.schema_, "response_format")
+        schema = response_format.schema_
+        return json_grammar() if schema is None else json_schema_grammar(schema or ANY_OBJECT, "response_format")
+    return json_schema_grammar(response_format.json_schema.schema_ or ANY_OBJECT, "response_format")
+
+
+def _max_tokens(body: _GenerationFields, limit: int, default: int | None = None) -> int:
+    """max_tokens, or llama-server's n_predict in its place (-1: the limit)."""
+    if body.n_predict is None:
+        return max_new_tokens_within(body.max_tokens, "max_tokens", limit, default)
+    if body.n_predict == 0:
+        raise InvalidParameterError("n_predict must be -1 (up to the limit) or at least 1", "n_predict")
+    return max_new_tokens_within(None if body.n_predict < 0 else body.n_predict, "n_predict", limit, limit)
 
 
 def max_new_tokens_within(value: int | None, param: str, limit: int, default: int | None = None) -> int:
@@ -333,7 +402,9 @@ def max_new_tokens_within(value: int | None, param: str, limit: int, default: in
     return value
 
 
-def _sampling_params(body: _GenerationFields, max_new_tokens: int, logprobs: int | None) -> SamplingParams:
+def _sampling_params(
+    body: _GenerationFields, max_new_tokens: int, logprobs: int | None, defaults: Mapping[str, Any]
+) -> SamplingParams:
     if body.stream_options is not None and not body.stream:
         raise InvalidParameterError("stream_options is only allowed with stream: true", "stream_options")
     given = {
@@ -341,15 +412,36 @@ def _sampling_params(body: _GenerationFields, max_new_tokens: int, logprobs: int
         "top_p": body.top_p,
         "top_k": body.top_k,
         "min_p": body.min_p,
-        "repetition_penalty": body.repetition_penalty,
+        "repetition_penalty": body.repetition_penalty if body.repetition_penalty is not None else body.repeat_penalty,
         "presence_penalty": body.presence_penalty,
         "frequency_penalty": body.frequency_penalty,
+        "ignore_eos": body.ignore_eos,
+        "seed": body.seed,
     }
     return SamplingParams(
         max_new_tokens=max_new_tokens,
         stop=stop_sequences(body.stop),
-        seed=body.seed,
-        grammar=response_format_grammar(body.response_format),
+        grammar=_output_grammar(body),
         logprobs=logprobs,
-        **{name: value for name, value in given.items() if value is not None},
+        logit_bias=logit_biases(body.logit_bias),
+        **over_defaults(given, defaults),
+    )
+
+
+def _output_grammar(body: _GenerationFields) -> str | None:
+    grammar = response_format_grammar(body.response_format)
+    if body.json_schema is None:
+        return grammar
+    if grammar is not None:
+        raise InvalidParameterError("give either json_schema or response_format", "json_schema")
+    return json_schema_grammar(body.json_schema or ANY_OBJECT, "json_schema")
+
+
+def logit_biases(logit_bias: dict[str, float | bool] | list[tuple[int | str, float | bool]] | None) -> tuple:
+    """OpenAI's {"token id": bias} and llama-server's [[token or text, bias]] as (token or text, bias)
+    pairs; a bias of false bans the token (-inf)."""
+    pairs = logit_bias.items() if isinstance(logit_bias, dict) else logit_bias or ()
+    return tuple(
+        (int(key) if isinstance(key, str) and key.isdigit() else key, -math.inf if bias is False else float(bias))
+        for key, bias in pairs
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, model_serializer
@@ -36,6 +37,20 @@ class CompletionUsage(BaseModel):
     @model_serializer(mode="wrap")
     def _without_unset_details(self, handler: Any) -> dict[str, Any]:
         return _without_none(handler(self))
+
+
+class Timings(BaseModel):
+    """llama-server's speeds of one answer (not OpenAI's): on its last chunk, and on /completion."""
+
+    cache_n: int  # prompt tokens reused from the slot's cache
+    prompt_n: int  # prompt tokens processed
+    prompt_ms: float
+    prompt_per_token_ms: float
+    prompt_per_second: float
+    predicted_n: int
+    predicted_ms: float  # after the first token
+    predicted_per_token_ms: float
+    predicted_per_second: float
 
 
 class TopLogprobBody(BaseModel):
@@ -79,10 +94,11 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: CompletionUsage
     truncated_messages: int | None = None  # not OpenAI's: the oldest messages left out to fit the context
+    timings: Timings | None = None  # not OpenAI's: llama-server's, of the first choice
 
     @model_serializer(mode="wrap")
     def _said_when_truncated(self, handler: Any) -> dict[str, Any]:
-        return _without_none(handler(self), "truncated_messages")
+        return _without_none(handler(self), "truncated_messages", "timings")
 
 
 class FunctionDeltaBody(BaseModel):
@@ -131,10 +147,11 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: CompletionUsage | None = None
     truncated_messages: int | None = None  # not OpenAI's, on the first chunk: as in the response
+    timings: Timings | None = None  # not OpenAI's: llama-server's, on a choice's last chunk
 
     @model_serializer(mode="wrap")
     def _said_when_truncated(self, handler: Any) -> dict[str, Any]:
-        return _without_none(handler(self), "truncated_messages")
+        return _without_none(handler(self), "truncated_messages", "timings")
 
 
 class CompletionLogprobs(BaseModel):
@@ -160,6 +177,11 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
+    timings: Timings | None = None  # not OpenAI's: llama-server's, on the last chunk (of the first choice)
+
+    @model_serializer(mode="wrap")
+    def _timed_when_done(self, handler: Any) -> dict[str, Any]:
+        return _without_none(handler(self), "timings")
 
 
 class ModelCard(BaseModel):
@@ -234,25 +256,52 @@ def completion_logprobs(logprobs: Sequence[TokenLogprob], text_offset: int = 0) 
     )
 
 
-def chat_completion_response(answer: Answer, meta: ResponseMeta, with_logprobs: bool) -> ChatCompletionResponse:
-    message = AssistantMessage(
-        content=answer.content if answer.content or not answer.tool_calls else None,
-        reasoning_content=answer.reasoning or None,
-        tool_calls=[_tool_call_body(call) for call in answer.tool_calls] or None,
+def chat_completion_response(
+    answers: Sequence[Answer], meta: ResponseMeta, with_logprobs: bool
+) -> ChatCompletionResponse:
+    """One choice per answer (a request's `n`), their usage together."""
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(
+                content=answer.content if answer.content or not answer.tool_calls else None,
+                reasoning_content=answer.reasoning or None,
+                tool_calls=[_tool_call_body(call) for call in answer.tool_calls] or None,
+            ),
+            logprobs=chat_logprobs(answer.logprobs) if with_logprobs else None,
+            finish_reason=answer.finish_reason,
+        )
+        for i, answer in enumerate(answers)
+    ]
+    usage = total_usage([a.usage for a in answers], sum(a.reasoning_tokens for a in answers))
+    return ChatCompletionResponse(
+        **meta.head(),
+        choices=choices,
+        usage=usage,
+        truncated_messages=meta.truncated,
+        timings=timings(answers[0].usage),
     )
-    choice = ChatChoice(
-        message=message,
-        logprobs=chat_logprobs(answer.logprobs) if with_logprobs else None,
-        finish_reason=answer.finish_reason,
-    )
-    usage = usage_body(answer.usage, answer.reasoning_tokens)
-    return ChatCompletionResponse(**meta.head(), choices=[choice], usage=usage, truncated_messages=meta.truncated)
 
 
-def completion_response(answer: Answer, meta: ResponseMeta, with_logprobs: bool) -> CompletionResponse:
-    logprobs = completion_logprobs(answer.logprobs) if with_logprobs else None
-    choice = CompletionChoice(text=answer.content, logprobs=logprobs, finish_reason=answer.finish_reason)
-    return CompletionResponse(**meta.head(), choices=[choice], usage=usage_body(answer.usage))
+def completion_response(answers: Sequence[Answer], meta: ResponseMeta, with_logprobs: bool) -> CompletionResponse:
+    choices = [
+        CompletionChoice(
+            index=i,
+            text=answer.content,
+            logprobs=completion_logprobs(answer.logprobs) if with_logprobs else None,
+            finish_reason=answer.finish_reason,
+        )
+        for i, answer in enumerate(answers)
+    ]
+    usage = total_usage([a.usage for a in answers])
+    return CompletionResponse(**meta.head(), choices=choices, usage=usage, timings=timings(answers[0].usage))
+
+
+def total_usage(usages: Sequence[Usage], reasoning_tokens: int | None = None) -> CompletionUsage:
+    """The usage of a request's choices: its prompt once (each choice's is the same), their answers'
+    tokens added up."""
+    first = usages[0]
+    return usage_body(replace(first, completion_tokens=sum(u.completion_tokens for u in usages)), reasoning_tokens)
 
 
 class ChatChunks:
@@ -260,8 +309,8 @@ class ChatChunks:
     piece of reasoning or answer (with its token's logprobs), each tool call as OpenAI streams it
     (id and name, then the arguments), one with the finish reason, then the usage when asked."""
 
-    def __init__(self, meta: ResponseMeta, include_usage: bool):
-        self.meta, self.include_usage = meta, include_usage
+    def __init__(self, meta: ResponseMeta, index: int = 0):
+        self.meta, self.index = meta, index  # index: the choice's (a request's `n`)
         self._calls = 0  # tool calls streamed so far: the index of the next one
 
     def first(self) -> list[ChatCompletionChunk]:
@@ -283,21 +332,24 @@ class ChatChunks:
             chunks += [self._chunk(ChatChunkChoice(delta=ChatDeltaBody(tool_calls=[d]))) for d in (head, arguments)]
             self._calls += 1
         if delta.finish_reason:
-            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=delta.finish_reason)))
-            if self.include_usage and delta.usage:
-                usage = usage_body(delta.usage, delta.reasoning_tokens)
-                chunks.append(ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage))
+            last = self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=delta.finish_reason))
+            last.timings = timings(delta.usage) if delta.usage else None
+            chunks.append(last)
         return chunks
 
+    def usage(self, usage: CompletionUsage) -> ChatCompletionChunk:
+        """The last chunk, with the request's usage, when stream_options.include_usage asks for it."""
+        return ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage)
+
     def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
-        return ChatCompletionChunk(**self.meta.head(), choices=[choice])
+        return ChatCompletionChunk(**self.meta.head(), choices=[choice.model_copy(update={"index": self.index})])
 
 
 class CompletionChunks:
     """The deltas of a raw prompt as streamed `text_completion`s, the usage last when asked."""
 
-    def __init__(self, meta: ResponseMeta, include_usage: bool):
-        self.meta, self.include_usage = meta, include_usage
+    def __init__(self, meta: ResponseMeta, index: int = 0):
+        self.meta, self.index = meta, index
         self._text_offset = 0
 
     def first(self) -> list[CompletionResponse]:
@@ -310,11 +362,15 @@ class CompletionChunks:
             if delta.logprob:
                 logprobs = completion_logprobs([delta.logprob], self._text_offset)
                 self._text_offset += len(delta.logprob.token)
-            choice = CompletionChoice(text=delta.content, logprobs=logprobs, finish_reason=delta.finish_reason)
-            chunks.append(CompletionResponse(**self.meta.head(), choices=[choice]))
-        if delta.finish_reason and self.include_usage and delta.usage:
-            chunks.append(CompletionResponse(**self.meta.head(), choices=[], usage=usage_body(delta.usage)))
+            choice = CompletionChoice(
+                index=self.index, text=delta.content, logprobs=logprobs, finish_reason=delta.finish_reason
+            )
+            timed = timings(delta.usage) if delta.finish_reason and delta.usage else None
+            chunks.append(CompletionResponse(**self.meta.head(), choices=[choice], timings=timed))
         return chunks
+
+    def usage(self, usage: CompletionUsage) -> CompletionResponse:
+        return CompletionResponse(**self.meta.head(), choices=[], usage=usage)
 
 
 def _tool_call_body(call: ToolCall) -> ToolCallBody:
@@ -328,3 +384,24 @@ def _without_none(body: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def _top_logprob(lp: TopLogprob) -> TopLogprobBody:
     return TopLogprobBody(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes))
+
+
+def timings(usage: Usage) -> Timings:
+    prompt_n, predicted_ms = usage.prompt_tokens - usage.cached_tokens, max(usage.total_ms - usage.ttft_ms, 0.0)
+    return rates(usage.cached_tokens, prompt_n, usage.ttft_ms, usage.completion_tokens, predicted_ms)
+
+
+def rates(cache_n: int, prompt_n: int, prompt_ms: float, predicted_n: int, predicted_ms: float) -> Timings:
+    """llama-server's rates: the first token comes with the prompt, so the decode steps are n - 1."""
+    steps = max(predicted_n - 1, 0)
+    return Timings(
+        cache_n=cache_n,
+        prompt_n=prompt_n,
+        prompt_ms=prompt_ms,
+        prompt_per_token_ms=prompt_ms / prompt_n if prompt_n else 0.0,
+        prompt_per_second=1000 * prompt_n / prompt_ms if prompt_ms > 0 else 0.0,
+        predicted_n=predicted_n,
+        predicted_ms=predicted_ms,
+        predicted_per_token_ms=predicted_ms / steps if steps else 0.0,
+        predicted_per_second=1000 * steps / predicted_ms if predicted_ms > 0 else 0.0,
+    )

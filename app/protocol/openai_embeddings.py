@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.errors import InvalidParameterError
 from app.protocol.simple import MAX_TEXT_CHARS
+from app.protocol.strict import Strict
 from app.types import MAX_EMBEDDING_INPUTS, Embeddings
 
 MAX_INPUT_TOKENS = 200_000  # token ids in one input; the context refuses far fewer
@@ -16,10 +17,8 @@ Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1, max_length=MAX_INPUT_TOKENS)]
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(max_length=256)
+class EmbeddingRequest(Strict):
+    model: str | None = Field(None, max_length=256)  # none: the default model
     input: (
         Text
         | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]

@@ -15,15 +15,21 @@ Fields that are not OpenAI's are marked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import InvalidParameterError
-from app.protocol.openai import FunctionName, JsonObjectFormat, TextFormat, max_new_tokens_within
-from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS
+from app.protocol.openai import (
+    FunctionName,
+    JsonObjectFormat,
+    TextFormat,
+    max_new_tokens_within,
+)
+from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, NO_DEFAULTS, over_defaults
+from app.protocol.strict import Strict
 from app.types import ChatOptions, GenerationRequest, SamplingParams
 
 MAX_INPUT_ITEMS = 1024  # messages, calls and results in one request
@@ -33,10 +39,6 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Id = Annotated[str, Field(max_length=256)]
 
 # -- requests -----------------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _refused_in_schema(schema: dict[str, Any]) -> None:
@@ -65,7 +67,7 @@ def _by_type(tags: dict[str, str], untyped: str | None = None) -> Any:
     return Discriminator(tag, custom_error_type="invalid_type", custom_error_message="must be an object with a `type`")
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     """A message's text: `input_text`, or `output_text` as an earlier answer comes back."""
 
     type: Literal["input_text", "output_text"]
@@ -82,7 +84,7 @@ Part = Annotated[
 Content = Text | Annotated[list[Part], Field(max_length=MAX_PARTS)]
 
 
-class MessageItem(_Strict):
+class MessageItem(Strict):
     type: Literal["message"] = "message"  # optional, as OpenAI's "easy" input messages leave it out
     role: Literal["user", "system", "developer", "assistant"]  # developer: OpenAI's new name for system
     content: Content
@@ -91,7 +93,7 @@ class MessageItem(_Strict):
     phase: Literal["commentary", "final_answer"] | None = None  # accepted, unused
 
 
-class FunctionCallItem(_Strict):
+class FunctionCallItem(Strict):
     """An earlier call of the assistant's."""
 
     type: Literal["function_call"]
@@ -102,7 +104,7 @@ class FunctionCallItem(_Strict):
     status: ItemStatus | None = None
 
 
-class FunctionCallOutputItem(_Strict):
+class FunctionCallOutputItem(Strict):
     """A call's result."""
 
     type: Literal["function_call_output"]
@@ -141,7 +143,7 @@ InputItem = Annotated[
 ]
 
 
-class FunctionTool(_Strict):
+class FunctionTool(Strict):
     type: Literal["function"]
     name: FunctionName
     description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
@@ -154,7 +156,7 @@ Tool = Annotated[
 ]
 
 
-class FunctionToolChoice(_Strict):
+class FunctionToolChoice(Strict):
     type: Literal["function"]
     name: FunctionName
 
@@ -162,7 +164,7 @@ class FunctionToolChoice(_Strict):
 ToolChoice = Literal["auto", "none", "required"] | FunctionToolChoice
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(Strict):
     type: Literal["json_schema"]
     name: str = Field(max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
@@ -173,19 +175,19 @@ class JsonSchemaFormat(_Strict):
 Format = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
-class TextConfig(_Strict):
+class TextConfig(Strict):
     format: Format | None = None
     verbosity: Literal["low", "medium", "high"] | None = None  # accepted, not honoured
 
 
-class ReasoningConfig(_Strict):
+class ReasoningConfig(Strict):
     # none and minimal: no thinking; the others: thinking on (the model decides how long)
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None  # accepted: no summaries are written
     generate_summary: Literal["auto", "concise", "detailed"] | None = None  # OpenAI's old name for summary
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_obfuscation: bool | None = None  # accepted: no obfuscation field is sent
 
 
@@ -194,10 +196,10 @@ Metadata = Annotated[
 ]
 
 
-class ResponseRequest(_Strict):
+class ResponseRequest(Strict):
     """Ranges are OpenAI's where it documents them."""
 
-    model: str = Field(max_length=256)
+    model: str | None = Field(None, max_length=256)  # none: the default model
     input: Text | Annotated[list[InputItem], Field(min_length=1, max_length=MAX_INPUT_ITEMS)]
     instructions: Text | None = None
     tools: list[Tool] | None = Field(None, max_length=128)
@@ -244,6 +246,7 @@ def to_generation_request(
     think: bool | None = None,
     reasoning_format: str = "auto",
     truncate: bool = False,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> Turn:
     """`history`: the stored conversation `previous_response_id` names (else empty). `think`,
     `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
@@ -253,7 +256,8 @@ def to_generation_request(
         raise InvalidParameterError("input holds no message for the model to answer", "input")
     messages = [{"role": "system", "content": body.instructions}, *conversation] if body.instructions else conversation
     chat = to_chat_options(body, think, reasoning_format, truncate)
-    return Turn(GenerationRequest(_sampling_params(body, max_tokens_limit), messages=messages, chat=chat), conversation)
+    params = _sampling_params(body, max_tokens_limit, defaults)
+    return Turn(GenerationRequest(params, messages=messages, chat=chat), conversation)
 
 
 def to_chat_options(body: ResponseRequest, think: bool | None, reasoning_format: str, truncate: bool) -> ChatOptions:
@@ -334,7 +338,7 @@ def _refuse_unserved(body: ResponseRequest) -> None:
         raise InvalidParameterError("top_logprobs is not supported on /v1/responses", "top_logprobs")
 
 
-def _sampling_params(body: ResponseRequest, max_tokens_limit: int) -> SamplingParams:
+def _sampling_params(body: ResponseRequest, max_tokens_limit: int, defaults: Mapping[str, Any]) -> SamplingParams:
     grammar = format_grammar(body.text)
     if body.grammar is not None:
         if grammar is not None:
@@ -342,9 +346,11 @@ def _sampling_params(body: ResponseRequest, max_tokens_limit: int) -> SamplingPa
         grammar = body.grammar
     given = {"temperature": body.temperature, "top_p": body.top_p}
     return SamplingParams(
-        max_new_tokens=max_new_tokens_within(body.max_output_tokens, "max_output_tokens", max_tokens_limit),
+        max_new_tokens=max_new_tokens_within(
+            body.max_output_tokens, "max_output_tokens", max_tokens_limit, defaults.get("max_new_tokens")
+        ),
         grammar=grammar,
-        **{name: value for name, value in given.items() if value is not None},
+        **over_defaults(given, defaults),
     )
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.chat.output import Answer, ChatDelta
 from app.errors import MaxTokensTooLargeError
+from app.protocol.strict import Strict
 from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams, Usage
 
+NO_DEFAULTS: Mapping[str, Any] = MappingProxyType({})  # a converter's sampling defaults when the server sets none
 MAX_MESSAGES = 512
 MAX_TEXT_CHARS = 200_000
 MAX_TOP_K = 2**31 - 1  # llama.cpp takes an int32
@@ -30,14 +34,13 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Strict):
     """Give `messages` (rendered with the model's chat template) or a raw `prompt`. The ranges are
     `SamplingParams`' own, stated here so that the schema shows them; the backend checks them again
     for the Python API."""
 
     # Exactly one of the two, and not null (a null is as good as leaving it out).
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "oneOf": [
                 {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
@@ -138,23 +141,23 @@ def to_generation_request(
     think: bool | None = None,
     reasoning_format: str = "auto",
     truncate: bool = False,
+    defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
-    """`think`, `reasoning_format`, `truncate`: the server's defaults for what the request leaves unset."""
+    """`think`, `reasoning_format`, `truncate` and the sampling `defaults`: the server's defaults for
+    what the request leaves unset (the body's own defaults apply where the server sets none)."""
     max_new_tokens = body.max_new_tokens
     if "max_new_tokens" not in body.model_fields_set:
-        max_new_tokens = min(max_new_tokens, max_tokens_limit)  # the default bows to a lower server limit
+        max_new_tokens = defaults.get("max_new_tokens", min(max_new_tokens, max_tokens_limit))  # bows to the limit
     elif max_new_tokens > max_tokens_limit:
         raise MaxTokensTooLargeError(max_new_tokens, max_tokens_limit, "max_new_tokens")
+    sampled = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+    given = {name: getattr(body, name) for name in sampled if name in body.model_fields_set or name not in defaults}
+    # (a value the body's own default gives counts as set only where the server sets no default)
     params = SamplingParams(
         max_new_tokens=max_new_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        repetition_penalty=body.repetition_penalty,
         stop=stop_sequences(body.stop),
-        seed=body.seed,
         grammar=body.grammar,
+        **over_defaults(given, defaults),
     )
     chat = ChatOptions(
         think=body.think if body.think is not None else think,
@@ -205,3 +208,10 @@ def stream_events(delta: ChatDelta, backend: str, model: str | None) -> list[Tex
         usage = usage_body(delta.usage, delta.reasoning_tokens)
         events.append(DoneEvent(finish_reason=delta.finish_reason, backend=backend, model=model, usage=usage))
     return events
+
+
+def over_defaults(given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's sampling fields that are set, over the server's defaults (`hychat serve --temp`...;
+    their `max_new_tokens` is each dialect's to apply), over SamplingParams' own."""
+    server = {name: value for name, value in defaults.items() if name != "max_new_tokens"}
+    return server | {name: value for name, value in given.items() if value is not None}

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.protocol.openai import ChatCompletionRequest
 from app.protocol.simple import MAX_TEXT_CHARS
+from app.protocol.strict import Strict
 
 MAX_TOKEN_IDS = 200_000  # at least as many as MAX_TEXT_CHARS of text can make
 MAX_TOKEN_ID = 2**31 - 1  # llama.cpp's llama_token is an int32
@@ -23,11 +24,7 @@ ModelName = Annotated[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TokenizeRequest(_Strict):
+class TokenizeRequest(Strict):
     content: str = Field(max_length=MAX_TEXT_CHARS)
     add_special: bool = Field(False, description="Add the BOS token, where the model's tokenizer adds one.")
     parse_special: bool = Field(True, description="Read special-token text (`<|im_start|>`) as the special token.")
@@ -46,7 +43,7 @@ class TokenizeResponse(BaseModel):
     tokens: list[int] | list[TokenPiece]
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(Strict):
     tokens: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]] = Field(max_length=MAX_TOKEN_IDS)
     model: ModelName = ""
 

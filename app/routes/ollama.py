@@ -10,7 +10,6 @@ default); an error after the first line is the stream's last line, `{"error": ".
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.chat.template import CHATML_TEMPLATE
 from app.errors import InvalidParameterError, ModelFileError
 from app.modelfiles.gguf import read_gguf
 from app.protocol import ollama
@@ -110,11 +108,12 @@ def tags(registry: RegistryDep) -> OllamaTagsResponse:
     response_model_exclude_none=True,
     responses={**error_responses(400, 404, 503, model=OllamaError), **error_responses(413)},
 )
-def show(body: OllamaShowRequest, registry: RegistryDep) -> OllamaShowResponse:
+def show(body: OllamaShowRequest, settings: SettingsDep, registry: RegistryDep) -> OllamaShowResponse:
     name = body.model or body.name
     if not name:
         raise InvalidParameterError("model is required", "model")  # Ollama's words
-    return show_response(_served(ollama.backend_for(registry, name), files=True), SamplingParams(), body.verbose)
+    defaults = SamplingParams(**settings.sampling_defaults())  # the parameters a request leaves unset get
+    return show_response(_served(ollama.backend_for(registry, name), files=True), defaults, body.verbose)
 
 
 @api.get("/api/ps", response_model=OllamaPsResponse, response_model_exclude_none=True)
@@ -204,24 +203,11 @@ def _served(backend: Backend, files: bool = False) -> ServedModel:
         except ModelFileError:  # replaced on disk by something else since
             header = None
         if header is not None:
-            template = header.metadata.get("tokenizer.chat_template")
-            template = template if isinstance(template, str) else CHATML_TEMPLATE  # as the backend renders
-            served = {"metadata": header.metadata, "tensors": header.tensors, "template": template}
-    elif files:
-        served["template"] = _checkpoint_template(path)
+            served = {"metadata": header.metadata, "tensors": header.tensors}
+    if files:
+        served["template"] = backend.chat_format().template  # the model's own, or the server's override
     name = backend.model_name or backend.name
     return ServedModel(name=name, info=info, size=info.get("size_bytes") or 0, modified_ns=modified_ns, **served)
-
-
-def _checkpoint_template(folder: Path) -> str:
-    """A PyTorch checkpoint's chat template, as transformers finds it (ChatML where it has none)."""
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
-    try:
-        template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
-    except (OSError, ValueError):
-        template = None
-    return template if isinstance(template, str) else CHATML_TEMPLATE
 
 
 router.include_router(api)  # last: every route of `api` is defined by now

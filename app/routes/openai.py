@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from app.chat.output import ChatDelta
 from app.errors import error_body
 from app.protocol.errors import error_responses
 from app.protocol.openai import (
@@ -37,12 +38,13 @@ from app.protocol.openai_answers import (
     chat_completion_response,
     completion_response,
     response_meta,
+    total_usage,
 )
 from app.protocol.openai_embeddings import EmbeddingRequest, EmbeddingResponse, embedding_inputs, embedding_response
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
-from app.routes.streaming import event_stream
-from app.services.chat import ChatStream, start_chat
+from app.routes.streaming import all_of, event_stream, merged
+from app.services.chat import ChatStream, start_choices
 from app.types import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -81,23 +83,24 @@ async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep, r
     },
 )
 async def completions(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
-    request = to_completion_generation_request(body, settings.max_tokens_limit)
+    request = to_completion_generation_request(body, settings.max_tokens_limit, settings.sampling_defaults())
     return await _answer(body, request, registry, "cmpl")
 
 
 async def _answer(body: Any, request: GenerationRequest, registry: RegistryDep, kind: str) -> Any:
-    """Starts the generation (a bad request fails here, before a response starts), then answers with
-    Server-Sent Events or, once the answer is whole, JSON."""
-    stream = start_chat(registry, request, model=body.model)
-    meta = response_meta(kind, stream.model_name or body.model, stream.dropped_messages)
-    log.debug("%s: %s on %s", meta.id, kind, stream.backend_name)
+    """Starts the generations, one per choice (a bad request fails here, before a response starts),
+    then answers with Server-Sent Events or, once the answers are whole, JSON."""
+    streams = start_choices(registry, request, body.n, model=body.model)
+    first = streams[0]
+    meta = response_meta(kind, first.model_name or body.model, first.dropped_messages)
+    log.debug("%s: %s on %s, %d choice(s)", meta.id, kind, first.backend_name, len(streams))
     is_chat = kind == "chatcmpl"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = ChatChunks(meta, include_usage) if is_chat else CompletionChunks(meta, include_usage)
-        return event_stream(_frames(stream, chunks), _error_frame, DONE)
-    answer, with_logprobs = await stream.answer(), request.params.logprobs is not None
-    return (chat_completion_response if is_chat else completion_response)(answer, meta, with_logprobs)
+        chunks = [(ChatChunks if is_chat else CompletionChunks)(meta, i) for i in range(len(streams))]
+        return event_stream(_frames(streams, chunks, include_usage), _error_frame, DONE)
+    answers, with_logprobs = await all_of([stream.answer() for stream in streams]), request.params.logprobs is not None
+    return (chat_completion_response if is_chat else completion_response)(answers, meta, with_logprobs)
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse, responses=error_responses(400, 404, 413, 503))
@@ -117,12 +120,23 @@ def models(registry: RegistryDep) -> ModelList:
     return ModelList(data=list(cards.values()))
 
 
-async def _frames(stream: ChatStream, chunks: ChatChunks | CompletionChunks) -> AsyncIterator[ServerSentEvent]:
-    for chunk in chunks.first():
-        yield ServerSentEvent(chunk.model_dump_json())
-    async for delta in stream:
-        for chunk in chunks.chunks(delta):
+async def _frames(
+    streams: list[ChatStream], chunks: list[ChatChunks] | list[CompletionChunks], include_usage: bool
+) -> AsyncIterator[ServerSentEvent]:
+    for choice in chunks:
+        for chunk in choice.first():
             yield ServerSentEvent(chunk.model_dump_json())
+    last: dict[int, ChatDelta] = {}
+    async for i, delta in merged(streams):
+        for chunk in chunks[i].chunks(delta):
+            yield ServerSentEvent(chunk.model_dump_json())
+        if delta.usage:
+            last[i] = delta
+    if include_usage and last:
+        ends = [last[i] for i in sorted(last)]
+        reasoning = sum(d.reasoning_tokens for d in ends) if isinstance(chunks[0], ChatChunks) else None
+        usage = total_usage([d.usage for d in ends if d.usage], reasoning)
+        yield ServerSentEvent(chunks[0].usage(usage).model_dump_json())
 
 
 def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as OpenAI does

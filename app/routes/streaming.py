@@ -4,8 +4,9 @@ stays up."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -39,3 +40,55 @@ async def guarded(
         yield error_frame(error)
     if last is not None:
         yield last
+
+
+async def merged(sources: Sequence[AsyncIterable[T]]) -> AsyncIterator[tuple[int, T]]:
+    """The items of all `sources` as they come, each with the index of its source. A failure in one
+    source, or leaving the loop, stops them all."""
+    if len(sources) == 1:
+        async for item in sources[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, T | _End | Exception]] = asyncio.Queue()
+
+    async def pump(i: int, source: AsyncIterable[T]) -> None:
+        try:
+            async for item in source:
+                await queue.put((i, item))
+            await queue.put((i, _END))
+        except Exception as error:
+            await queue.put((i, error))
+
+    tasks = [asyncio.create_task(pump(i, source)) for i, source in enumerate(sources)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, _End):
+                running -= 1
+                continue
+            yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def all_of(work: Sequence[Awaitable[T]]) -> list[T]:
+    """The results of `work`, run together; the first failure cancels the rest and is raised as it
+    is (a TaskGroup's ExceptionGroup would reach the client as a 500)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(item) for item in work]  # type: ignore[arg-type]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+class _End:
+    pass
+
+
+_END = _End()

@@ -21,7 +21,16 @@ from app.engine.source import TokenSource
 from app.engine.worker import Emit, Task, Worker
 from app.errors import BackendUnavailableError, InvalidParameterError
 from app.services.checks import check_prompt_fits, checked, sampling_params
-from app.types import Embeddings, GenerationRequest, Prompt, SamplingKwargs, SamplingParams, TokenEvent, UsageClock
+from app.types import (
+    Embeddings,
+    GenerationRequest,
+    Prompt,
+    SamplingKwargs,
+    SamplingParams,
+    SlotState,
+    TokenEvent,
+    UsageClock,
+)
 
 
 class Generation:
@@ -75,6 +84,7 @@ class Backend(ABC):
     supports_grammar: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
     supports_embeddings: ClassVar[bool] = False
+    supports_infill_sampler: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._model: Any = None
@@ -90,6 +100,15 @@ class Backend(ABC):
     def model_name(self) -> str | None:
         return self._model.name if self._model is not None else None
 
+    def chat_format(self) -> ChatFormat:
+        """The loaded model's chat format: its template and the special tokens the template sees."""
+        return self._require().chat_format
+
+    def slots(self) -> list[SlotState]:
+        """A snapshot of the slots of a backend that decodes requests together (llama.cpp's); none
+        for one that runs them one at a time."""
+        return []
+
     def unload(self) -> None:
         self._model = None  # a generation in flight keeps its model alive until it ends
 
@@ -101,6 +120,7 @@ class Backend(ABC):
         """Checks and tokenizes now (errors raise here), generates when iterated."""
         m = self._require()
         request = checked(request)
+        request = replace(request, params=self._resolved_logit_bias(request.params))
         self._check_supported(request.params)
         t_start = perf_counter()
         prompt = self._prompt(m, request)
@@ -124,6 +144,9 @@ class Backend(ABC):
         raise InvalidParameterError(f"embeddings are not served by the {self.label} backend (llama.cpp serves them)")
 
     @abstractmethod
+    def vocabulary_size(self) -> int: ...
+
+    @abstractmethod
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text; InvalidParameterError outside the vocabulary."""
 
@@ -142,7 +165,7 @@ class Backend(ABC):
             )
             return Prompt(ids, self.detokenize(ids))
         if request.messages is None:
-            return Prompt(self._encode_raw(m, request.prompt or ""), request.prompt or "")
+            return self._raw_prompt(m, request.prompt or "")
         fmt: ChatFormat = m.chat_format
         messages, dropped = request.messages, 0
         while True:
@@ -154,6 +177,25 @@ class Backend(ABC):
             dropped, messages = dropped + len(messages) - len(shorter), shorter
         names = tuple(fmt.tool_names(request.chat))
         return Prompt(ids, rendered.text, rendered, fmt.tool_format, names, dropped)
+
+    def _raw_prompt(self, m: Any, prompt: str | tuple[int | str, ...]) -> Prompt:
+        """A text, or token ids and texts mixed as llama-server takes them (`tokenize_mixed`): the
+        model's BOS only when the first piece is a text, ids kept as they are; the text of ids is
+        their detokenized text."""
+        if isinstance(prompt, str):
+            return Prompt(self._encode_raw(m, prompt), prompt)
+        ids: list[int] = []
+        for i, piece in enumerate(prompt):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                ids += self._encode_raw(m, piece) if i == 0 else self.tokenize(piece, add_special=False)
+        n_vocab = self.vocabulary_size()
+        outside = next((token for token in ids if token >= n_vocab), None)
+        if outside is not None:
+            message = f"prompt: token id {outside} is outside the vocabulary (0..{n_vocab - 1})"
+            raise InvalidParameterError(message, "prompt")
+        return Prompt(ids, self.detokenize(ids))
 
     def _with_tool_grammar(self, request: GenerationRequest, prompt: Prompt) -> SamplingParams:
         """`tool_choice` "required" or a named function: a grammar makes the answer that call, on a
@@ -177,9 +219,26 @@ class Backend(ABC):
             self._worker = Worker(self.name)
         return self._worker, Task(lambda emit: self._decode(m, prompt_ids, params, clock, emit))
 
+    def _resolved_logit_bias(self, params: SamplingParams) -> SamplingParams:
+        """Token ids for the texts in `logit_bias` (each of a text's tokens gets its bias, as in
+        llama-server); an id outside the vocabulary is a 400."""
+        n_vocab = None
+        resolved: list[tuple[int | str, float]] = []
+        for key, bias in params.logit_bias:
+            if isinstance(key, str):
+                resolved += [(token, bias) for token in self.tokenize(key, add_special=False, parse_special=False)]
+                continue
+            n_vocab = n_vocab or self.vocabulary_size()
+            if key >= n_vocab:
+                raise InvalidParameterError(f"logit_bias: token id {key} is outside the vocabulary", "logit_bias")
+            resolved.append((key, bias))
+        return replace(params, logit_bias=tuple(resolved))
+
     def _check_supported(self, params: SamplingParams) -> None:
         if params.grammar is not None and not self.supports_grammar:
             raise InvalidParameterError(f"grammars and response_format are not supported by the {self.label} backend")
+        if params.infill and not self.supports_infill_sampler:
+            raise InvalidParameterError(f"the infill sampler is not supported by the {self.label} backend", "samplers")
         if params.logprobs is not None and not self.supports_logprobs:
             raise InvalidParameterError(f"logprobs are not supported by the {self.label} backend")
 

@@ -27,6 +27,24 @@ def start_chat(
     return ChatStream(generation, parser)
 
 
+def start_choices(
+    registry: Registry, request: GenerationRequest, n: int, *, model: str | None = None
+) -> list[ChatStream]:
+    """`n` answers to the same request (OpenAI's `n`), sampled independently and decoded together; with
+    a seed, choice i samples with seed + i. If one cannot start, those started are cancelled."""
+    streams: list[ChatStream] = []
+    try:
+        for i in range(n):
+            seed = request.params.seed
+            params = request.params if seed is None else replace(request.params, seed=(seed + i) % 2**32)
+            streams.append(start_chat(registry, replace(request, params=params), model=model))
+    except BaseException:
+        for stream in streams:
+            stream.cancel()
+        raise
+    return streams
+
+
 class ChatStream:
     """A started generation read through its output parser (None: a raw prompt). Iterate it from a
     thread or `async for` it; leaving the loop cancels the generation."""
@@ -36,6 +54,7 @@ class ChatStream:
         self.backend_name = generation.backend_name
         self.model_name = generation.model_name
         self.prompt_tokens = len(generation.prompt.ids)
+        self.prompt_text = generation.prompt.text  # what the model was given (a rendered chat, a laid-out infill)
         self.dropped_messages = generation.prompt.dropped_messages  # left out so that the prompt fits
 
     def __iter__(self) -> Iterator[ChatDelta]:
@@ -49,12 +68,16 @@ class ChatStream:
     async def answer(self) -> Answer:
         return Answer.of([delta async for delta in self])
 
+    def cancel(self) -> None:
+        """Stops a generation that will not be read."""
+        self._generation.cancel()
+
     def _delta(self, event: TokenEvent) -> ChatDelta:
         parser = self._parser
         delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
         last = {"finish_reason": event.finish_reason, "usage": event.usage, "stop_sequence": event.stop_sequence}
         if event.finish_reason is None or parser is None:
-            return replace(delta, logprob=event.logprob, **last)
+            return replace(delta, logprob=event.logprob, token=event.token_id, **last)
         delta = delta + parser.finish()  # raises ToolCallMissingError where tool_choice demanded a call
         if parser.tool_calls:
             last["finish_reason"] = "tool_calls"

@@ -29,13 +29,30 @@ def checked(request: GenerationRequest) -> GenerationRequest:
     normalised: `stop` a tuple, each message only the keys a template reads."""
     given = [request.prompt, request.messages, request.infill]
     _check(sum(x is not None for x in given) == 1, "give exactly one of prompt, messages or infill")
-    if request.prompt is not None:
-        _check(isinstance(request.prompt, str), "prompt must be a string")
+    prompt = None if request.prompt is None else _checked_prompt(request.prompt)
     if request.infill is not None:
         _check_infill(request.infill)
     _check_chat(request.chat)
     messages = None if request.messages is None else _checked_messages(request.messages)
-    return replace(request, params=_checked_params(request.params), messages=messages)
+    if messages is not None:
+        _check_continuation(messages, request.chat)
+    return replace(request, params=_checked_params(request.params), prompt=prompt, messages=messages)
+
+
+def _checked_prompt(prompt: Any) -> str | tuple[int | str, ...]:
+    """A text, or a non-empty sequence of token ids and texts (as a tuple); whether each id is in the
+    vocabulary is the backend's to say."""
+    if isinstance(prompt, str):
+        return prompt
+    _check(
+        isinstance(prompt, (list, tuple)) and len(prompt) > 0,
+        "prompt must be a string, or a non-empty list of token ids and strings",
+    )
+    _check(
+        all(isinstance(piece, str) or is_int_at_least(piece, 0) for piece in prompt),
+        "prompt: each item must be a token id (an integer >= 0) or a string",
+    )
+    return tuple(prompt)
 
 
 def _check_infill(infill: Infill) -> None:
@@ -70,12 +87,25 @@ def _checked_params(p: SamplingParams) -> SamplingParams:
         f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
     )
     _check(isinstance(p.ignore_eos, bool), "ignore_eos must be true or false")
+    _check(isinstance(p.infill, bool), "infill must be true or false")
+    _check_logit_bias(p.logit_bias)
     stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
     _check(
         len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
         f"stop must be at most {MAX_STOP_SEQUENCES} non-empty strings",
     )
-    return replace(p, stop=stop)
+    return replace(p, stop=stop, logit_bias=tuple((key, float(bias)) for key, bias in p.logit_bias))
+
+
+def _check_logit_bias(logit_bias: Any) -> None:
+    _check(isinstance(logit_bias, tuple | list), "logit_bias must be a list of (token, bias) pairs")
+    for pair in logit_bias:
+        key, bias = pair if isinstance(pair, tuple | list) and len(pair) == 2 else (None, None)
+        _check(
+            (is_int_at_least(key, 0) or (isinstance(key, str) and key != ""))
+            and (_is_number(bias) and -100 <= bias <= 100 or bias == -math.inf),
+            "logit_bias: each entry is a token id or text and a bias in [-100, 100] (-inf bans it)",
+        )
 
 
 def _checked_messages(messages: Any) -> list[dict[str, Any]]:
@@ -115,6 +145,19 @@ def _check_chat(options: ChatOptions) -> None:
         raise InvalidParameterError("tool_choice 'required' needs tools", "tool_choice")
     if reserved := sorted(RESERVED_TEMPLATE_VARIABLES & set(options.template_kwargs)):
         raise InvalidParameterError(f"chat_template_kwargs cannot set {', '.join(reserved)}", "chat_template_kwargs")
+
+
+def _check_continuation(messages: list[dict[str, Any]], options: ChatOptions) -> None:
+    if options.continue_final_message and options.add_generation_prompt:
+        raise InvalidParameterError(
+            "give either add_generation_prompt or continue_final_message, not both", "continue_final_message"
+        )
+    if not options.continue_final_message:
+        return  # the automatic prefill only continues a message it can
+    last = messages[-1] if messages else {}
+    _check(last.get("role") == "assistant", "continue_final_message needs a last message from the assistant")
+    _check(not last.get("tool_calls"), "an assistant message with tool calls cannot be continued")
+    _check(bool(last.get("content")), "the assistant message to continue is empty")
 
 
 def _checked_message(i: int, message: Any) -> dict[str, Any]:

@@ -33,9 +33,10 @@ from app.errors import (
     ModelFileError,
 )
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
+from app.services import chat_templates
 from app.services.backend import Backend, Generation
 from app.services.checks import check_embedding_inputs, check_prompt_fits, is_int_at_least
-from app.types import Embeddings, GenerationRequest, SamplingParams, UsageClock
+from app.types import Embeddings, GenerationRequest, SamplingParams, SlotState, UsageClock
 
 try:
     import llama_cpp
@@ -67,6 +68,8 @@ class _Loaded:
     chat_format: Any = None  # ChatFormat from the GGUF's template
     pieces: dict[int, bytes] = field(default_factory=dict)
     embedder: Any = None  # Embedder, made by the first embedding request
+    alias: str | None = None  # the name it is served by, in place of the file's
+    template_override: bool = False  # chat_format is not from the GGUF's own template
 
     def close(self) -> None:
         """The running generations finish on these weights, then the contexts are freed."""
@@ -77,7 +80,7 @@ class _Loaded:
 
     @property
     def name(self) -> str:
-        return self.header.path.name
+        return self.alias or self.header.path.name
 
 
 class LlamaCppBackend(Backend):
@@ -87,6 +90,7 @@ class LlamaCppBackend(Backend):
     supports_grammar = True
     supports_logprobs = True
     supports_embeddings = True
+    supports_infill_sampler = True
     _model: _Loaded | None
 
     def __init__(self, on_state: Callable[[int, int, int], None] = lambda queued, busy, slots: None) -> None:
@@ -106,16 +110,23 @@ class LlamaCppBackend(Backend):
         parallel: int = 1,
         max_waiting: int = 64,
         allow_amx: bool = False,
+        chat_template: str | None = None,
+        jinja: bool = True,
+        alias: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
         generations first). `n_ctx` tokens for each of `parallel` requests decoded together (0: the
         model's training context); up to `max_waiting` more wait for a slot, beyond that 429.
         `allow_amx`: let weights use llama.cpp's AMX kernels, which crash on multi-token batches in
-        the releases so far (app.llama_build); off, they go to the other kernels."""
+        the releases so far (app.llama_build); off, they go to the other kernels.
+        `chat_template`: a Jinja template or the name of a llama.cpp built-in one (chatml, llama3...)
+        in place of the GGUF's; `jinja=False`: chats rendered by llama.cpp's built-in templates
+        (app.services.chat_templates). `alias`: the name the model is served by (default: the file's)."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
+        chat_templates.check_served_as(chat_template, alias)
         header = read_gguf(model_path)
         if kwargs.get("lora_path"):
             read_gguf(kwargs["lora_path"])  # a damaged adapter gets the same clear error as a model
@@ -131,8 +142,14 @@ class LlamaCppBackend(Backend):
                                       verbose=False, **kwargs)  # fmt: skip
         except ValueError as error:  # llama-cpp-python's way of saying llama.cpp returned NULL
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
-        loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()))
+        loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()), alias=alias)
         loaded.weight_buffers = buffers
+        try:  # before the engine: a template that does not render frees only the weights
+            loaded.chat_format = _chat_format(loaded, chat_template, jinja)
+        except ChatTemplateError:
+            llm.close()
+            raise
+        loaded.template_override = chat_template is not None or not jinja
         loaded.n_ctx = n_ctx or llama_cpp.llama_model_n_ctx_train(llm.model)
         # A file that names its pooling is an embedding model (BERT-type): it gets no chat engine, and
         # inputs no longer than it was trained on (its positions end there).
@@ -140,7 +157,6 @@ class LlamaCppBackend(Backend):
             loaded.engine = self._engine(loaded, parallel, max_waiting)
         else:
             loaded.n_ctx = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
-        loaded.chat_format = _chat_format(loaded)
         old, self._model = self._model, loaded
         if old is not None:
             old.close()
@@ -202,6 +218,8 @@ class LlamaCppBackend(Backend):
             "weight_buffers_mib": m.weight_buffers,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "chat_template": "tokenizer.chat_template" in h.metadata,
+            "chat_template_override": m.template_override,  # --chat-template(-file), --no-jinja
+            "chat_template_builtin": m.chat_format.template if m.chat_format.builtin else None,
             "infill": not self._fim_tokens(m).missing(),  # it has fill-in-the-middle tokens
             "lora_path": m.llm.lora_path,
             "lora_scale": m.llm.lora_scale if m.llm.lora_path else None,
@@ -213,6 +231,13 @@ class LlamaCppBackend(Backend):
         """`add_special`: the BOS token if the model wants one; `parse_special`: special tokens
         written in the text become their ids."""
         return _tokenize(self._require(), text, add_bos=add_special, special=parse_special)
+
+    def vocabulary_size(self) -> int:
+        return self._require().llm.n_vocab()
+
+    def slots(self) -> list[SlotState]:
+        m = self._require()
+        return m.engine.slots() if m.engine is not None else []
 
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
@@ -316,8 +341,12 @@ def _token_text(llm: Any, token: int) -> str:
     return _token_to_piece(llm._model.vocab, token, special=True).decode("utf-8", errors="replace")
 
 
-def _chat_format(m: _Loaded) -> ChatFormat:
+def _chat_format(m: _Loaded, override: str | None = None, jinja: bool = True) -> ChatFormat:
+    special = {"bos_token": m.bos_text, "eos_token": _token_text(m.llm, m.llm.token_eos())}
     template = m.header.metadata.get("tokenizer.chat_template")
+    if override is not None or not jinja:  # the caller's template: one that does not render is an error
+        own = template if isinstance(template, str) else "chatml"  # llama.cpp's fallback too
+        return chat_templates.chat_format(override if override is not None else own, special, jinja)
     if not isinstance(template, str):
         log.warning("%s has no chat template; using ChatML", m.header.path)
         template = CHATML_TEMPLATE
@@ -325,7 +354,6 @@ def _chat_format(m: _Loaded) -> ChatFormat:
         compile_template(template)
     except ChatTemplateError as error:  # the model still serves raw prompts; chats get this error
         log.warning("%s: %s", m.header.path, error)
-    special = {"bos_token": m.bos_text, "eos_token": _token_text(m.llm, m.llm.token_eos())}
     return ChatFormat.from_template(template, special)
 
 

@@ -25,6 +25,7 @@ from app.engine.worker import Emit
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError
 from app.modelfiles.adapter import low_rank_on_embeddings, tensor_names
 from app.modelfiles.gguf import read_gguf
+from app.services import chat_templates
 from app.services.backend import Backend
 from app.services.checks import is_int_at_least
 from app.types import SamplingParams, TokenEvent, UsageClock
@@ -53,10 +54,12 @@ class _Loaded:
     lora_merged: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     chat_format: Any = None  # ChatFormat from the tokenizer's template
+    alias: str | None = None  # the name it is served by, in place of the folder's or file's
+    template_override: bool = False  # chat_format is not from the tokenizer's own template
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.alias or self.path.name
 
 
 class TorchBackend(Backend):
@@ -76,12 +79,20 @@ class TorchBackend(Backend):
         dtype: str = "auto",
         lora_path: str | None = None,
         merge_lora: bool = True,
+        *,
+        chat_template: str | None = None,
+        jinja: bool = True,
+        alias: str | None = None,
     ) -> None:
         """Loads a checkpoint folder or a GGUF file, replacing the model loaded before (which stays
-        until this succeeds). `dtype="auto"` measures which dtype multiplies fastest on this CPU."""
+        until this succeeds). `dtype="auto"` measures which dtype multiplies fastest on this CPU.
+        `chat_template`: a Jinja template or the name of a llama.cpp built-in one (chatml, llama3...)
+        in place of the tokenizer's; `jinja=False`: chats rendered by llama.cpp's built-in templates
+        (app.services.chat_templates). `alias`: the name the model is served by (default: the folder's)."""
         if not MODEL_AVAILABLE:
             raise BackendUnavailableError("the PyTorch backend needs the torch extra: pip install 'hychat[torch]'")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, dtype)
+        chat_templates.check_served_as(chat_template, alias)
         n_threads = n_threads or physical_cores()
         torch.set_num_threads(n_threads)
         torch_dtype = fastest_cpu_dtype(*mlp_shape(Path(model_path))) if dtype == "auto" else getattr(torch, dtype)
@@ -93,9 +104,15 @@ class TorchBackend(Backend):
             tokenizer.chat_template = CHATML_TEMPLATE
         n_ctx = min(n_ctx, getattr(model.config, "max_position_embeddings", n_ctx) or n_ctx)
         loaded = _Loaded(model, tokenizer, path, n_ctx, n_threads, _eog_ids(model, tokenizer), lora_path, merge_lora)
-        loaded.info = _describe(loaded, torch_dtype)
+        loaded.alias, loaded.template_override = alias, chat_template is not None or not jinja
         # The variables transformers' apply_chat_template passes: every named special token.
-        loaded.chat_format = ChatFormat.from_template(tokenizer.chat_template, tokenizer.special_tokens_map)
+        special = tokenizer.special_tokens_map
+        if chat_template is not None or not jinja:  # the caller's template: one that does not render is an error
+            template = chat_template if chat_template is not None else tokenizer.chat_template
+            loaded.chat_format = chat_templates.chat_format(template, special, jinja)
+        else:
+            loaded.chat_format = ChatFormat.from_template(tokenizer.chat_template, special)
+        loaded.info = _describe(loaded, torch_dtype)
         self._install(loaded)
         log.info("PyTorch loaded %s (%s, %d threads): %d tokens of context, one request at a time",
                  path, torch_dtype, n_threads, n_ctx)  # fmt: skip
@@ -113,6 +130,9 @@ class TorchBackend(Backend):
         tokenizer = self._require().tokenizer
         return tokenizer(text, add_special_tokens=add_special, split_special_tokens=not parse_special).input_ids
 
+    def vocabulary_size(self) -> int:
+        return len(self._require().tokenizer)
+
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
         tokenizer = self._require().tokenizer
@@ -127,8 +147,11 @@ class TorchBackend(Backend):
         return m.tokenizer(text, add_special_tokens=True).input_ids
 
     def _encode_chat(self, m: _Loaded, text: str) -> list[int]:
-        # The template writes every special token itself (what apply_chat_template(tokenize=True) does).
-        return m.tokenizer(text, add_special_tokens=False).input_ids
+        # A Jinja template writes every special token itself (what apply_chat_template(tokenize=True)
+        # does); llama.cpp's built-in ones leave the BOS to the tokenizer, as llama-server does.
+        bos = m.tokenizer.bos_token
+        add_special = m.chat_format.builtin is not None and not (bos and text.startswith(bos))
+        return m.tokenizer(text, add_special_tokens=add_special).input_ids
 
     @staticmethod
     def _decode(m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock, emit: Emit) -> None:
@@ -224,6 +247,8 @@ def _generate_kwargs(m: _Loaded, prompt_ids: list[int], params: SamplingParams, 
         "pad_token_id": eog[0] if eog else None,
         "repetition_penalty": min(max(params.repetition_penalty, 1 / MAX_LOGIT_SCALE), MAX_LOGIT_SCALE),
     }
+    if params.logit_bias:  # transformers adds a single token's bias as a one-token sequence's
+        kwargs["sequence_bias"] = {(int(token),): bias for token, bias in params.logit_bias}
     if params.presence_penalty or params.frequency_penalty:
         penalties = _OpenAIPenalties(len(prompt_ids), params.presence_penalty, params.frequency_penalty)
         kwargs["logits_processor"] = transformers.LogitsProcessorList([penalties])
@@ -354,7 +379,7 @@ def _describe(m: _Loaded, dtype: Any) -> dict[str, Any]:
         "backend": "pytorch",
         "available": True,
         "loaded": True,
-        "model": m.path.name,
+        "model": m.name,
         "path": str(m.path),
         "architecture": m.model.config.model_type,
         "dtype": str(dtype).removeprefix("torch."),
@@ -367,6 +392,8 @@ def _describe(m: _Loaded, dtype: Any) -> dict[str, Any]:
         "lora_path": m.lora_path,
         "lora_merged": m.lora_merged if m.lora_path else None,
         "chat_template": True,
+        "chat_template_override": m.template_override,  # --chat-template(-file), --no-jinja
+        "chat_template_builtin": m.chat_format.template if m.chat_format.builtin else None,
         "eog_token_ids": sorted(m.eog_ids),
     }
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelNotFoundError
 from app.services.backend import Backend
+from app.services.chat_templates import configured_template
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,16 +60,27 @@ class Registry:
         return backend
 
     def for_model(self, model: str | None) -> Backend:
-        """The backend an OpenAI request's `model` names: "default" (or none), a backend's name, or the
-        name of a loaded model (the default backend first when both serve it); anything else is a 404."""
+        """The backend a request's `model` names: "default" (or none), a backend's name, or the name of
+        a loaded model (the default backend first when both serve it); anything else is a 404, or the
+        default model with the `unknown_model` setting "default"."""
         if not model or model == "default":
             return self.backend()
         if model in self.backends:
             return self.backend(model)
         for backend in self.served():
-            if backend.model_name == model:
+            if model in self._names(backend):
                 return backend
+        if self.settings.unknown_model == "default":
+            return self.backend()
         raise ModelNotFoundError(f"the model {model!r} does not exist (GET /v1/models lists the served ones)")
+
+    def _names(self, backend: Backend) -> set[str | None]:
+        """The names a backend's model answers to: its own, and every alias when it is served by the
+        first one (the configured model: `--alias a,b` serves it as a and accepts b)."""
+        aliases = self.settings.alias
+        if aliases and backend.model_name == aliases[0]:
+            return {*aliases}
+        return {backend.model_name}
 
     def served(self) -> list[Backend]:
         """The backends with a model loaded, the default one first."""
@@ -79,6 +92,7 @@ class Registry:
         """Loads the models the settings ask for (the embedded default when no path is set): llama.cpp
         when enabled, PyTorch when enabled or when it is the default backend."""
         settings, default = self.settings, self.default_name()
+        configured_template(settings.chat_template, settings.chat_template_file, settings.jinja)  # before any load
         wanted = {
             "llamacpp": (settings.llamacpp_enabled or default == "llamacpp", settings.llamacpp_config(), "LLAMACPP"),
             "pytorch": (settings.torch_enabled or default == "pytorch", settings.torch_config(), "TORCH"),
@@ -89,8 +103,10 @@ class Registry:
                 self.load(backend, _required_path(config["model_path"], f"HYCHAT_{prefix}_MODEL_PATH"))
 
     def load(self, backend: Backend, model_path: str, with_lora: bool = True) -> None:
-        """Loads `model_path` into `backend` with the configured load options; `with_lora=False` leaves
-        out the configured adapter (made for the configured base model, not for any other file)."""
+        """Loads `model_path` into `backend` with the configured load options; `with_lora=False` (a
+        reload of another file) leaves out what was configured for the configured model: its adapter,
+        the chat template given in place of its own and its alias (the default backend's)."""
+        served_as = self._served_as(backend, configured=with_lora)
         if backend.name == "llamacpp":
             config = self.settings.llamacpp_config()
             lora = {"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]}
@@ -102,6 +118,7 @@ class Registry:
                 parallel=config["parallel"],
                 max_waiting=config["queue_size"],
                 allow_amx=config["allow_amx"],
+                **served_as,
                 **(lora if with_lora and config["lora_path"] else {}),
             )
         else:
@@ -111,8 +128,20 @@ class Registry:
                 n_ctx=config["n_ctx"],
                 n_threads=config["n_threads"],
                 dtype=config["dtype"],
+                **served_as,
                 **({"lora_path": config["lora_path"], "merge_lora": config["merge_lora"]} if with_lora else {}),
             )
+
+    def _served_as(self, backend: Backend, configured: bool) -> dict[str, Any]:
+        """`load_model` keywords, only those the settings give: rendering without Jinja, and for the
+        configured model its chat template (in place of its own) and, on the default backend, its alias."""
+        settings = self.settings
+        given: dict[str, Any] = {} if settings.jinja else {"jinja": False}
+        if configured:
+            template = configured_template(settings.chat_template, settings.chat_template_file, settings.jinja)
+            alias = settings.alias[0] if settings.alias and backend.name == self.default_name() else None
+            given |= {k: v for k, v in (("chat_template", template), ("alias", alias)) if v is not None}
+        return given
 
 
 def _required_path(path: str | None, variable: str) -> str:

@@ -245,3 +245,17 @@ def test_a_required_call_comes_in_the_7bs_own_format_and_matches_the_schema(llam
     assert call.name == "get_weather" and set(args) == {"city", "days"}
     assert isinstance(args["city"], str) and len(args["city"]) <= 8 and isinstance(args["days"], int)
     assert not answer.content.strip()  # the answer is the call, nothing else
+
+
+@pytest.mark.parametrize("prefill", ["长城是", "好的，", "  第一点：\n"])
+def test_an_assistant_prefill_is_continued_as_transformers_continues_it(
+    prefill, hf_tokenizer, torch_backend, llama_backend
+):
+    messages = [{"role": "user", "content": "请介绍一下长城。"}, {"role": "assistant", "content": prefill}]
+    expected = hf_tokenizer.apply_chat_template(
+        messages, continue_final_message=True, add_generation_prompt=False, tokenize=False
+    )
+    for backend in (torch_backend, llama_backend):  # automatic, as llama-server, and explicit, as vLLM
+        for chat in (ChatOptions(), ChatOptions(continue_final_message=True, add_generation_prompt=False)):
+            assert backend.prompt(GenerationRequest(messages=messages, chat=chat)).text == expected, backend.name
+    assert expected.rstrip().endswith(prefill.strip())

@@ -62,6 +62,19 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_CONTEXT_OVERFLOW": "truncate",
         "HYCHAT_RESPONSES_STORE_SIZE": "7",
         "HYCHAT_RESPONSES_STORE_TTL_S": "90",
+        "HYCHAT_ALIAS": "小助手, gpt-4o",
+        "HYCHAT_CHAT_TEMPLATE": "llama3",
+        "HYCHAT_JINJA": "false",
+        "HYCHAT_DEFAULT_MAX_TOKENS": "64",
+        "HYCHAT_DEFAULT_TEMPERATURE": "0.2",
+        "HYCHAT_DEFAULT_TOP_K": "20",
+        "HYCHAT_DEFAULT_TOP_P": "0.9",
+        "HYCHAT_DEFAULT_MIN_P": "0.1",
+        "HYCHAT_DEFAULT_REPETITION_PENALTY": "1.1",
+        "HYCHAT_DEFAULT_SEED": "7",
+        "HYCHAT_UNKNOWN_MODEL": "default",
+        "HYCHAT_UNKNOWN_FIELDS": "ignore",
+        "HYCHAT_ENDPOINT_SLOTS": "false",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -83,7 +96,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "queue_size": 0,
     }
     assert s.backend == "pytorch"
-    assert s.chat_defaults() == {"think": False, "reasoning_format": "none", "truncate": True}
+    assert s.chat_defaults() == {
+        "think": False, "reasoning_format": "none", "truncate": True, "defaults": s.sampling_defaults()
+    }  # fmt: skip
     assert (s.responses_store_size, s.responses_store_ttl_s) == (7, 90)
     assert s.torch_config() == {
         "enabled": True,
@@ -94,8 +109,37 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_ctx": 1024,
         "n_threads": 2,
     }
-    # Every field has a variable in this test, so a new setting cannot go untested.
-    assert {f"HYCHAT_{name.upper()}" for name in Settings.model_fields} == set(env)
+    assert (s.alias, s.chat_template, s.jinja) == (["小助手", "gpt-4o"], "llama3", False)
+    assert (s.unknown_model, s.unknown_fields, s.endpoint_slots) == ("default", "ignore", False)
+    assert s.sampling_defaults() == {
+        "max_new_tokens": 64, "temperature": 0.2, "top_k": 20, "top_p": 0.9, "min_p": 0.1,
+        "repetition_penalty": 1.1, "seed": 7,
+    }  # fmt: skip
+    # Every field has a variable in this test, so a new setting cannot go untested (the template
+    # file excludes HYCHAT_CHAT_TEMPLATE: test_llama_server_settings has it).
+    assert {f"HYCHAT_{name.upper()}" for name in Settings.model_fields} == set(env) | {"HYCHAT_CHAT_TEMPLATE_FILE"}
+
+
+def test_llama_server_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("HYCHAT_CHAT_TEMPLATE_FILE", str(tmp_path / "t.jinja"))
+    monkeypatch.setenv("HYCHAT_HOST", "127.0.0.1, ::1,127.0.0.1")
+    s = Settings(_env_file=None)
+    assert s.chat_template_file == str(tmp_path / "t.jinja") and s.hosts() == ["127.0.0.1", "::1"]
+    assert s.sampling_defaults() == {} and s.alias == [] and s.jinja is True
+    # llama-server's spellings: -1 for unset, deepseek for the reasoning apart.
+    s = Settings(_env_file=None, default_max_tokens=-1, default_seed="-1", reasoning_format="deepseek")
+    assert (s.default_max_tokens, s.default_seed, s.reasoning_format) == (None, None, "auto")
+    for bad, problem in [
+        ({"chat_template": "chatml"}, "give either chat_template or chat_template_file"),
+        ({"default_max_tokens": 5000}, "default_max_tokens (--n-predict) 5000 is above max_tokens_limit 4096"),
+        ({"host": " , "}, "give at least one address"),
+        ({"default_top_p": 0}, "greater than 0"),
+        ({"default_seed": 2**32}, "less than 4294967296"),
+        ({"reasoning_format": "deepseek-legacy"}, "Input should be 'auto' or 'none'"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            Settings(_env_file=None, **bad)
+        assert problem in str(caught.value)
 
 
 def test_a_bad_environment_value_is_a_clear_error(monkeypatch):

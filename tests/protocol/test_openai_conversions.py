@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from app.errors import (
 from app.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
+    logit_biases,
     to_chat_generation_request,
     to_completion_generation_request,
 )
@@ -28,9 +30,11 @@ from app.protocol.openai_answers import (
     chat_completion_response,
     completion_response,
     response_meta,
+    total_usage,
 )
+from app.protocol.strict import UNKNOWN_FIELDS_IGNORED
 from app.services.checks import checked
-from app.types import SamplingParams, TokenLogprob, TopLogprob, Usage
+from app.types import GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 USER = [{"role": "user", "content": "你好"}]
 USAGE = Usage(prompt_tokens=7, completion_tokens=2, ttft_ms=1.0, decode_tokens_per_s=5.0, total_ms=3.0, cached_tokens=4)
@@ -158,15 +162,15 @@ def test_completion_prompt_and_default_max_tokens():
     request = to_completion_generation_request(body, 4096)
     assert request.prompt == "only one" and request.params.max_new_tokens == 16 and request.params.logprobs == 3
     assert to_completion_generation_request(body, 8).params.max_new_tokens == 8
-    with pytest.raises(ValidationError, match="less than or equal to 1"):  # one choice per request, by the wire type
-        CompletionRequest(model="m", prompt="a", n=3)
+    with pytest.raises(ValidationError, match="less than or equal to 8"):  # at most MAX_CHOICES choices
+        CompletionRequest(model="m", prompt="a", n=9)
     with pytest.raises(ValidationError, match="at most 1 item"):  # one prompt per request, by the wire type
         CompletionRequest(model="m", prompt=["a", "b"])
 
 
 def test_a_chat_completion_with_logprobs_and_usage():
     meta = response_meta("chatcmpl", "m")
-    body = chat_completion_response(ANSWER, meta, with_logprobs=True).model_dump()
+    body = chat_completion_response([ANSWER], meta, with_logprobs=True).model_dump()
     assert body["id"] == meta.id and body["object"] == "chat.completion" and body["model"] == "m"
     choice = body["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "你好"} and choice["finish_reason"] == "length"
@@ -180,12 +184,16 @@ def test_a_chat_completion_with_logprobs_and_usage():
         "prompt_tokens_details": {"cached_tokens": 4},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
-    assert chat_completion_response(ANSWER, meta, with_logprobs=False).choices[0].logprobs is None
+    assert chat_completion_response([ANSWER], meta, with_logprobs=False).choices[0].logprobs is None
+    two = chat_completion_response([ANSWER, ANSWER], meta, with_logprobs=False).model_dump()
+    assert [c["index"] for c in two["choices"]] == [0, 1]
+    assert (two["usage"]["prompt_tokens"], two["usage"]["completion_tokens"]) == (7, 4)  # the prompt once
 
 
 def test_chat_chunks_role_first_then_text_finish_and_usage():
-    stream = ChatChunks(response_meta("chatcmpl", "m"), include_usage=True)
-    chunks = [json.loads(c.model_dump_json()) for c in stream.first() + [c for d in DELTAS for c in stream.chunks(d)]]
+    stream = ChatChunks(response_meta("chatcmpl", "m"))
+    sent = stream.first() + [c for d in DELTAS for c in stream.chunks(d)] + [stream.usage(total_usage([USAGE], 0))]
+    chunks = [json.loads(c.model_dump_json()) for c in sent]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [{"content": "你"}, {"content": "好"}]
     assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
@@ -195,13 +203,14 @@ def test_chat_chunks_role_first_then_text_finish_and_usage():
 
 def test_completion_logprobs_offsets_agree_streamed_or_not():
     meta = response_meta("cmpl", "m")
-    whole = completion_response(ANSWER, meta, with_logprobs=True).choices[0]
+    whole = completion_response([ANSWER], meta, with_logprobs=True).choices[0]
     assert whole.text == "你好" and whole.logprobs.text_offset == [0, 1]
     assert whole.logprobs.top_logprobs == [{"你": -0.5, "x": -1.5}, {"好": -0.25, "x": -1.25}]
-    stream = CompletionChunks(meta, include_usage=False)
+    stream = CompletionChunks(meta, index=1)
     chunks = [c for d in DELTAS for c in stream.chunks(d)]
     assert [c.choices[0].logprobs.text_offset for c in chunks[:2]] == [[0], [1]]
     assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage is None
+    assert {c.choices[0].index for c in chunks} == {1}
 
 
 @pytest.mark.parametrize(
@@ -217,5 +226,60 @@ def test_completion_logprobs_offsets_agree_streamed_or_not():
 )
 def test_every_error_has_openais_shape(error, status, error_type, code, param):
     body = error_body(error)["error"]
-    assert body == {"message": body["message"], "type": error_type, "param": param, "code": code}
+    extra = {"n_prompt_tokens": 3000, "n_ctx": 2048} if code == "context_length_exceeded" else {}  # llama-server's
+    assert body == {"message": body["message"], "type": error_type, "param": param, "code": code, **extra}
     assert "secret" not in body["message"] and getattr(error, "status_code", 500) == status
+
+
+def to_request(**body):
+    return to_chat_generation_request(ChatCompletionRequest.model_validate({"messages": USER, **body}), 4096)
+
+
+def test_llama_server_and_vllm_fields_convert():
+    assert to_request(n_predict=7, max_tokens=3).params.max_new_tokens == 7  # n_predict wins, as in llama-server
+    assert to_request(n_predict=-1).params.max_new_tokens == 4096
+    with pytest.raises(InvalidParameterError, match="n_predict"):
+        to_request(n_predict=0)
+    assert to_request(repeat_penalty=1.2).params.repetition_penalty == 1.2
+    assert to_request(repeat_penalty=1.2, repetition_penalty=1.1).params.repetition_penalty == 1.1
+    assert to_request(ignore_eos=True).params.ignore_eos is True
+    assert to_request(reasoning_effort="none").chat.think is False
+    assert to_request(reasoning_effort="high").chat.think is True
+    assert to_request(reasoning_effort="none", think=True).chat.think is True  # hychat's own switch wins
+    chat = to_request(continue_final_message=True, add_generation_prompt=False).chat
+    assert (chat.continue_final_message, chat.add_generation_prompt) == (True, False)
+    assert to_request(json_schema={"type": "object"}).params.grammar is not None
+    with pytest.raises(InvalidParameterError, match="json_schema"):
+        to_request(json_schema={}, response_format={"type": "json_object"})
+    for response_format in (
+        {"type": "json_object", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+        {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},  # no name
+        {"type": "json_schema", "json_schema": {"name": "x"}},  # no schema: any object
+    ):
+        assert to_request(response_format=response_format).params.grammar is not None
+    assert ChatCompletionRequest.model_validate({"messages": USER}).model is None  # the default model
+
+
+def test_logit_bias_in_openais_and_llama_servers_shapes():
+    assert logit_biases({"15": 5, "-": -1.5, "7": False}) == ((15, 5.0), ("-", -1.5), (7, -math.inf))
+    assert logit_biases([[15, 5], ["长城", False]]) == ((15, 5.0), ("长城", -math.inf))
+    assert to_request(logit_bias={"3": 100}).params.logit_bias == ((3, 100.0),)
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": USER, "logit_bias": {"3": 101}})
+    with pytest.raises(InvalidParameterError, match="logit_bias"):
+        checked(GenerationRequest(SamplingParams(logit_bias=((-1, 1.0),)), prompt="x"))
+
+
+def test_known_extensions_are_dropped_and_unknown_fields_refused_unless_ignored():
+    body = {"messages": USER, "cache_prompt": False, "id_slot": 1, "samplers": ["top_k"], "mirostat": 2}
+    assert ChatCompletionRequest.model_validate(body).model_dump(exclude_unset=True) == {"messages": USER}
+    with pytest.raises(ValidationError, match="nonsense"):
+        ChatCompletionRequest.model_validate({"messages": USER, "nonsense": 1})
+    token = UNKNOWN_FIELDS_IGNORED.set(True)
+    try:
+        parsed = ChatCompletionRequest.model_validate({"messages": USER, "nonsense": 1, "max_tokens": 3})
+        assert parsed.max_tokens == 3 and "nonsense" not in parsed.model_dump()
+        nested = {"role": "user", "content": "x", "extra": 1}  # nested objects too, as llama-server ignores them
+        assert ChatCompletionRequest.model_validate({"messages": [nested]}).messages[0].content == "x"
+    finally:
+        UNKNOWN_FIELDS_IGNORED.reset(token)

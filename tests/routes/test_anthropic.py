@@ -237,3 +237,13 @@ def test_an_error_after_the_stream_started_is_an_error_event(client):
         list(client.messages.create(**params, tool_choice={"type": "any"}, stream=True))
     assert caught.value.status_code == 200 and caught.value.type == "invalid_request_error"
     assert client.messages.create(**params).stop_reason in ("end_turn", "max_tokens")
+
+
+def test_a_last_assistant_message_is_a_prefill_the_answer_continues(client, v1):
+    prefill = [*QUESTION, {"role": "assistant", "content": "长城是"}]
+    message = create(client, prefill, max_tokens=12)
+    body = {"model": "llamacpp", "messages": prefill, "max_tokens": 12, **GREEDY}
+    completion = v1.post("/v1/chat/completions", json=body).json()
+    assert text_of(message) == completion["choices"][0]["message"]["content"] and text_of(message).strip()
+    rendered = v1.post("/apply-template", json={"messages": prefill}).json()["prompt"]
+    assert rendered.endswith("长城是")  # the turn is left open: the model writes on

@@ -49,7 +49,9 @@ def test_a_suffix_fills_the_middle_as_the_fim_prompt_written_out_would(client, v
     streamed = list(client.generate(model=model, prompt=PREFIX, suffix=SUFFIX, options=GREEDY, stream=True))
     assert "".join(chunk.response for chunk in streamed) == answer.response and streamed[-1].done
     # Raw or not: a suffix asks for the middle (Ollama would drop it from a raw prompt).
-    assert client.generate(model=model, prompt=PREFIX, suffix=SUFFIX, options=GREEDY, raw=True).response == answer.response
+    assert (
+        client.generate(model=model, prompt=PREFIX, suffix=SUFFIX, options=GREEDY, raw=True).response == answer.response
+    )
 
 
 def test_the_model_says_it_can_insert(client):

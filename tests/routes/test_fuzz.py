@@ -221,7 +221,7 @@ def _steered(case, model: str | None, max_tokens: int):
     body = case.body
     if model is None or not case.meta.generation.mode.is_positive or not isinstance(body, dict):
         return case
-    if "model" in body:
+    if "model" in body or case.path.startswith("/v1/"):  # optional there: drawn bodies often leave it out
         body["model"] = model
     elif "backend" in body or case.path == "/api/chat":
         body["backend"] = model if model in BACKEND_NAMES[1:] else None

@@ -210,7 +210,7 @@ def test_a_schema_that_cannot_become_a_grammar_is_a_400(client):
 def assert_openai_error(error: openai.APIStatusError, status: int, error_type: str, code: str | None = None):
     assert error.status_code == status
     body = error.response.json()["error"]
-    assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    assert set(body) - {"n_prompt_tokens", "n_ctx"} == {"message", "type", "param", "code"} and body["message"]
     assert body["type"] == error_type and (code is None or body["code"] == code)
 
 
@@ -221,7 +221,7 @@ def assert_openai_error(error: openai.APIStatusError, status: int, error_type: s
         ({"temperature": -1}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"presence_penalty": 3}, "presence_penalty"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 100_000}, "max_tokens"),
@@ -265,6 +265,8 @@ def test_prompt_longer_than_the_context_is_400_context_length_exceeded(client):
         chat(client, messages=[{"role": "user", "content": "你好" * 3000}], max_tokens=4)
     assert_openai_error(raised.value, 400, "invalid_request_error", "context_length_exceeded")
     assert raised.value.code == "context_length_exceeded"
+    body = raised.value.response.json()["error"]  # llama-server's fields: how much to cut
+    assert body["n_ctx"] == 2048 and body["n_prompt_tokens"] > 2048
 
 
 def test_api_key_is_enforced(start_server):

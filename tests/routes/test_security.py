@@ -96,6 +96,19 @@ def test_cors_allows_only_the_configured_origins(monkeypatch):
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
 
 
+@pytest.mark.parametrize(
+    "origin", ["http://localhost", "http://localhost:8080", "https://127.0.0.1:3000", "http://[::1]:5173"]
+)
+def test_cors_localhost_allows_any_page_served_from_this_machine(monkeypatch, origin):
+    monkeypatch.setenv("HYCHAT_CORS_ORIGINS", "localhost")  # llama-server's special value
+    with TestClient(create_app(Settings(_env_file=None), backends={})) as client:
+        r = client.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": origin})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        for stranger in ("http://notlocalhost", "http://localhost.evil.com", "https://elsewhere.example"):
+            r = client.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": stranger})
+            assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+
+
 def test_the_server_binds_to_loopback_by_default(start_server, monkeypatch):
     monkeypatch.delenv("HYCHAT_HOST", raising=False)
     assert Settings(_env_file=None).host == "127.0.0.1"

@@ -1,0 +1,216 @@
+"""`hychat serve` with llama-server's flags: a real server (`python -m app serve`) on the embedded
+SmolLM2, its answers read over HTTP; built-in templates held to llama.cpp's own
+`llama_chat_apply_template`, called here directly."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from app.chat.template import render
+from app.cli.main import serve, serve_settings
+from app.modelfiles.gguf import read_gguf
+from tests.conftest import REPO, free_port
+from tests.services.test_chat_templates import CHAT, FILE_TEMPLATE, llama_cpp_renders
+
+QUESTION = [{"role": "user", "content": "用一句话介绍长城。"}]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def run_serve(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port()), *args],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def parsed(*args: str):
+    """The settings `hychat serve ARGS` would run with, parsed by the command itself."""
+    with serve.make_context("serve", list(args)) as context:
+        return serve_settings(**context.params)
+
+
+def applied(server, messages=CHAT) -> str:
+    r = httpx.post(f"{server.url}/apply-template", json={"messages": messages}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["prompt"]
+
+
+def test_help_shows_llama_servers_names_beside_hychats():
+    result = subprocess.run([sys.executable, "-m", "app", "serve", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0
+    shown = ("-np, --parallel", "-a, --alias", "--chat-template TEXT", "--chat-template-file", "--jinja / --no-jinja",
+             "--reasoning-format", "-n, --n-predict", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
+             "-s, --seed", "-m, --model", "--n-ctx", "-c, --ctx-size", "-t, --threads",
+             "-ngl, --n-gpu-layers, --gpu-layers", "--host", "--port", "--api-key")  # fmt: skip
+    assert [names for names in shown if names not in result.stdout] == []
+
+
+def test_alias_names_the_model_everywhere_and_requests_may_use_any(start_server, model_path):
+    server = start_server({}, "-m", model_path, "--alias", "小助手, gpt-4o")
+    models = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["小助手"]
+    tags = httpx.get(f"{server.url}/api/tags").json()["models"]
+    assert [t["name"] for t in tags] == ["小助手"]
+    for name in ("小助手", "gpt-4o"):
+        body = {"model": name, "messages": QUESTION, "max_tokens": 4, "temperature": 0}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "小助手"
+    body = {"model": "gpt-4o", "messages": QUESTION, "stream": False, "options": {"num_predict": 4}}
+    assert httpx.post(f"{server.url}/api/chat", json=body, timeout=120).json()["model"] == "小助手"
+    body = {"model": "gpt-3.5-turbo", "messages": QUESTION, "max_tokens": 4}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).status_code == 404
+
+
+def test_a_template_file_replaces_the_models_template(start_server, tmp_path):
+    path = tmp_path / "对话模板.jinja"
+    path.write_text(FILE_TEMPLATE, encoding="utf-8")
+    server = start_server({}, "--chat-template-file", str(path))
+    assert applied(server) == render(FILE_TEMPLATE, CHAT, special_tokens={})
+    body = {"messages": QUESTION, "max_tokens": 3, "temperature": 0}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_a_builtin_template_renders_what_llama_cpp_renders(start_server, name):
+    server = start_server({}, "--chat-template", name)
+    assert applied(server) == llama_cpp_renders(name, CHAT)
+    info = httpx.get(f"{server.url}/api/info").json()["backends"]["llamacpp"]
+    assert info["chat_template_builtin"] == name
+
+
+def test_no_jinja_renders_the_models_template_through_llama_cpp(start_server, model_path):
+    server = start_server({}, "--no-jinja")
+    own = read_gguf(model_path).metadata["tokenizer.chat_template"]
+    assert applied(server) == llama_cpp_renders(own, CHAT)  # SmolLM2's is ChatML to llama.cpp
+
+
+def test_context_slots_and_threads(start_server):
+    server = start_server({}, "-c", "1024", "-np", "2", "-t", "2")
+    info = httpx.get(f"{server.url}/api/info").json()["backends"]["llamacpp"]
+    # llama-server's -c is the context of all slots together: 512 tokens for each of 2 requests.
+    assert (info["n_ctx"], info["n_ctx_total"], info["parallel"], info["n_threads"]) == (512, 1024, 2, 2)
+    server = start_server({}, "--n-ctx", "1024", "--parallel", "2", "--threads", "2")
+    info = httpx.get(f"{server.url}/api/info").json()["backends"]["llamacpp"]
+    assert (info["n_ctx"], info["n_ctx_total"], info["parallel"], info["n_threads"]) == (1024, 2048, 2, 2)
+
+
+def test_several_hosts_are_all_bound(start_server):
+    other = "::1" if ipv6_loopback() else "127.0.0.2"
+    server = start_server({}, "--host", "127.0.0.1", "--host", other)
+    for host in ("127.0.0.1", f"[{other}]" if ":" in other else other):
+        assert httpx.get(f"http://{host}:{server.port}/health", timeout=30).status_code == 200
+    server = start_server({}, "--host", f"127.0.0.1,{other}")
+    assert httpx.get(f"http://{'[::1]' if ':' in other else other}:{server.port}/health").status_code == 200
+
+
+def test_sampling_flags_become_the_defaults_of_requests():
+    settings = parsed("--temp", "0", "--seed", "7", "-n", "5", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.1",
+                      "--repeat-penalty", "1.1")  # fmt: skip
+    assert settings.sampling_defaults() == {
+        "max_new_tokens": 5, "temperature": 0.0, "seed": 7, "top_k": 20, "top_p": 0.9, "min_p": 0.1,
+        "repetition_penalty": 1.1,
+    }  # fmt: skip
+    assert parsed().sampling_defaults() == {}
+    assert parsed("--n-predict", "-1", "--seed", "-1").sampling_defaults() == {}  # llama-server's "unset"
+
+
+def test_the_sampling_defaults_answer_every_dialect(start_server):
+    """`-n 5 --temp 0`: a request that sets neither gets 5 greedy tokens, whatever its dialect; one that
+    sets them keeps its own."""
+    server = start_server({}, "-n", "5", "--temp", "0")
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        chat = http.post("/v1/chat/completions", json={"messages": QUESTION}).json()
+        assert chat["usage"]["completion_tokens"] == 5
+        assert http.post("/v1/chat/completions", json={"messages": QUESTION}).json()["choices"] == chat["choices"]
+        assert http.post("/v1/completions", json={"prompt": "长城"}).json()["usage"]["completion_tokens"] == 5
+        assert http.post("/api/chat", json={"messages": QUESTION}).json()["usage"]["completion_tokens"] == 5
+        ollama = http.post("/api/chat", json={"model": "default", "messages": QUESTION, "stream": False}).json()
+        assert ollama["eval_count"] == 5 and ollama["message"]["content"] == chat["choices"][0]["message"]["content"]
+        response = http.post("/v1/responses", json={"input": "用一句话介绍长城。"}).json()
+        assert response["usage"]["output_tokens"] == 5
+        own = http.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 8}).json()
+        assert own["usage"]["completion_tokens"] == 8 and own["choices"][0]["message"]["content"].startswith(
+            chat["choices"][0]["message"]["content"]
+        )
+
+
+def test_server_flags_become_settings():
+    settings = parsed("--host", "127.0.0.1", "--host", "::1,127.0.0.2", "--port", "9001", "--api-key", "秘密",
+                      "-m", "模型.gguf", "-ngl", "-1", "--alias", "a,b", "--reasoning-format", "deepseek",
+                      "--no-jinja", "--chat-template", "llama3")  # fmt: skip
+    assert settings.hosts() == ["127.0.0.1", "::1", "127.0.0.2"]
+    assert (settings.port, settings.api_key, settings.llamacpp_model_path) == (9001, "秘密", "模型.gguf")
+    assert (settings.llamacpp_n_gpu_layers, settings.alias, settings.reasoning_format) == (-1, ["a", "b"], "auto")
+    assert (settings.jinja, settings.chat_template) == (False, "llama3")
+    assert parsed("--gpu-layers", "3").llamacpp_n_gpu_layers == 3
+    assert parsed("--jinja").jinja is True and parsed().jinja is True
+
+
+def test_the_same_settings_come_from_the_environment(monkeypatch):
+    for name, value in {"TEMPERATURE": "0", "SEED": "7", "MAX_TOKENS": "5"}.items():
+        monkeypatch.setenv(f"HYCHAT_DEFAULT_{name}", value)
+    monkeypatch.setenv("HYCHAT_ALIAS", "小助手")
+    settings = parsed()
+    assert settings.sampling_defaults() == {"max_new_tokens": 5, "temperature": 0.0, "seed": 7}
+    assert settings.alias == ["小助手"]
+    assert parsed("--temp", "0.5").sampling_defaults()["temperature"] == 0.5  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-np", "0"], "Invalid value for '--parallel' / '-np': 0: Input should be greater than or equal to 1"),
+        (["--temp", "热"], "Invalid value for '--temp': '热' is not a valid float."),
+        (["--top-p", "2"], "Invalid value for '--top-p': 2.0: Input should be less than or equal to 1"),
+        (["--seed", "-2"], "Invalid value for '--seed' / '-s': -2: Input should be greater than or equal to 0"),
+        (["-c", "20"], "Invalid value for '--ctx-size' / '-c': 20 (20 / 4 slots = 5 tokens for each request)"),
+        (["-c", "1024", "--n-ctx", "512"], "give either --n-ctx (each request's) or -c / --ctx-size (all together)"),
+        (["--reasoning-format", "deepseek-legacy"], "Invalid value for '--reasoning-format': 'deepseek-legacy'"),
+        (["--host", ","], "Invalid value for '--host': ',': give at least one address"),
+        (["--flash-attn"], "No such option '--flash-attn'"),
+    ],
+)
+def test_a_bad_flag_is_a_usage_error_naming_it(args, message):
+    result = run_serve(*args)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_template_or_conflict_is_one_line_before_any_model_loads(tmp_path):
+    latin1 = tmp_path / "latin1.jinja"
+    latin1.write_bytes("{{ 'café' }}".encode("latin-1"))
+    syntax = tmp_path / "syntax.jinja"
+    syntax.write_text("{% for m in messages %}", encoding="utf-8")
+    missing = tmp_path / "无.jinja"
+    cases = [
+        (["--chat-template-file", str(missing)], f"Error: {missing}: chat template file not found"),
+        (["--chat-template-file", str(latin1)], f"Error: {latin1}: not a UTF-8 text file"),
+        (["--chat-template-file", str(syntax)], f"Error: {syntax}: the chat template is not Jinja (line 1)"),
+        (["--chat-template", "llama-3"], "Error: chat_template (--chat-template): 'llama-3' is neither one of"),
+        (["--no-jinja", "--chat-template", "{{ x }}"], "llama.cpp has no built-in chat template like '{{ x }}'"),
+        (["--chat-template", "chatml", "--chat-template-file", str(syntax)], "Error: invalid settings: give either"),
+        (["-n", "5000"], "Error: invalid settings: default_max_tokens (--n-predict) 5000 is above max_tokens_limit"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = run_serve(*args, HYCHAT_LOG_LEVEL="info")
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
+        assert "llama.cpp loaded" not in result.stderr
