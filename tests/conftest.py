@@ -176,7 +176,7 @@ class Server:
             self.process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # each module's servers stop at its end: kept for the session, they fill the RAM
 def start_server() -> Iterator:
     servers: list[Server] = []
 
