@@ -74,6 +74,20 @@ class ModelFileError(HychatError):
         self.path, self.problem = str(path), problem
 
 
+class NotSupportedError(HychatError):
+    """A llama-server endpoint this server has switched off (llama-server's 501)."""
+
+    status_code = 501
+    code = "not_supported"
+
+
+class NoSlotAvailableError(HychatError):
+    """GET /slots?fail_on_no_slot=1 while every slot is busy."""
+
+    status_code = 503
+    code = "no_slot_available"
+
+
 class ModelPathForbiddenError(HychatError):
     """A requested model path lies outside the configured model folders (HYCHAT_MODEL_DIRS)."""
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.chat.grammar import json_schema_grammar
 from app.errors import HychatError, InvalidParameterError, PromptTooLongError
 from app.protocol.openai import MAX_CHOICES, LogitBias, logit_biases, max_new_tokens_within
-from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS
+from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, over_defaults
 from app.protocol.strict import Strict
 from app.protocol.tokens import MAX_TOKEN_ID, MAX_TOKEN_IDS
 from app.types import GenerationRequest, Infill, SamplingParams
@@ -259,7 +259,7 @@ def _one_prompt(prompt: str | list[Any] | PromptObject) -> str | tuple[int | str
 
 
 def to_sampling_params(body: CompletionRequest, max_tokens_limit: int, defaults: Mapping[str, Any]) -> SamplingParams:
-    base = SamplingParams(**{k: v for k, v in defaults.items() if k != "max_new_tokens"})
+    base = SamplingParams(**over_defaults({}, defaults))
     chain = samplers(body.samplers)
     _refuse_what_cannot_be_done(body, chain)
     n_probs = _first(body.n_probs, body.logprobs) or 0
@@ -454,20 +454,6 @@ class LlamaServerErrorResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     error: LlamaServerErrorDetail
-
-
-class NotSupportedError(HychatError):
-    """A llama-server endpoint this server has switched off (llama-server's 501)."""
-
-    status_code = 501
-    code = "not_supported"
-
-
-class NoSlotAvailableError(HychatError):
-    """GET /slots?fail_on_no_slot=1 while every slot is busy."""
-
-    status_code = 503
-    code = "no_slot_available"
 
 
 def error_body(error: Exception) -> dict[str, Any]:

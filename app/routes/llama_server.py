@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import ServerSentEvent
 
-from app.errors import InvalidParameterError
+from app.errors import InvalidParameterError, NoSlotAvailableError, NotSupportedError
 from app.protocol import llama_server
 from app.protocol.errors import error_responses
 from app.protocol.llama_server import (
@@ -27,8 +27,6 @@ from app.protocol.llama_server import (
     CompletionRequest,
     InfillRequest,
     LlamaServerErrorResponse,
-    NoSlotAvailableError,
-    NotSupportedError,
 )
 from app.protocol.llama_server_answers import (
     AnswerMeta,

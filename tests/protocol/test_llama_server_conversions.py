@@ -17,6 +17,7 @@ from app.errors import (
     InvalidParameterError,
     MaxTokensTooLargeError,
     ModelNotFoundError,
+    NotSupportedError,
     PromptTooLongError,
     QueueFullError,
 )
@@ -24,7 +25,6 @@ from app.protocol.llama_server import (
     CompletionRequest,
     Cutoff,
     InfillRequest,
-    NotSupportedError,
     error_body,
     infill_problem,
     prompts,
