@@ -10,13 +10,18 @@ ARGS ?=
 # (app/llama_build.py). Override to build otherwise, e.g. LLAMA_CMAKE_ARGS="-DGGML_CUDA=on".
 LLAMA_CMAKE_ARGS ?= $(shell $(PYTHON) -m app.llama_build cmake-args)
 
-.PHONY: run test install install-torch clean
+.PHONY: run test llama-server-tests install install-torch clean
 
 run: $(CORE)
 	$(BIN)/hychat serve $(ARGS)
 
 test: $(FULL)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+# llama.cpp's own server test suite against hychat on the embedded model; the summary names the tests
+# native llama-server passes (tests/llama_server_suite/native_results.json) that hychat does not.
+llama-server-tests: $(FULL)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tests.llama_server_suite run --target hychat $(ARGS)
 
 install: $(CORE)
 

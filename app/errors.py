@@ -147,6 +147,13 @@ class ModelNotFoundError(HychatError):
     param = "model"
 
 
+class ClientGoneError(HychatError):
+    """The client left before its answer was whole: its generation was stopped (nginx's 499; no one reads it)."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+
 class RequestTooLargeError(HychatError):
     status_code = 413
     code = "request_too_large"

@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics, routes
+from app.cors import Cors
 from app.errors import AuthenticationError, HychatError, InvalidParameterError, error_body, error_object
 from app.limits import BodySizeLimit
 from app.protocol.errors import invalid_body
@@ -30,7 +30,16 @@ from app.telemetry import RequestTelemetry
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
-LOCAL_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"  # a page served from this machine
+# llama-server's other paths for the same routes: OpenAI's without /v1 (clients whose base URL lacks
+# it), /v1/health. (Its /embeddings is another format, its /completions its native one: not here.)
+PATH_ALIASES = {
+    "/chat/completions": "/v1/chat/completions",
+    "/models": "/v1/models",
+    "/responses": "/v1/responses",
+    "/chat/completions/input_tokens": "/v1/chat/completions/input_tokens",
+    "/responses/input_tokens": "/v1/responses/input_tokens",
+    "/v1/health": "/health",
+}
 
 
 def create_app(settings: Settings | None = None, backends: Mapping[str, Backend] | None = None) -> FastAPI:
@@ -49,18 +58,11 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
     app.state.response_store = ResponseStore(settings.responses_store_size, settings.responses_store_ttl_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(UnknownFields, ignore=settings.unknown_fields == "ignore")
+    app.add_middleware(PathAliases)
     if settings.cors_origins:  # off unless configured: a browser page elsewhere cannot call the API
-        local = "localhost" in settings.cors_origins  # llama-server's special value: any local page
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=[origin for origin in settings.cors_origins if origin != "localhost"],
-            allow_origin_regex=LOCAL_ORIGIN if local else None,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
-        )
+        app.add_middleware(Cors, origins=settings.cors_origins)
     app.add_middleware(RequestTelemetry)  # outermost: sees 413s too
-    for router in routes.routers():  # each says whether it needs the API key (admin: and off without one)
+    for router in routes.routers(settings):  # each says whether it needs the API key (admin: and off without one)
         app.include_router(router)
     web.mount_static(app)
     metrics.declare_backends(registry.backends)
@@ -81,6 +83,17 @@ class UnknownFields:
             await self.app(scope, receive, send)
         finally:
             UNKNOWN_FIELDS_IGNORED.reset(token)
+
+
+class PathAliases:
+    """Serves each path of PATH_ALIASES as the route it stands for."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = PATH_ALIASES.get(scope.get("path", ""))
+        await self.app({**scope, "path": target} if target else scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

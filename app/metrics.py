@@ -1,12 +1,16 @@
 """Prometheus metrics: the metric objects and the few functions the rest of the code calls.
 
 They live in this module's own registry, not prometheus_client's global one, so importing the app
-twice (tests, several apps in one process) never registers a name twice. `GET /metrics` serves it.
+twice (tests, several apps in one process) never registers a name twice. `GET /metrics` serves it,
+followed by llama-server's own series for the llama.cpp backend (`LLAMA_SERVER`).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from app.types import Usage
 
 REGISTRY = CollectorRegistry()
+START_TIME_S = int(time.time())  # llama-server's Process-Start-Time-Unix header
 # process_resident_memory_bytes, CPU seconds, open files: what a soak run watches for leaks.
 ProcessCollector(registry=REGISTRY)
 
@@ -85,6 +90,8 @@ def record_request(route: str, status: int) -> None:
 
 def record_generation(backend: str, usage: Usage) -> None:
     """One finished generation's tokens and timings."""
+    if backend == LLAMA_CPP:
+        LLAMA_SERVER.add_generation(usage)
     PROMPT_TOKENS.labels(backend=backend).inc(usage.prompt_tokens)
     GENERATION_TOKENS.labels(backend=backend).inc(usage.completion_tokens)
     PROMPT_CACHED_TOKENS.labels(backend=backend).inc(usage.cached_tokens)
@@ -93,12 +100,128 @@ def record_generation(backend: str, usage: Usage) -> None:
         TIME_PER_OUTPUT_TOKEN.labels(backend=backend).observe(1 / usage.decode_tokens_per_s)
 
 
+def record_decode(n_sequences: int) -> None:
+    """One llama_decode of the llama.cpp engine, over `n_sequences` requests."""
+    LLAMA_SERVER.add_decode(n_sequences)
+
+
 def set_scheduler_state(backend: str, queued: int, busy: int, total: int) -> None:
+    if backend == LLAMA_CPP:
+        LLAMA_SERVER.deferred, LLAMA_SERVER.processing = queued, busy
     QUEUE_DEPTH.labels(backend=backend).set(queued)
     SLOTS_BUSY.labels(backend=backend).set(busy)
     SLOTS_TOTAL.labels(backend=backend).set(total)
 
 
 def exposition() -> tuple[bytes, str]:
-    """The registry in Prometheus' text format, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The registry in Prometheus' text format, then llama-server's series, and its content type.
+    Each scrape starts a new window for llama-server's throughput gauges."""
+    return generate_latest(REGISTRY) + LLAMA_SERVER.scrape().encode(), CONTENT_TYPE_LATEST
+
+
+# -- llama-server's series ----------------------------------------------------------------------
+
+LLAMA_CPP = "llamacpp"  # the backend they describe
+
+
+@dataclass
+class _Bucket:
+    """Tokens, the decode steps they cost, and the time they took (server_metrics::bucket)."""
+
+    count: int = 0
+    steps: int = 0
+    time_s: float = 0.0
+
+    def add(self, count: int, steps: int, time_s: float) -> None:
+        self.count, self.steps, self.time_s = self.count + count, self.steps + steps, self.time_s + time_s
+
+    def rate(self) -> float:
+        return self.steps / self.time_s if self.time_s > 0 else 0.0
+
+
+@dataclass
+class LlamaServerSeries:
+    """llama-server's `llamacpp:` series (server-task.cpp, to_metrics), with its names and meanings,
+    so that what reads a llama-server reads hychat's llama.cpp backend alike. Times are hychat's
+    timings' (an answer's prompt time up to its first token, then its generation). Written by hand:
+    prometheus_client names a counter's TYPE line without `_total`, and llama-server's readers look
+    up each sample's own name there. There is no speculative decoding: its counters stay 0."""
+
+    prompt: _Bucket = field(default_factory=_Bucket)  # since the start: processed prompt tokens, not cached ones
+    predict: _Bucket = field(default_factory=_Bucket)
+    prompt_window: _Bucket = field(default_factory=_Bucket)  # since the last scrape, for the rates
+    predict_window: _Bucket = field(default_factory=_Bucket)
+    n_prompt_cached: int = 0
+    n_tokens_max: int = 0  # the longest sequence, prompt and answer
+    n_decode: int = 0
+    n_busy_slots: int = 0  # summed over the decodes
+    processing: int = 0
+    deferred: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_generation(self, usage: Usage) -> None:
+        prompt_n = usage.prompt_tokens - usage.cached_tokens
+        predicted_s = max(usage.total_ms - usage.ttft_ms, 0.0) / 1000
+        steps = max(usage.completion_tokens - 1, 0)  # the first token comes with the prompt's last batch
+        with self._lock:
+            for prompt, predict in ((self.prompt, self.predict), (self.prompt_window, self.predict_window)):
+                prompt.add(prompt_n, prompt_n, usage.ttft_ms / 1000)
+                predict.add(usage.completion_tokens, steps, predicted_s)
+            self.n_prompt_cached += usage.cached_tokens
+            self.n_tokens_max = max(self.n_tokens_max, usage.prompt_tokens + usage.completion_tokens)
+
+    def add_decode(self, n_sequences: int) -> None:
+        with self._lock:
+            self.n_decode += 1
+            self.n_busy_slots += n_sequences
+
+    def scrape(self) -> str:
+        with self._lock:
+            values = {
+                "prompt_tokens_total": self.prompt.count,
+                "prompt_tokens_cached_total": self.n_prompt_cached,
+                "prompt_seconds_total": self.prompt.time_s,
+                "tokens_predicted_total": self.predict.count,
+                "tokens_predicted_seconds_total": self.predict.time_s,
+                "n_decode_total": self.n_decode,
+                "n_tokens_max": self.n_tokens_max,
+                "spec_decode_num_draft_tokens_total": 0,
+                "spec_decode_num_accepted_tokens_total": 0,
+                "spec_decode_num_drafts_total": 0,
+                "prompt_tokens_seconds": self.prompt_window.rate(),
+                "predicted_tokens_seconds": self.predict_window.rate(),
+                "requests_processing": self.processing,
+                "requests_deferred": self.deferred,
+                "n_busy_slots_per_decode": self.n_busy_slots / max(self.n_decode, 1),
+            }
+            self.prompt_window, self.predict_window = _Bucket(), _Bucket()  # the gauges' window: between scrapes
+        return "".join(
+            f"# HELP llamacpp:{name} {text}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {values[name]}\n"
+            for name, (kind, text) in LLAMA_SERVER_SERIES.items()
+        )
+
+
+# llama-server's words for them.
+LLAMA_SERVER_SERIES = {
+    "prompt_tokens_total": ("counter", "Number of prompt tokens processed, excluding cached tokens"),
+    "prompt_tokens_cached_total": ("counter", "Number of prompt tokens reused from the cache"),
+    "prompt_seconds_total": ("counter", "Total time spent processing prompts"),
+    "tokens_predicted_total": ("counter", "Number of generation tokens processed"),
+    "tokens_predicted_seconds_total": ("counter", "Total time spent generating tokens"),
+    "n_decode_total": ("counter", "Total number of llama_decode() calls"),
+    "n_tokens_max": ("counter", "Largest observed sequence length (prompt + generation)"),
+    "spec_decode_num_draft_tokens_total": ("counter", "Speculative: Total draft tokens generated"),
+    "spec_decode_num_accepted_tokens_total": (
+        "counter",
+        "Speculative: Total draft tokens accepted by the target model",
+    ),
+    "spec_decode_num_drafts_total": ("counter", "Speculative: Total speculative decoding verification steps"),
+    "prompt_tokens_seconds": ("gauge", "Average prompt throughput in tokens/s"),
+    "predicted_tokens_seconds": ("gauge", "Average generation throughput in tokens/s"),
+    "requests_processing": ("gauge", "Number of requests processing"),
+    "requests_deferred": ("gauge", "Number of requests deferred"),
+    "n_busy_slots_per_decode": ("gauge", "Average number of busy slots per llama_decode() call"),
+}
+
+
+LLAMA_SERVER = LlamaServerSeries()

@@ -35,11 +35,21 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     grammar: str | None = None  # GBNF that the output must match (backends with supports_grammar)
     logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely
-    ignore_eos: bool = False  # generate max_new_tokens even past end-of-generation (benchmarks; vLLM's name)
+    # With logprobs: those of the distribution the sampler chain drew from (after penalties, top-k,
+    # top-p, min-p, temperature; only the tokens left), not the model's (llama-server's post_sampling_probs).
+    post_sampling_probs: bool = False
+    # Generate max_new_tokens even past end-of-generation (benchmarks; vLLM's name): every
+    # end-of-generation token gets a -inf logit bias, as in llama-server.
+    ignore_eos: bool = False
     # Added to a token's logit before sampling (-inf bans it): a token id, or a text whose tokens all
     # get the bias (the backend resolves it).
     logit_bias: tuple[tuple[int | str, float], ...] = ()
     infill: bool = False  # llama.cpp's infill sampler (llama-server's `samplers: [..., "infill"]`), for code
+    # Also stream how far the prompt is read (PromptProgress events), where the backend reads it in batches
+    # (llama.cpp's engine; PyTorch reads a prompt in one pass and sends none).
+    return_progress: bool = False
+    # llama-server's cache_prompt: false: the whole prompt is read again, nothing a slot holds is reused.
+    cache_prompt: bool = True
 
 
 class SamplingKwargs(TypedDict, total=False):
@@ -57,6 +67,7 @@ class SamplingKwargs(TypedDict, total=False):
     frequency_penalty: float
     grammar: str | None
     logprobs: int | None
+    post_sampling_probs: bool
     ignore_eos: bool
     logit_bias: Sequence[tuple[int | str, float]]
     infill: bool
@@ -186,19 +197,38 @@ class TopLogprob:
     token: str  # the token's text; bytes of an incomplete UTF-8 character show as U+FFFD
     bytes: bytes
     logprob: float
+    id: int = -1  # the token id (-1: not known)
 
 
 @dataclass(frozen=True)
 class TokenLogprob(TopLogprob):
-    """The sampled token's log-probability (of the distribution before sampling filters) and the
-    most likely alternatives, as `SamplingParams.logprobs` asked."""
+    """The sampled token's log-probability (of the model's distribution, or with
+    `SamplingParams.post_sampling_probs` of the one the sampler chain drew from) and the most likely
+    alternatives, as `SamplingParams.logprobs` asked."""
 
     top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
+class PromptProgress:
+    """How far the engine has read a request's prompt (llama-server's `prompt_progress`): sent, when
+    asked for, once the request has its slot and after each batch of its prompt."""
+
+    total: int  # the prompt's tokens
+    cache: int  # of them, reused from the slot's cells
+    processed: int  # of them, in the slot's cells now (the cached ones included)
+    time_ms: float  # since the request got its slot
+
+    @property
+    def prompt_ms(self) -> float:
+        """Time spent decoding the prompt so far (0 before its first batch)."""
+        return self.time_ms if self.processed > self.cache else 0.0
+
+
+@dataclass(frozen=True)
 class TokenEvent:
-    """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`."""
+    """A piece of the answer. The last event of a stream carries `finish_reason` and `usage`; a
+    `progress` event (asked for with `return_progress`) carries no text, before the first token."""
 
     text: str
     token_id: int | None = None
@@ -206,6 +236,7 @@ class TokenEvent:
     usage: Usage | None = None
     logprob: TokenLogprob | None = None
     stop_sequence: str | None = None  # the last event: the request's stop string that ended the answer
+    progress: PromptProgress | None = None
 
 
 @dataclass(frozen=True)

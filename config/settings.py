@@ -44,6 +44,11 @@ def _deepseek_is_auto(value: object) -> object:
     return "auto" if value == "deepseek" else value
 
 
+def _reasoning_switch(value: object) -> object:
+    """llama-server's --reasoning on|off|auto."""
+    return {"on": True, "off": False, "auto": None}.get(value, value) if isinstance(value, str) else value
+
+
 # A setting where llama-server's -1 means unset.
 UnsetByMinusOne = BeforeValidator(_minus_one_is_none)
 
@@ -88,6 +93,31 @@ class RenamedVariables(PydanticBaseSettingsSource):
         return found
 
 
+class VertexAIVariables(PydanticBaseSettingsSource):
+    """Google Cloud Vertex AI's variables for a custom container, read as llama-server reads them: with
+    AIP_MODE=PREDICTION, gcp_compat is on, and AIP_HTTP_PORT (where the platform sends requests),
+    AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE override the port and routes, flags included."""
+
+    VARIABLES = {
+        "aip_http_port": "port",
+        "aip_predict_route": "gcp_predict_route",
+        "aip_health_route": "gcp_health_route",
+    }
+
+    def __init__(self, settings_cls: type[BaseSettings], env: EnvSettingsSource):
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ answers for all fields at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = self._env.env_vars  # the process's environment only: the platform's, never a .env file
+        if env.get("aip_mode") != "PREDICTION":
+            return {}
+        return {"gcp_compat": True} | {field: env[name] for name, field in self.VARIABLES.items() if env.get(name)}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HYCHAT_", env_file=".env", extra="ignore", protected_namespaces=())
 
@@ -101,7 +131,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         renamed = RenamedVariables(settings_cls, env_settings, dotenv_settings)
-        return init_settings, env_settings, dotenv_settings, renamed, file_secret_settings
+        vertex_ai = VertexAIVariables(settings_cls, env_settings)  # type: ignore[arg-type]
+        return vertex_ai, init_settings, env_settings, dotenv_settings, renamed, file_secret_settings
 
     # Server
     host: str = Field(
@@ -118,16 +149,38 @@ class Settings(BaseSettings):
         description="GET /slots (llama-server's; on by default, as there): the state of each llama.cpp slot; false: "
         "a 501, as llama-server --no-slots.",
     )
+    endpoint_metrics: bool = Field(
+        True,
+        description="GET /metrics, Prometheus' text (on by default; llama-server's is off unless --metrics); false: "
+        "a 501, as llama-server without --metrics.",
+    )
+    gcp_compat: bool = Field(
+        False,
+        description="Google Cloud Vertex AI's prediction route (llama-server's): POST gcp_predict_route answers "
+        '{"instances": [...]} with {"predictions": [...]}. Vertex AI\'s AIP_MODE=PREDICTION turns it on.',
+    )
+    gcp_predict_route: str = Field("/predict", description="Its path; Vertex AI's AIP_PREDICT_ROUTE sets it.")
+    gcp_health_route: str | None = Field(
+        None, description="A second path for GET /health with gcp_compat; Vertex AI's AIP_HEALTH_ROUTE sets it."
+    )
     cors_origins: CommaList = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (comma-separated; `localhost`: any page served from this "
         "machine, `*`: any); none: CORS off.",
     )
-    log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
+    log_level: str = Field(
+        "info",
+        description="Server log level (debug, info, warning, error); debug (-v) also gives every non-streamed /v1 "
+        "answer llama-server's __verbose, as llama-server -v does.",
+    )
     cache_dir: str = Field(str(Path.home() / ".cache" / "hychat"), description="llama.cpp's converter is kept here.")
 
     # Chats
-    think: bool | None = Field(None, description="Let models reason before answering; None: each model's default.")
+    think: Annotated[bool | None, BeforeValidator(_reasoning_switch)] = Field(
+        None,
+        description="Let models reason before answering (llama-server's --reasoning on|off|auto); None (auto): the "
+        "model's default, with the template told enable_thinking=true, as llama-server tells it.",
+    )
     reasoning_format: Annotated[Literal["auto", "none"], BeforeValidator(_deepseek_is_auto)] = Field(
         "auto",
         description="auto: reasoning apart from the answer (reasoning_content; llama-server's deepseek is taken "
@@ -160,6 +213,9 @@ class Settings(BaseSettings):
         description="Names of the configured model (comma-separated, llama-server's --alias): the first is the "
         "name /v1/models, /api/tags and every answer report, and any of them may be a request's model; none: the "
         "file's (or folder's) name.",
+    )
+    model_tags: CommaList = Field(
+        default_factory=list, description="Tags of the configured model that /v1/models shows (llama-server's --tags)."
     )
     chat_template: str | None = Field(
         None,
@@ -225,7 +281,18 @@ class Settings(BaseSettings):
         description="Let weights use llama.cpp's AMX kernels (Intel Xeon 4th gen+), which crash on "
         "multi-token batches in its releases so far; off: the other kernels, CPU_REPACK included.",
     )
+    llamacpp_n_batch: int = Field(
+        512,
+        ge=1,
+        description="Tokens llama.cpp decodes in one step (llama-server's --batch-size): a longer prompt is read in "
+        "several, beside the running answers.",
+    )
     parallel: int = Field(4, ge=1, le=64, description="llama.cpp requests decoded together, each with n_ctx tokens.")
+    kv_unified: bool = Field(
+        False,
+        description="llama.cpp slots share their n_ctx x parallel KV cells: a request may use them all "
+        "(llama-server's --kv-unified); when the requests running together fill them, they all fail.",
+    )
     queue_size: int = Field(32, ge=0, description="Requests that may wait for a slot; beyond that 429 at once.")
 
     # PyTorch backend (the `torch` extra). Before they were named so: HYCHAT_MODEL_* (still read).
@@ -250,6 +317,12 @@ class Settings(BaseSettings):
         if not any(part.strip() for part in host.split(",")):
             raise ValueError("give at least one address")
         return host
+
+    @field_validator("gcp_predict_route", "gcp_health_route")
+    @classmethod
+    def _a_path(cls, route: str | None) -> str | None:
+        """Vertex AI's routes may come without their leading slash (llama-server adds it too)."""
+        return "/" + route.lstrip("/") if route else route
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -301,7 +374,9 @@ class Settings(BaseSettings):
             "lora_path": self.llamacpp_lora_path,
             "lora_scale": self.llamacpp_lora_scale,
             "allow_amx": self.llamacpp_allow_amx,
+            "n_batch": self.llamacpp_n_batch,
             "parallel": self.parallel,
+            "kv_unified": self.kv_unified,
             "queue_size": self.queue_size,
         }
 

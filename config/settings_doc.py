@@ -29,6 +29,10 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "max_request_bytes",
             "max_tokens_limit",
             "endpoint_slots",
+            "endpoint_metrics",
+            "gcp_compat",
+            "gcp_predict_route",
+            "gcp_health_route",
             "cors_origins",
             "log_level",
             "cache_dir",
@@ -46,7 +50,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "responses_store_ttl_s",
         ),
     ),
-    ("The configured model as served", ("alias", "chat_template", "chat_template_file", "jinja")),
+    ("The configured model as served", ("alias", "model_tags", "chat_template", "chat_template_file", "jinja")),
     (
         "Sampling defaults (for what a request leaves unset)",
         (
@@ -71,7 +75,9 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "llamacpp_lora_path",
             "llamacpp_lora_scale",
             "llamacpp_allow_amx",
+            "llamacpp_n_batch",
             "parallel",
+            "kv_unified",
             "queue_size",
         ),
     ),
@@ -116,6 +122,10 @@ From highest to lowest priority:
 4. **The old names** of renamed settings (below), from the environment or `.env`.
 5. The defaults in the tables above.
 
+Above them all, as in llama-server: on Google Cloud Vertex AI (`AIP_MODE=PREDICTION` in the
+environment) `HYCHAT_GCP_COMPAT` is on, and the platform's `AIP_HTTP_PORT`, `AIP_PREDICT_ROUTE` and
+`AIP_HEALTH_ROUTE` set `HYCHAT_PORT`, `HYCHAT_GCP_PREDICT_ROUTE` and `HYCHAT_GCP_HEALTH_ROUTE`.
+
 Lists (`HYCHAT_CORS_ORIGINS`, `HYCHAT_MODEL_DIRS`) are written comma-separated: `a,b,c`. Switches take
 `true` / `false`. A value out of range (a port above 65535, `HYCHAT_PARALLEL=0`, an unknown
 `HYCHAT_BACKEND`) is refused when the settings are read, before anything starts: pydantic's
@@ -134,6 +144,9 @@ it (second column), so a llama-server command line runs as it is where hychat ha
 | `--api-key` (serve) | `--api-key` | `HYCHAT_API_KEY` |
 | `--cors-origins` (serve) | `--cors-origins` | `HYCHAT_CORS_ORIGINS` |
 | `--parallel` (serve) | `-np` | `HYCHAT_PARALLEL` |
+| `--kv-unified` / `--no-kv-unified` (serve) | `-kvu` / `-no-kvu` | `HYCHAT_KV_UNIFIED` |
+| `--batch-size` (serve) | `-b` | `HYCHAT_LLAMACPP_N_BATCH` |
+| `--metrics` / `--no-metrics` (serve) | `--metrics` | `HYCHAT_ENDPOINT_METRICS` |
 | `--alias` (serve) | `-a` | `HYCHAT_ALIAS` |
 | `--chat-template` (serve) | `--chat-template` | `HYCHAT_CHAT_TEMPLATE` |
 | `--chat-template-file` (serve) | `--chat-template-file` | `HYCHAT_CHAT_TEMPLATE_FILE` |
@@ -157,7 +170,8 @@ A flag's value out of range is the command's error naming the flag (exit 2), a c
 settings one line (exit 1); neither is a traceback. Where the two programs differ:
 
 - `-c` / `--ctx-size` is llama-server's context of all requests together: `-c 4096 -np 2` gives each
-  request 2048 tokens, as there. hychat's own `--n-ctx` is each request's.
+  request 2048 tokens, as there; with `--kv-unified` the 4096 cells are shared and one request may
+  use them all, as there too. hychat's own `--n-ctx` is each request's share.
 - `--chat-template NAME` renders every llama.cpp built-in template by llama.cpp's own
   `llama_chat_apply_template`, as llama-server does without Jinja (with Jinja, its default, it knows
   only `chatml` by name). A value that is no built-in name must be a Jinja template (hold `{%` or
@@ -170,6 +184,7 @@ settings one line (exit 1); neither is a traceback. Where the two programs diffe
 - `--host` may be given several times (or comma-separated): each address is bound; beside others,
   an IPv6 address is bound for IPv6 only, as llama-server does.
 - `--reasoning-format deepseek` is hychat's `auto`; llama-server's `deepseek-legacy` is not offered.
+- `/metrics` is served unless `--no-metrics`; llama-server serves it only with `--metrics`.
 - `--alias`, `--chat-template` and `--chat-template-file` are the configured model's: a model that
   `POST /admin/reload` loads is served by its own name and template (`--no-jinja` still holds).
 

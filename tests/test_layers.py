@@ -30,6 +30,7 @@ LAYERS = {
     "app.protocol": 3,
     "app.routes": 4,
     "app.limits": 4,
+    "app.cors": 4,
     "app.telemetry": 4,
     "app.bench": 4,
     "app.main": 5,

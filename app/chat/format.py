@@ -83,10 +83,11 @@ class ChatFormat:
         would be given for the same prompt."""
         messages = [_template_message(m) for m in messages]
         kwargs = dict(options.template_kwargs)
-        if options.enable_thinking is not None:
-            kwargs["enable_thinking"] = options.enable_thinking
-            if self.hunyuan_7b and not options.enable_thinking:
-                messages = _prefix_last_user(messages, NO_THINK + " ")
+        # Unset, the template is told thinking is on, as llama-server tells it: templates that test
+        # `not enable_thinking` would otherwise close the reasoning block the model was made to open.
+        kwargs["enable_thinking"] = options.enable_thinking is not False
+        if self.hunyuan_7b and options.enable_thinking is False:
+            messages = _prefix_last_user(messages, NO_THINK + " ")
         tools = [dict(t) for t in options.tools] if options.calls_tools else None
         if not self.shows_tools:  # calls become text the template can show; the tools a system note
             messages = [_calls_as_text(m) for m in messages]

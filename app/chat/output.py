@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from app.chat.reasoning import ReasoningSplitter
 from app.chat.tool_calls import ToolCall, ToolCallStream
 from app.errors import ToolCallMissingError
-from app.types import ChatOptions, Prompt, TokenLogprob, Usage
+from app.types import ChatOptions, Prompt, PromptProgress, TokenLogprob, Usage
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ChatDelta:
     usage: Usage | None = None  # the last delta
     reasoning_tokens: int = 0  # the last delta: how many of the completion's tokens were reasoning
     stop_sequence: str | None = None  # the last delta: the request's stop string that ended the answer
+    progress: PromptProgress | None = None  # no text: how far the prompt is read (asked for with return_progress)
 
     def __add__(self, later: ChatDelta) -> ChatDelta:
         """The text of both, in order (what a token's text and the parser's last words make)."""

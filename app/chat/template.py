@@ -8,6 +8,10 @@ trim_blocks/lstrip_blocks, loop controls, its `tojson` that keeps non-ASCII text
 `messages` without keys whose value is None, `tools`, `add_generation_prompt`, the tokenizer's
 special tokens, then the request's own `chat_template_kwargs`. llama-cpp-python's formatter differs in
 each of these points. `tests/chat/test_template.py` holds both to the same output.
+
+Two additions from llama-server, for the templates written for it: today's date as `date_string` and
+`datetime` (Llama 3.x and firefunction-v2 show it), and an undefined variable added to a text counts
+as empty where jinja2 would raise.
 """
 
 from __future__ import annotations
@@ -46,16 +50,17 @@ def render(
     them; `kwargs` (a request's chat_template_kwargs) override them, as in transformers."""
     compiled = compile_template(template)
     plain = [{key: value for key, value in m.items() if value is not None} for m in messages]
+    variables = {**_today(), **special_tokens, **kwargs}
     with template_errors():
-        return compiled.render(
-            messages=plain, tools=tools, add_generation_prompt=add_generation_prompt, **{**special_tokens, **kwargs}
-        )
+        return compiled.render(messages=plain, tools=tools, add_generation_prompt=add_generation_prompt, **variables)
 
 
 @lru_cache(maxsize=8)
 def compile_template(template: str) -> jinja2.Template:
     """Raises ChatTemplateError when the template does not compile."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], undefined=_EmptyWhenAdded
+    )
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise, strftime_now=_strftime_now, dict=_TemplateDict(), namespace=_Namespace)
     with template_errors():
@@ -96,6 +101,23 @@ def _raise(message: str) -> None:
 
 def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
+
+
+def _today() -> dict[str, str]:
+    """llama-server's extra template variables (common_chat_extra_context)."""
+    now = datetime.now()
+    return {"date_string": now.strftime("%d %b %Y"), "datetime": now.strftime("%b %d %Y")}
+
+
+class _EmptyWhenAdded(jinja2.Undefined):
+    """An undefined variable added to a text is empty, as in llama.cpp's Jinja (firefunction-v2's
+    template adds `functions`, which no server passes); any other use still fails as in jinja2."""
+
+    def __add__(self, other: Any) -> Any:
+        return other if isinstance(other, str) else super().__add__(other)
+
+    def __radd__(self, other: Any) -> Any:
+        return other if isinstance(other, str) else super().__radd__(other)
 
 
 class _TemplateDict:

@@ -51,13 +51,25 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cors-origins", help="Browser origins allowed to call the API, comma-separated "
                      "(localhost: any page served from this machine; default: none)."),
         click.option("--parallel", "-np", "parallel", type=int, help="llama.cpp requests decoded together (4)."),
+        click.option("--kv-unified/--no-kv-unified", "-kvu/-no-kvu", "kv_unified", default=None,
+                     help="llama.cpp slots share their KV cells: a request may use the whole -c (off)."),
+        click.option("--batch-size", "-b", "llamacpp_n_batch", type=int,
+                     help="Tokens llama.cpp decodes in one step (512): a longer prompt is read in several."),
         click.option("--alias", "-a", "alias",
                      help="Name(s) of the model, comma-separated: the first is reported, each is accepted."),
+        click.option("--verbose", "-v", "log_level", flag_value="debug", default=None,
+                     help="Log level debug; every /v1 answer also carries llama-server's __verbose."),
+        click.option("--tags", "model_tags", help="Tags of the model /v1/models shows, comma-separated."),
+        click.option("--slots/--no-slots", "endpoint_slots", default=None, help="GET /slots on or off (on)."),
+        click.option("--metrics/--no-metrics", "endpoint_metrics", default=None,
+                     help="GET /metrics on or off (on; llama-server's is off unless --metrics)."),
         click.option("--chat-template", help="llama.cpp built-in template (chatml, llama3, gemma...) or a Jinja "
                      "template text, in place of the model's."),
         click.option("--chat-template-file", help="Jinja chat template file, in place of the model's."),
         click.option("--jinja/--no-jinja", default=None,
                      help="--no-jinja: render chats with llama.cpp's built-in templates (default: Jinja)."),
+        click.option("--reasoning", "-rea", "think", type=click.Choice(["on", "off", "auto"]),
+                     help="Let models reason before answering (auto: each model's default)."),
         click.option("--reasoning-format", type=click.Choice(["auto", "deepseek", "none"]),
                      help="auto (= deepseek): reasoning apart from the answer; none: the raw text."),
         click.option("--n-predict", "-n", "default_max_tokens", type=int,
@@ -148,9 +160,13 @@ def serve(host: tuple[str, ...], **overrides: Any) -> None:
     # Bound before any model loads: a taken port or a wrong host costs one line, not a 7B load first.
     listeners = _bind_all(settings.hosts(), settings.port)
     registry = _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
+    try:
+        app = create_app(settings, registry.backends)
+    except HychatError as error:  # a route the settings give that another one serves
+        raise click.ClickException(str(error)) from None
     # Our logging for uvicorn's messages too; its access log gives way to app.telemetry's request lines.
     config = uvicorn.Config(
-        create_app(settings, registry.backends),
+        app,
         host=settings.hosts()[0],  # for uvicorn's "running on" line; every listener serves
         port=settings.port,
         log_level=settings.log_level,

@@ -7,7 +7,10 @@ own sampler chain) and hands the new pieces to their readers. A request joins be
 leaves the moment it ends or its reader goes away; nobody waits for the longest answer.
 
 What llama.cpp needs from us (measured, see docs/architecture.md): the KV cache is split per slot
-(`kv_unified` off), which keeps each sequence's output identical to running it alone; a batch lists
+(`kv_unified` off), which keeps each sequence's output identical to running it alone. With
+`kv_unified` on (llama-server's --kv-unified) the slots share one pool of cells that any request may
+fill: a step that finds no room drops the cells idle slots keep and tries once more, and if there
+is still none every running request fails, as in llama-server (server-context.cpp). A batch lists
 its sequences in ascending slot order, or llama.cpp cuts it into extra micro-batches; more tokens
 than `n_batch` in a batch, or sampling a position without logits, abort the whole process, so both
 are prevented here. A slot keeps the tokens of its last request in its KV cells, so a follow-up
@@ -19,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import llama_cpp
@@ -33,13 +38,22 @@ from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
 from app.errors import EngineClosedError, HychatError, QueueFullError
-from app.types import SlotState, TokenEvent, TokenLogprob, TopLogprob, UsageClock
+from app.types import PromptProgress, SlotState, TokenEvent, TokenLogprob, TopLogprob, UsageClock
 
 log = logging.getLogger(__name__)
 
 
 class EngineError(HychatError):
     code = "engine_error"
+
+
+class ContextFullError(EngineError):
+    """The slots' shared KV cells (kv_unified) ran out: llama-server's words for it."""
+
+    code = "context_full"
+
+    def __init__(self) -> None:
+        super().__init__("Context size has been exceeded: the requests running together filled the KV cache they share")
 
 
 @dataclass
@@ -62,6 +76,9 @@ class Ticket:
     logprobs: int | None
     clock: UsageClock
     ignore_eos: bool = False
+    cache_prompt: bool = True  # false: the slot's cached prefix is not reused (llama-server's cache_prompt)
+    post_sampling_probs: bool = False  # logprobs of what the sampler chain left, not of the model's distribution
+    progress: bool = False  # also post PromptProgress events while the prompt is read
     cancelled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buffer: list[Any] = field(default_factory=list)
@@ -105,6 +122,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, to be decoded in the next step
     text: TextAssembler | None = None
+    t_start: float = 0.0  # when its request got it
 
     @property
     def generating(self) -> bool:
@@ -121,15 +139,18 @@ class BatchEngine(TokenSource[Ticket]):
         n_batch: int,
         max_waiting: int,
         on_state: Callable[[int, int, int], None],  # (queued, busy, slots), for metrics
+        kv_unified: bool = False,  # the context's cells are one pool for all slots
+        on_decode: Callable[[int], None] = lambda n_sequences: None,  # after each llama_decode, for metrics
     ):
         self._ctx, self._vocab = ctx, vocab
         self._memory = llama_cpp.llama_get_memory(ctx)
         self.n_slots, self.n_ctx_slot, self.n_batch = n_slots, n_ctx_slot, n_batch
+        self.kv_unified = kv_unified
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._waiting: AdmissionQueue[Ticket] = AdmissionQueue(max_waiting, on_drop=lambda t: t.sampler.free())
         self._wake = threading.Condition()
         self._closing = False
-        self._on_state = on_state
+        self._on_state, self._on_decode = on_state, on_decode
         self._reported: tuple[int, int, int] | None = None
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
@@ -199,8 +220,8 @@ class BatchEngine(TokenSource[Ticket]):
                 outbox: list[tuple[Ticket, Any]] = []
                 self._admit(outbox)
                 self._step(outbox)
+                self._report()  # before the hand-over: a reader that got its answer sees its slot free
                 self._hand_over(outbox)
-                self._report()
         except Exception:  # the thread must not die silently: fail whoever is waiting
             log.exception("batch engine stopped")
             self._fail_all(EngineError("the llama.cpp engine stopped; see the server log"))
@@ -230,7 +251,9 @@ class BatchEngine(TokenSource[Ticket]):
             while free and (ticket := self._waiting.pop()) is not None:
                 index, reuse = choose_slot(free, {i: self._slots[i].cached for i in free}, ticket.prompt)
                 free.remove(index)
-                self._assign(self._slots[index], ticket, reuse)
+                self._assign(self._slots[index], ticket, reuse if ticket.cache_prompt else 0)
+                if ticket.progress:  # the request has started: its 0% (llama-server's first update)
+                    outbox.append((ticket, self._progress(self._slots[index])))
             self._report()  # a ticket moves from the line to a slot: never seen in neither
 
     def _assign(self, slot: _Slot, ticket: Ticket, reuse: int) -> None:
@@ -238,6 +261,7 @@ class BatchEngine(TokenSource[Ticket]):
         del slot.cached[reuse:]
         slot.ticket, slot.pending, slot.next_token = ticket, ticket.prompt[reuse:], None
         slot.text = TextAssembler(ticket.stop)
+        slot.t_start = perf_counter()
         ticket.clock.cached_tokens = reuse
 
     def _step(self, outbox: list) -> None:
@@ -246,15 +270,20 @@ class BatchEngine(TokenSource[Ticket]):
             return
         outputs = self._fill_batch(plan)
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status == 1 and self.kv_unified and self._purge_idle():  # 1: no room in the cells (nothing decoded)
+            status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             self._decode_failed(plan, status, outbox)
             return
+        self._on_decode(len(plan))
         for slot, tokens in plan:
             slot.cached.extend(tokens)
             if slot.next_token is not None:
                 slot.next_token = None
             else:
                 del slot.pending[: len(tokens)]
+                if slot.ticket is not None and slot.ticket.progress:  # a batch of its prompt: before any token
+                    outbox.append((slot.ticket, self._progress(slot)))
         for slot, index in outputs:
             self._sample(slot, index, outbox)
 
@@ -290,17 +319,29 @@ class BatchEngine(TokenSource[Ticket]):
         b.n_tokens = n
         return outputs
 
+    def _progress(self, slot: _Slot) -> TokenEvent:
+        ticket = slot.ticket
+        assert ticket is not None
+        elapsed_ms = (perf_counter() - slot.t_start) * 1000
+        progress = PromptProgress(len(ticket.prompt), ticket.clock.cached_tokens, len(slot.cached), elapsed_ms)
+        return TokenEvent("", progress=progress)
+
     def _sample(self, slot: _Slot, index: int, outbox: list) -> None:
         ticket, text = slot.ticket, slot.text
         assert ticket is not None and text is not None
         # Read before sampling: the logits of the model's own distribution, before any filter.
-        logprobs = self._log_softmax(index) if ticket.logprobs is not None else None
+        before = ticket.logprobs is not None and not ticket.post_sampling_probs
+        logprobs = self._log_softmax(index) if before else None
         token = ticket.sampler.sample(self._ctx, index)
         ticket.clock.sampled()
         if self._vocab.is_end(token) and not ticket.ignore_eos:
             return self._finish(slot, "stop", outbox)
         ticket.clock.completion_tokens += 1
-        logprob = self._token_logprob(logprobs, token, ticket.logprobs) if logprobs is not None else None
+        logprob = None
+        if logprobs is not None:
+            logprob = self._token_logprob(logprobs, token, ticket.logprobs)
+        elif ticket.logprobs is not None:
+            logprob = self._post_sampling_logprob(ticket, token)
         outbox.append((ticket, TokenEvent(text.push(self._vocab.piece(token)), token, logprob=logprob)))
         if text.stopped:
             return self._finish(slot, "stop", outbox)
@@ -316,13 +357,22 @@ class BatchEngine(TokenSource[Ticket]):
 
     def _token_logprob(self, logprobs: np.ndarray, token: int, n_top: int) -> TokenLogprob:
         top = np.argpartition(logprobs, -n_top)[-n_top:] if n_top else []
-        alternatives = tuple(self._top(int(t), logprobs) for t in sorted(top, key=lambda t: -logprobs[t]))
-        chosen = self._top(token, logprobs)
-        return TokenLogprob(chosen.token, chosen.bytes, chosen.logprob, top=alternatives)
+        alternatives = tuple(self._top(int(t), float(logprobs[t])) for t in sorted(top, key=lambda t: -logprobs[t]))
+        chosen = self._top(token, float(logprobs[token]))
+        return TokenLogprob(chosen.token, chosen.bytes, chosen.logprob, chosen.id, top=alternatives)
 
-    def _top(self, token: int, logprobs: np.ndarray) -> TopLogprob:
+    def _post_sampling_logprob(self, ticket: Ticket, token: int) -> TokenLogprob:
+        """The log of the probabilities the sampler chain drew `token` from (llama-server's
+        post_sampling_probs; its answers show them as probabilities)."""
+        assert ticket.logprobs is not None
+        p, top = ticket.sampler.post_sampling(token, ticket.logprobs)
+        alternatives = tuple(self._top(t, _log(q)) for t, q in top)
+        chosen = self._top(token, _log(p))
+        return TokenLogprob(chosen.token, chosen.bytes, chosen.logprob, chosen.id, top=alternatives)
+
+    def _top(self, token: int, logprob: float) -> TopLogprob:
         raw = self._vocab.piece(token)
-        return TopLogprob(raw.decode("utf-8", errors="replace"), raw, float(logprobs[token]))
+        return TopLogprob(raw.decode("utf-8", errors="replace"), raw, logprob, token)
 
     def _finish(self, slot: _Slot, reason: str, outbox: list) -> None:
         ticket, text = slot.ticket, slot.text
@@ -337,13 +387,25 @@ class BatchEngine(TokenSource[Ticket]):
             slot.ticket.sampler.free()
         slot.ticket, slot.pending, slot.next_token, slot.text = None, [], None, None
 
+    def _purge_idle(self) -> bool:
+        """Drops the cells that idle slots keep for a follow-up (llama-server's try_clear_idle_slots);
+        whether any were dropped."""
+        idle = [slot for slot in self._slots if slot.ticket is None and slot.cached]
+        for slot in idle:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+            slot.cached.clear()
+        return bool(idle)
+
     def _decode_failed(self, plan: list, status: int, outbox: list) -> None:
         log.error("llama_decode returned %d for a batch of %d sequences", status, len(plan))
-        for slot, _ in plan:
+        # The shared cells are full: every running request fails and frees its cells, as in llama-server.
+        full = status == 1 and self.kv_unified
+        error = ContextFullError() if full else EngineError(f"llama.cpp could not decode (status {status})")
+        for slot in [s for s in self._slots if s.ticket is not None] if full else [slot for slot, _ in plan]:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
             slot.cached.clear()
             if slot.ticket is not None:
-                outbox.append((slot.ticket, Failure(EngineError(f"llama.cpp could not decode (status {status})"))))
+                outbox.append((slot.ticket, Failure(error)))
                 self._release(slot)
 
     def _hand_over(self, outbox: list[tuple[Ticket, Any]]) -> None:
@@ -390,6 +452,10 @@ def _slot_state(slot: _Slot) -> SlotState:
         n_decoded=ticket.clock.completion_tokens,
         max_new_tokens=ticket.max_new_tokens,
     )
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0 else -math.inf
 
 
 def _put_all(items: list[tuple[Ticket, Any]]) -> None:

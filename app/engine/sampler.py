@@ -9,6 +9,10 @@ A grammar works as in llama.cpp's common_sampler: the chain draws a token, the g
 one token, and only when it refuses is the grammar applied to the whole vocabulary and the token
 drawn again. Applying the grammar to every candidate at every step instead costs more than the
 decode step itself on a small model.
+
+Post-sampling probabilities (llama-server's `post_sampling_probs`) are those the chain's last step
+drew from: the chain runs on a candidate array of ours, so the tokens it left and their
+probabilities can be read after the draw, as llama-server reads its own array.
 """
 
 from __future__ import annotations
@@ -35,25 +39,48 @@ class RequestSampler:
         self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         for sampler in _chain(vocab, n_vocab, params):
             llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
-        self._candidates = np.zeros(n_vocab if self.grammar is not None else 0, TOKEN_DATA)
+        # Greedy leaves one token, whose probability is 1: its post-sampling probabilities need no array.
+        self._greedy = params.temperature <= 0
+        on_array = self.grammar is not None or (params.post_sampling_probs and not self._greedy)
+        self._candidates = np.zeros(n_vocab if on_array else 0, TOKEN_DATA)
+        self._kept = 0  # after a draw on the array: how many candidates the chain left, at its start
         # Plain greedy needs no chain: llama_sampler_sample copies the whole vocabulary into a
         # candidate array every token, 1% of a decode step on a small model; argmax reads it in place.
+        # Biases that only lower tokens (ignore_eos's ban on end-of-generation) change the argmax only
+        # when it is one of them: then the chain decides.
         self._argmax_only = self.grammar is None and _is_plain_greedy(params)
+        self._lowered = frozenset(int(token) for token, _ in params.logit_bias)
 
     def sample(self, ctx: Any, index: int) -> int:
         """The next token from the logits at batch position `index`, accepted into the samplers."""
         if self._argmax_only:
             # The first of equal maxima, as llama.cpp's greedy sampler picks.
-            return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,)).argmax())
-        if self.grammar is None:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,))
+            if (token := int(logits.argmax())) not in self._lowered:
+                return token
+        if not len(self._candidates):
             return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), (self.n_vocab,))
         token = self._draw(logits, constrained=False)
-        if not self._allowed(token):
-            token = self._draw(logits, constrained=True)
-        llama_cpp.llama_sampler_accept(self.grammar, token)
+        if self.grammar is not None:
+            if not self._allowed(token):
+                token = self._draw(logits, constrained=True)
+            llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.chain, token)
         return token
+
+    def post_sampling(self, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:
+        """After `sample` drew `token` (with `post_sampling_probs`): its probability in the distribution
+        the chain drew from, and that distribution's `n` most likely tokens with their probabilities,
+        those of probability 0 left out (llama-server's populate_token_probs)."""
+        if self._greedy:  # llama-server's temperature 0 sets every other logit to -inf: p = 1, the rest 0
+            return 1.0, [(token, 1.0)][:n]
+        kept = self._candidates[: self._kept]
+        p = kept["p"]
+        top = np.argpartition(-p, n)[:n] if n < len(p) else np.arange(len(p))
+        top = top[np.argsort(-p[top], kind="stable")]
+        chosen = p[kept["id"] == token]
+        return float(chosen[0]) if len(chosen) else 0.0, [(int(kept["id"][i]), float(p[i])) for i in top if p[i] > 0]
 
     def free(self) -> None:
         for sampler in (self.chain, self.grammar):
@@ -69,6 +96,7 @@ class RequestSampler:
         if constrained:
             llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        self._kept = array.size  # the samplers shrink the array in place: its first `size` are left
         return int(candidates["id"][array.selected])
 
     def _allowed(self, token: int) -> bool:
@@ -91,7 +119,7 @@ def _grammar(vocab: Any, grammar: str) -> Any:
 
 def _is_plain_greedy(p: SamplingParams) -> bool:
     penalised = p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty
-    return p.temperature <= 0 and not penalised and not p.logit_bias and not p.infill
+    return p.temperature <= 0 and not penalised and all(bias <= 0 for _, bias in p.logit_bias) and not p.infill
 
 
 def _chain(vocab: Any, n_vocab: int, p: SamplingParams) -> Any:

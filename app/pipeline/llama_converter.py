@@ -2,7 +2,8 @@
 
 It ships in the llama-cpp-python source distribution under `vendor/llama.cpp` (with the `gguf-py`
 it needs: PyPI's `gguf` lags behind it). The first use fetches that sdist with pip and keeps the
-converter's files in the cache folder; nothing of it is copied into this repository.
+converter's files in the cache folder (`llama_cpp_sources`, which also gives the test harness
+llama.cpp's server tests); nothing of it is copied into this repository.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ NEEDED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "ggu
 
 def converter_dir(cache_dir: Path) -> Path:
     """The folder holding convert_hf_to_gguf.py for the installed llama-cpp-python version."""
+    return llama_cpp_sources(Path(cache_dir), "converter", NEEDED, "convert_hf_to_gguf.py")
+
+
+def llama_cpp_sources(cache_dir: Path, name: str, needed: tuple[str, ...], marker: str) -> Path:
+    """`cache_dir/llama.cpp-NAME-VERSION`, holding the `needed` paths of the sdist's vendor/llama.cpp
+    (files or folders) at the installed version; fetched once with pip, whole or not at all. `marker`:
+    a file whose presence says the folder is complete."""
     version = importlib.metadata.version(PACKAGE)
-    folder = Path(cache_dir) / f"llama.cpp-converter-{version}"
-    if (folder / "convert_hf_to_gguf.py").is_file():
+    folder = Path(cache_dir) / f"llama.cpp-{name}-{version}"
+    if (folder / marker).is_file():
         return folder
     with tempfile.TemporaryDirectory() as download, atomic_output(folder) as partial:
         command = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
@@ -39,24 +47,23 @@ def converter_dir(cache_dir: Path) -> Path:
         archives = list(Path(download).glob("*.tar.gz"))
         if result.returncode != 0 or not archives:
             raise PipelineError(f"could not fetch the {PACKAGE} {version} source distribution: {result.stderr[-500:]}")
-        _extract_converter(archives[0], partial)
+        _extract(archives[0], partial, needed, marker)
     return folder
 
 
-def _extract_converter(archive: Path, target: Path) -> None:
+def _extract(archive: Path, target: Path, needed: tuple[str, ...], marker: str) -> None:
+    def wanted(relative: str) -> bool:
+        return any(relative == name or relative.startswith(name + "/") for name in needed)
+
     with tarfile.open(archive) as tar:
         root = tar.getnames()[0].split("/")[0]
         prefix = f"{root}/vendor/llama.cpp/"
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and _needed(m.name[len(prefix) :])]
-        if not members:
-            raise PipelineError(f"{archive.name} holds no vendor/llama.cpp converter")
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and wanted(m.name[len(prefix) :])]
         with tempfile.TemporaryDirectory() as scratch:
             tar.extractall(scratch, members=members, filter="data")
+            if not (Path(scratch) / prefix / marker).is_file():
+                raise PipelineError(f"{archive.name} holds no vendor/llama.cpp/{marker}")
             shutil.copytree(Path(scratch) / prefix, target)
-
-
-def _needed(relative: str) -> bool:
-    return any(relative == name or relative.startswith(name + "/") for name in NEEDED)
 
 
 def run_llama_script(folder: Path, script: str, args: list[str], vocab_pre: str | None) -> None:

@@ -5,7 +5,8 @@ their conversion to a `GenerationRequest` (the answers, stream events and errors
 Only what the service honours is accepted: an unknown field is a 400. Accepted on purpose and ignored,
 because Anthropic's clients send them: `cache_control` (on the request, system and message blocks and
 tools: the engine reuses a cached prompt prefix by itself), `metadata`, a tool's `type: "custom"` and
-`strict`, and earlier answers' `thinking` / `redacted_thinking` blocks (not shown to the model). Other
+`strict`, and earlier answers' `redacted_thinking` blocks. An earlier answer's `thinking` becomes its
+`reasoning_content`, which templates that show reasoning (Qwen3's) render, as llama-server does. Other
 kinds of block (images, documents) are refused by name. Unset sampling fields take the service's
 defaults, as on `/v1`. Fields that are not Anthropic's are marked.
 """
@@ -57,15 +58,16 @@ class ToolUseBlockParam(Strict):
 
 
 class ThinkingBlockParam(Strict):
-    """An earlier answer's reasoning, sent back as the SDK does: accepted, not shown to the model."""
+    """An earlier answer's reasoning, sent back as the SDK does (its `reasoning_content`). The signature
+    is optional: a conversation begun on another server has none."""
 
     type: Literal["thinking"]
     thinking: Text
-    signature: str = Field(max_length=MAX_TEXT_CHARS)
+    signature: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
 
 class RedactedThinkingBlockParam(Strict):
-    type: Literal["redacted_thinking"]  # accepted and dropped, as thinking blocks are
+    type: Literal["redacted_thinking"]  # accepted and dropped: the reasoning is encrypted
     data: str = Field(max_length=MAX_TEXT_CHARS)
 
 
@@ -337,10 +339,12 @@ def to_chat_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
 
 
 def _assistant_message(i: int, blocks: list[Any], names: dict[str, str]) -> dict[str, Any]:
-    texts, calls = [], []
+    texts, calls, reasoning = [], [], []
     for j, block in enumerate(blocks):
         if isinstance(block, TextBlockParam):
             texts.append(block.text)
+        elif isinstance(block, ThinkingBlockParam):
+            reasoning.append(block.thinking)
         elif isinstance(block, ToolUseBlockParam):
             names[block.id] = block.name
             arguments = json.dumps(block.input, ensure_ascii=False)
@@ -348,6 +352,8 @@ def _assistant_message(i: int, blocks: list[Any], names: dict[str, str]) -> dict
         elif isinstance(block, UnsupportedBlockParam):
             raise _refused(f"messages[{i}].content[{j}]", block, "an assistant message takes text and tool_use blocks")
     message: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) if texts or not calls else None}
+    if reasoning:
+        message["reasoning_content"] = "\n".join(reasoning)
     if calls:
         message["tool_calls"] = calls
     return message

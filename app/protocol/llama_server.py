@@ -4,11 +4,11 @@ conversion to `GenerationRequest`s, and its error body. The answers: `llama_serv
 
 What llama-server accepts is accepted. A field that would change the answer and that hychat cannot
 honour is a 400 that names it (samplers hychat does not have: DRY, XTC, typical-p, top-n-sigma,
-dynamic temperature, mirostat, adaptive-p; another sampler order; LoRA scales;
-post-sampling probabilities); one that does not change the answer is dropped with a log line
-(`IGNORED`: cache and slot controls, progress and timing extras, chat-parser fields). As in
-llama-server, a null field is as good as an absent one, values out of a sampler's range are clamped
-to it, and unset sampling fields take the server's defaults (hychat's, or its `default_*` settings).
+dynamic temperature, mirostat, adaptive-p; another sampler order; LoRA scales); one that does not
+change the answer is dropped with a log line (`IGNORED`: cache and slot controls, `verbose`,
+chat-parser fields). As in llama-server, a null field is as good as an absent one,
+values out of a sampler's range are clamped to it, and unset sampling fields take the server's
+defaults (hychat's, or its `default_*` settings).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SAMPLER_NAMES = {
 # llama-server's fields that change nothing in hychat's answer, or that hychat has no use for:
 # accepted, dropped with a log line. t_max_prompt_ms is llama.vim's (llama-server reads it no more).
 IGNORED = frozenset({
-    "verbose", "timings_per_token", "stream_options", "cache_prompt", "return_progress",
+    "verbose", "stream_options",
     "sse_ping_interval", "n_keep", "n_discard", "n_cache_reuse", "id_slot", "backend_sampling", "chat_format",
     "reasoning_format", "generation_prompt", "parse_tool_calls", "chat_parser", "continue_final_message", "echo",
     "preserved_tokens", "grammar_triggers", "grammar_type", "reasoning_control", "reasoning_budget_tokens",
@@ -117,13 +117,20 @@ class CompletionRequest(Strict):
     json_schema: dict[str, Any] | None = None
     n_probs: int | None = Field(None, description="Log-probabilities of the top N tokens for each (alias: logprobs).")
     logprobs: int | None = None
-    post_sampling_probs: bool | None = None
+    post_sampling_probs: bool | None = Field(
+        None, description="With n_probs: probabilities (`prob`, `top_probs`) of what the sampler chain drew from."
+    )
     min_keep: int | None = Field(None, ge=0, le=INT32_MAX)
     samplers: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=64)] | str | None = None
     n_indent: int | None = Field(None, ge=0, le=INT32_MAX, description="Stop at a new line indented less.")
     t_max_predict_ms: int | None = Field(None, ge=-1, description="After this long, stop at the next new line.")
     response_fields: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] | None = None
     return_tokens: bool | None = None  # the whole answer's token ids in `tokens` (a stream's chunks always have theirs)
+    timings_per_token: bool | None = Field(None, description="Streamed: `timings` on every chunk, not only the last.")
+    return_progress: bool | None = Field(
+        None, description="Streamed: a `prompt_progress` chunk when the prompt starts and after each batch of it."
+    )
+    cache_prompt: bool = Field(True, description="false: the prompt is read whole again, no slot's cache reused.")
     # llama-server's samplers that hychat does not have: a 400 when set to act.
     dynatemp_range: float | None = Field(None, allow_inf_nan=False)
     dynatemp_exponent: float | None = Field(None, allow_inf_nan=False)
@@ -180,6 +187,7 @@ class Completion:
     cutoff: Cutoff
     response_fields: tuple[str, ...] | None  # None: all of them
     return_tokens: bool
+    timings_per_token: bool = False
 
 
 # -- checks llama-server makes before anything else (post_infill) --------------------------------
@@ -227,8 +235,10 @@ def _completion(body: CompletionRequest, requests: list[GenerationRequest]) -> C
     if len(requests) * n > MAX_ANSWERS:
         raise InvalidParameterError(f"at most {MAX_ANSWERS} answers per request (prompts times n_cmpl)", "prompt")
     cutoff = Cutoff(body.n_indent or 0, max(body.t_max_predict_ms or 0, 0))
-    fields = tuple(body.response_fields) if body.response_fields is not None else None
-    return Completion(requests, n, cutoff, fields, bool(body.return_tokens))
+    fields = tuple(body.response_fields) if body.response_fields else None  # [] filters nothing, as there
+    if body.stream and body.return_progress:  # llama-server sends progress in streams only
+        requests = [replace(r, params=replace(r.params, return_progress=True)) for r in requests]
+    return Completion(requests, n, cutoff, fields, bool(body.return_tokens), bool(body.timings_per_token))
 
 
 def prompts(prompt: Any) -> list[str | tuple[int | str, ...]]:
@@ -276,8 +286,10 @@ def to_sampling_params(body: CompletionRequest, max_tokens_limit: int, defaults:
         seed=base.seed if body.seed is None else None if body.seed in (-1, RANDOM_SEED) else body.seed,
         grammar=_grammar(body),
         logprobs=n_probs if n_probs > 0 else None,
+        post_sampling_probs=bool(body.post_sampling_probs) and n_probs > 0,
         ignore_eos=bool(body.ignore_eos),
         logit_bias=logit_biases(body.logit_bias),
+        cache_prompt=body.cache_prompt,
     )
     return replace(_in_chain(params, body, chain), infill="infill" in chain)
 
@@ -344,7 +356,6 @@ def _refuse_what_cannot_be_done(body: CompletionRequest, chain: list[str]) -> No
         and _first(body.xtc_threshold, 0.1) <= 0.5,
         "dynatemp_range": "temperature" in chain and (body.dynatemp_range or 0) > 0,
         "adaptive_target": "adaptive_p" in chain and _first(body.adaptive_target, -1.0) >= 0,
-        "post_sampling_probs": bool(body.post_sampling_probs),
         "lora": bool(body.lora),
         "grammar_lazy": bool(body.grammar_lazy),
     }
@@ -366,7 +377,6 @@ _CANNOT = {
     "xtc_probability": "hychat has no XTC sampler (0 turns it off)",
     "dynatemp_range": "hychat has no dynamic temperature (0 turns it off)",
     "adaptive_target": "hychat has no adaptive-p sampler (a negative target turns it off)",
-    "post_sampling_probs": "hychat reports probabilities before sampling only (n_probs)",
     "lora": "hychat applies its adapter as loaded, with no per-request scales",
     "grammar_lazy": "hychat has no lazy grammars (triggered by a word)",
 }

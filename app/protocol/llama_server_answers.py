@@ -2,15 +2,15 @@
 chunks of a streamed one, `GET /props` and `GET /slots`, built from the chat path's deltas and the
 backend's own reports. The requests: `llama_server.py`.
 
-Filled only where hychat knows the truth. Not given: token ids (`tokens` stays empty, and
-`completion_probabilities` entries have no `id`: the chat path's deltas carry texts), the slot that
-answered (`id_slot` is -1, as in llama-server's stream chunks), and the fields of samplers hychat does
-not have beyond their "off" values.
+Filled only where hychat knows the truth. Not given: the slot that answered (`id_slot` is -1, as in
+llama-server's stream chunks), and the fields of samplers hychat does not have beyond their "off"
+values.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, RootModel
 
 from app.chat.format import ChatFormat
-from app.chat.output import ChatDelta
+from app.chat.output import Answer, ChatDelta
 from app.protocol.llama_server import CHAIN, RANDOM_SEED, Cutoff
-from app.protocol.openai_answers import Timings, rates, timings
-from app.types import SamplingParams, SlotState, TokenLogprob
+from app.protocol.openai_answers import PromptProgressBody, Timings, TimingsSoFar, progress_body, timings
+from app.types import SamplingParams, SlotState, TokenLogprob, TopLogprob
 
 StopType = Literal["none", "eos", "limit", "word"]
 
@@ -30,13 +30,35 @@ StopType = Literal["none", "eos", "limit", "word"]
 
 
 class TopProbability(BaseModel):
+    id: int  # the token id
     token: str
     bytes: list[int]
-    logprob: float  # of the distribution before sampling
+    logprob: float  # of the model's distribution, before sampling
 
 
 class TokenProbability(TopProbability):
     top_logprobs: list[TopProbability]
+
+
+class TopPostProbability(BaseModel):
+    """With `post_sampling_probs`: a probability of the distribution the sampler chain drew from."""
+
+    id: int
+    token: str
+    bytes: list[int]
+    prob: float
+
+
+class TokenPostProbability(TopPostProbability):
+    top_probs: list[TopPostProbability]  # the most likely of those the chain left, none of probability 0
+
+
+Probabilities = list[TokenProbability] | list[TokenPostProbability]
+
+
+class LogitBiasEntry(BaseModel):
+    bias: float | None  # null: -inf, the token is banned
+    token: int
 
 
 class GenerationSettings(BaseModel):
@@ -55,8 +77,10 @@ class GenerationSettings(BaseModel):
     frequency_penalty: float
     stop: list[str]
     ignore_eos: bool
+    logit_bias: list[LogitBiasEntry]  # in token ids; with ignore_eos each end-of-generation token's ban follows
     stream: bool
     n_probs: int
+    post_sampling_probs: bool
     grammar: str
     samplers: list[str]
     dynatemp_range: float = 0.0
@@ -74,7 +98,7 @@ class GenerationSettings(BaseModel):
 
 class CompletionChunk(BaseModel):
     """A streamed piece: each token's text (possibly empty while a stop string or a character is
-    held back)."""
+    held back), or with `return_progress` how far the prompt is read (no text)."""
 
     index: int
     content: str
@@ -83,7 +107,9 @@ class CompletionChunk(BaseModel):
     id_slot: int = -1
     tokens_predicted: int
     tokens_evaluated: int
-    completion_probabilities: list[TokenProbability] | None = None  # with n_probs
+    completion_probabilities: Probabilities | None = None  # with n_probs
+    timings: Timings | None = None  # with timings_per_token: so far
+    prompt_progress: PromptProgressBody | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -105,7 +131,7 @@ class CompletionResponse(BaseModel):
     stopping_word: str
     tokens_cached: int
     timings: Timings
-    completion_probabilities: list[TokenProbability] | None = None  # with n_probs, not streamed
+    completion_probabilities: Probabilities | None = None  # with n_probs, not streamed
 
 
 class SelectedFields(RootModel[dict[str, Any]]):
@@ -170,6 +196,7 @@ class AnswerMeta:
     stream: bool
     response_fields: tuple[str, ...] | None
     return_tokens: bool = False
+    timings_per_token: bool = False
 
 
 class CompletionReader:
@@ -179,13 +206,13 @@ class CompletionReader:
 
     def __init__(self, index: int, meta: AnswerMeta, cutoff: Cutoff, clock: Callable[[], float] = time.monotonic):
         self.index, self.meta, self.cutoff, self._clock = index, meta, cutoff, clock
-        self.text, self.n_decoded = "", 0
+        self.text = ""
         self.tokens: list[int] = []
         self.probs: list[TokenLogprob] = []
         self.stop_type: StopType = "none"
         self._last: ChatDelta | None = None
-        self._t_start, self._t_first = clock(), None  # the first token's time, once it came
         self._line = 0  # where the next new line to judge for n_indent may start
+        self.timed = TimingsSoFar(meta.prompt_tokens, clock)
 
     @property
     def done(self) -> bool:
@@ -197,10 +224,12 @@ class CompletionReader:
         return self.done and self._last is None
 
     def feed(self, delta: ChatDelta) -> list[CompletionChunk]:
+        if delta.progress is not None:  # no text: how far the prompt is read
+            p = self.timed.progress = delta.progress
+            return [self._chunk("", [], None, progress_body(p))]
         is_token = delta.finish_reason is None  # every delta but the last is one sampled token
-        self.n_decoded += is_token
-        if self._t_first is None:
-            self._t_first = self._clock()
+        if is_token:
+            self.timed.token()
         content = self._cut(delta.content)
         self.text += content
         if delta.token is not None:
@@ -211,16 +240,24 @@ class CompletionReader:
             self._last, self.stop_type = delta, self.stop_type if self.done else _stop_type(delta)
         if not (is_token or content):
             return []
-        probs = [_probability(delta.logprob)] if delta.logprob is not None and self.meta.params.logprobs else None
-        chunk = CompletionChunk(
+        params = self.meta.params
+        with_probs = delta.logprob is not None and params.logprobs
+        probs = [_probability(delta.logprob, params.post_sampling_probs)] if with_probs else None
+        return [self._chunk(content, [delta.token] if delta.token is not None else [], probs)]
+
+    def _chunk(
+        self, content: str, tokens: list[int], probs: Any, progress: PromptProgressBody | None = None
+    ) -> CompletionChunk:
+        return CompletionChunk(
             index=self.index,
             content=content,
-            tokens=[delta.token] if delta.token is not None else [],
-            tokens_predicted=self.n_decoded,
+            tokens=tokens,
+            tokens_predicted=self.timed.n_decoded,
             tokens_evaluated=self.meta.prompt_tokens,
             completion_probabilities=probs,
+            timings=self.timed.now() if self.meta.timings_per_token else None,
+            prompt_progress=progress,
         )
-        return [chunk]
 
     def final(self) -> dict[str, Any]:
         """The last event of a stream (its text went out before), or the whole answer."""
@@ -228,12 +265,13 @@ class CompletionReader:
         usage = last.usage if last is not None else None
         # "length" before n_predict's tokens: the context was full (llama-server's `truncated`).
         out_of_context = usage is not None and usage.completion_tokens < meta.params.max_new_tokens
+        probs = None if meta.stream or not meta.params.logprobs else self._probabilities()
         body = CompletionResponse(
             index=self.index,
             content="" if meta.stream else self.text,
             tokens=self.tokens if meta.return_tokens and not meta.stream else [],
             model=meta.model,
-            tokens_predicted=usage.completion_tokens if usage else self.n_decoded,
+            tokens_predicted=usage.completion_tokens if usage else self.timed.n_decoded,
             tokens_evaluated=meta.prompt_tokens,
             generation_settings=generation_settings(meta.params, meta.stream),
             prompt=meta.prompt,
@@ -242,13 +280,13 @@ class CompletionReader:
             stop_type=self.stop_type,
             stopping_word=(last.stop_sequence or "") if last else "",
             tokens_cached=usage.cached_tokens if usage else 0,
-            timings=timings(usage) if usage else self._measured(),
-            completion_probabilities=None if meta.stream or not meta.params.logprobs else self._probabilities(),
-        ).model_dump(mode="json", exclude_none=True)
+            timings=timings(usage) if usage else self.timed.now(),  # cut short: measured here
+            completion_probabilities=probs,
+        ).model_dump(mode="json", exclude={"completion_probabilities"} if probs is None else None)  # a null bias stays
         return body if meta.response_fields is None else selected(body, meta.response_fields)
 
-    def _probabilities(self) -> list[dict[str, Any]]:
-        return [_probability(p).model_dump() for p in self.probs]
+    def _probabilities(self) -> Probabilities:
+        return [_probability(p, self.meta.params.post_sampling_probs) for p in self.probs]  # type: ignore[return-value]
 
     def _cut(self, content: str) -> str:
         """The delta's text up to where n_indent or t_max_predict_ms end the answer (then: done)."""
@@ -258,17 +296,19 @@ class CompletionReader:
             if end is not None:
                 self.stop_type = "limit"
                 return (self.text + content)[len(self.text) : end]
-        late = budget_ms and self._t_first is not None and (self._clock() - self._t_first) * 1000 > budget_ms
+        late = budget_ms and self.timed.since_first_ms() > budget_ms
         if late and "\n" in content:  # llama-server: once late, the next token with a new line is the last
             self.stop_type = "limit"
         return content
 
-    def _measured(self) -> Timings:
-        """An answer cut short here has no usage from the engine: its timings as measured here (the
-        prompt until the first token)."""
-        first = self._t_first if self._t_first is not None else self._clock()
-        prompt_ms, predicted_ms = (first - self._t_start) * 1000, (self._clock() - first) * 1000
-        return rates(0, self.meta.prompt_tokens, prompt_ms, self.n_decoded, predicted_ms)
+
+def verbose_body(answer: Answer, meta: AnswerMeta) -> dict[str, Any]:
+    """llama-server's `__verbose` on an OpenAI answer (`verbose: true`): the answer as its /completion
+    gives it, read from the whole text as one piece and the answer's end."""
+    reader = CompletionReader(0, meta, Cutoff())
+    reader.feed(ChatDelta(content=answer.content))
+    reader.feed(ChatDelta(finish_reason=answer.finish_reason, usage=answer.usage, stop_sequence=answer.stop_sequence))
+    return reader.final()
 
 
 def short_line(text: str, n_indent: int, since: int) -> tuple[int | None, int]:
@@ -308,9 +348,17 @@ def _stop_type(last: ChatDelta) -> StopType:
     return "word" if last.stop_sequence else "eos"
 
 
-def _probability(logprob: TokenLogprob) -> TokenProbability:
-    top = [TopProbability(token=t.token, bytes=list(t.bytes), logprob=t.logprob) for t in logprob.top]
-    return TokenProbability(token=logprob.token, bytes=list(logprob.bytes), logprob=logprob.logprob, top_logprobs=top)
+def _probability(lp: TokenLogprob, post_sampling: bool) -> TokenProbability | TokenPostProbability:
+    """llama-server's entry: log-probabilities, or with post_sampling_probs probabilities (the engine
+    gives their logs)."""
+
+    def fields(t: TopLogprob) -> dict[str, Any]:
+        value = {"prob": math.exp(t.logprob)} if post_sampling else {"logprob": t.logprob}
+        return {"id": t.id, "token": t.token, "bytes": list(t.bytes), **value}
+
+    if post_sampling:
+        return TokenPostProbability(**fields(lp), top_probs=[TopPostProbability(**fields(t)) for t in lp.top])
+    return TokenProbability(**fields(lp), top_logprobs=[TopProbability(**fields(t)) for t in lp.top])
 
 
 def generation_settings(p: SamplingParams, stream: bool) -> GenerationSettings:
@@ -327,8 +375,11 @@ def generation_settings(p: SamplingParams, stream: bool) -> GenerationSettings:
         frequency_penalty=p.frequency_penalty,
         stop=list(p.stop),
         ignore_eos=p.ignore_eos,
+        # As sampled (the backend made texts token ids); -inf shows as null, as llama-server's JSON has it.
+        logit_bias=[LogitBiasEntry(bias=b if math.isfinite(b) else None, token=t) for t, b in p.logit_bias],
         stream=stream,
         n_probs=p.logprobs or 0,
+        post_sampling_probs=p.post_sampling_probs,
         grammar=p.grammar or "",
         samplers=list(CHAIN),
     )
@@ -338,7 +389,12 @@ def generation_settings(p: SamplingParams, stream: bool) -> GenerationSettings:
 
 
 def props_response(
-    info: dict[str, Any], fmt: ChatFormat, defaults: SamplingParams, model: str, endpoint_slots: bool
+    info: dict[str, Any],
+    fmt: ChatFormat,
+    defaults: SamplingParams,
+    model: str,
+    endpoint_slots: bool,
+    endpoint_metrics: bool = True,
 ) -> PropsResponse:
     """`info`: the backend's own report (Backend.info()); `defaults`: what a request without sampling
     fields gets."""
@@ -352,7 +408,7 @@ def props_response(
         modalities=Modalities(),
         endpoint_slots=endpoint_slots,
         endpoint_props=False,
-        endpoint_metrics=True,
+        endpoint_metrics=endpoint_metrics,
         chat_template=fmt.template,
         bos_token=fmt.special_tokens.get("bos_token", ""),
         eos_token=fmt.special_tokens.get("eos_token", ""),

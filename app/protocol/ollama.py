@@ -111,7 +111,7 @@ def _lower(value: Any) -> Any:
 class OllamaMessage(Strict):
     role: Annotated[Literal["system", "user", "assistant", "tool"], BeforeValidator(_lower)]
     content: str = Field("", max_length=MAX_TEXT_CHARS)
-    thinking: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # an earlier answer's; not shown to the model
+    thinking: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # an earlier answer's reasoning
     images: list[str] | None = Field(None, max_length=64, json_schema_extra=NO_ITEMS)  # refused: text only
     tool_calls: list[OllamaToolCall] | None = Field(None, max_length=128)
     tool_name: str | None = Field(None, max_length=64)  # which tool a "tool" message answers
@@ -280,7 +280,7 @@ def to_generate_generation_request(
 
 def to_chat_messages(messages: Sequence[OllamaMessage]) -> list[dict[str, Any]]:
     """Ollama's messages in the internal (OpenAI's) shape: a call's arguments as JSON text, a tool
-    result's `tool_name` as `name`."""
+    result's `tool_name` as `name`, an answer's `thinking` as `reasoning_content`."""
     converted = []
     for i, message in enumerate(messages):
         if message.images:
@@ -295,6 +295,8 @@ def to_chat_messages(messages: Sequence[OllamaMessage]) -> list[dict[str, Any]]:
             entry["name"] = message.tool_name
         if message.tool_call_id:
             entry["tool_call_id"] = message.tool_call_id
+        if message.thinking and message.role == "assistant":
+            entry["reasoning_content"] = message.thinking
         converted.append(entry)
     return converted
 

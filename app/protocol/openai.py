@@ -96,7 +96,8 @@ class AssistantMessage(_Message):
     role: Literal["assistant"]
     content: Content | None = None  # None only with tool_calls
     tool_calls: list[ToolCallBody] | None = Field(None, max_length=128)  # an assistant's earlier calls
-    reasoning_content: str | None = Field(None, max_length=MAX_TEXT_CHARS)  # accepted back, not shown to the model
+    # not OpenAI's (llama-server's, vLLM's): an earlier answer's reasoning, for templates that show it
+    reasoning_content: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
 
 class ToolMessage(_Message):
@@ -190,7 +191,7 @@ LogitBias = (
 # (other samplers, slots, progress events, cache controls): accepted, dropped with a log line.
 IGNORED_EXTENSIONS = frozenset({
     # llama-server (tools/server/server-schema.cpp)
-    "verbose", "timings_per_token", "cache_prompt", "return_tokens", "return_progress", "sse_ping_interval",
+    "return_tokens", "sse_ping_interval",
     "n_indent", "n_keep", "n_discard", "n_cache_reuse", "t_max_predict_ms", "id_slot", "top_n_sigma",
     "xtc_probability", "xtc_threshold", "typical_p", "dynatemp_range", "dynatemp_exponent", "repeat_last_n",
     "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "mirostat",
@@ -244,6 +245,11 @@ class _GenerationFields(Strict):
     n_predict: int | None = Field(None, ge=-1)  # llama-server's max_tokens; -1: up to the server's limit
     ignore_eos: bool | None = None
     json_schema: dict[str, Any] | None = None  # llama-server's: a schema the answer matches
+    # llama-server's, streamed: the timings so far on each chunk; chunks while the prompt is read
+    timings_per_token: bool = False
+    return_progress: bool = False
+    cache_prompt: bool = True  # false: the prompt is read whole again, no slot's cache reused
+    verbose: bool = False  # llama-server's `__verbose`: its own answer's fields beside OpenAI's
 
 
 class ChatCompletionRequest(_GenerationFields):
@@ -352,6 +358,8 @@ def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
         entry["content"] = _text(i, message.content)
+        if isinstance(message, AssistantMessage) and message.reasoning_content:
+            entry["reasoning_content"] = message.reasoning_content
         if isinstance(message, AssistantMessage) and message.tool_calls:
             entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
         elif message.content is None:
@@ -424,6 +432,8 @@ def _sampling_params(
         grammar=_output_grammar(body),
         logprobs=logprobs,
         logit_bias=logit_biases(body.logit_bias),
+        return_progress=body.return_progress and body.stream,
+        cache_prompt=body.cache_prompt,
         **over_defaults(given, defaults),
     )
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, model_serializer
+from pydantic import BaseModel, Field, model_serializer
 
 from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.protocol.openai import FunctionCallBody, ToolCallBody
-from app.types import TokenLogprob, TopLogprob, Usage
+from app.types import PromptProgress, TokenLogprob, TopLogprob, Usage
 
 # -- wire types ---------------------------------------------------------------------------------
 
@@ -95,10 +95,11 @@ class ChatCompletionResponse(BaseModel):
     usage: CompletionUsage
     truncated_messages: int | None = None  # not OpenAI's: the oldest messages left out to fit the context
     timings: Timings | None = None  # not OpenAI's: llama-server's, of the first choice
+    verbose: dict[str, Any] | None = Field(None, serialization_alias="__verbose")  # llama-server's `verbose: true`
 
     @model_serializer(mode="wrap")
     def _said_when_truncated(self, handler: Any) -> dict[str, Any]:
-        return _without_none(handler(self), "truncated_messages", "timings")
+        return _without_none(handler(self), "truncated_messages", "timings", "verbose", "__verbose")
 
 
 class FunctionDeltaBody(BaseModel):
@@ -129,7 +130,7 @@ class ChatDeltaBody(BaseModel):
 
     @model_serializer(mode="wrap")
     def _changed_fields_only(self, handler: Any) -> dict[str, Any]:  # as OpenAI sends deltas
-        return _without_none(handler(self))
+        return {k: v for k, v in handler(self).items() if v is not None or k in self.model_fields_set}
 
 
 class ChatChunkChoice(BaseModel):
@@ -137,6 +138,13 @@ class ChatChunkChoice(BaseModel):
     delta: ChatDeltaBody
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+
+
+class PromptProgressBody(BaseModel):
+    total: int  # the prompt's tokens
+    cache: int  # reused from the slot's cache
+    processed: int  # in the cache now, those reused included
+    time_ms: int  # since the request got its slot
 
 
 class ChatCompletionChunk(BaseModel):
@@ -147,11 +155,14 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: CompletionUsage | None = None
     truncated_messages: int | None = None  # not OpenAI's, on the first chunk: as in the response
-    timings: Timings | None = None  # not OpenAI's: llama-server's, on a choice's last chunk
+    # Not OpenAI's: llama-server's, on a choice's last chunk (each chunk with timings_per_token), and
+    # how far the prompt is read (return_progress).
+    timings: Timings | None = None
+    prompt_progress: PromptProgressBody | None = None
 
     @model_serializer(mode="wrap")
     def _said_when_truncated(self, handler: Any) -> dict[str, Any]:
-        return _without_none(handler(self), "truncated_messages", "timings")
+        return _without_none(handler(self), "truncated_messages", "timings", "prompt_progress")
 
 
 class CompletionLogprobs(BaseModel):
@@ -178,10 +189,20 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
     timings: Timings | None = None  # not OpenAI's: llama-server's, on the last chunk (of the first choice)
+    prompt_progress: PromptProgressBody | None = None  # llama-server's return_progress, streamed
+    verbose: dict[str, Any] | None = Field(None, serialization_alias="__verbose")  # llama-server's `verbose: true`
 
     @model_serializer(mode="wrap")
     def _timed_when_done(self, handler: Any) -> dict[str, Any]:
-        return _without_none(handler(self), "timings")
+        return _without_none(handler(self), "timings", "prompt_progress", "verbose", "__verbose")
+
+
+class InputTokens(BaseModel):
+    """How many tokens a request's prompt is (OpenAI's POST /v1/responses/input_tokens; llama-server's
+    /v1/chat/completions/input_tokens too)."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
 
 
 class ModelCard(BaseModel):
@@ -190,6 +211,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "hychat"
     backend: str  # not OpenAI's: which backend serves it
+    aliases: list[str] = []  # llama-server's: the names it also answers to (--alias), and its --tags
+    tags: list[str] = []
 
 
 class ModelList(BaseModel):
@@ -307,24 +330,32 @@ def total_usage(usages: Sequence[Usage], reasoning_tokens: int | None = None) ->
 class ChatChunks:
     """The chat path's deltas as `chat.completion.chunk`s: the assistant role first, then a chunk per
     piece of reasoning or answer (with its token's logprobs), each tool call as OpenAI streams it
-    (id and name, then the arguments), one with the finish reason, then the usage when asked."""
+    (id and name, then the arguments), one with the finish reason, then the usage when asked.
+    llama-server's extras: `timed` (timings_per_token) puts the timings so far on each delta's last
+    chunk; a progress delta (return_progress) is a chunk with the role and `prompt_progress`."""
 
-    def __init__(self, meta: ResponseMeta, index: int = 0):
-        self.meta, self.index = meta, index  # index: the choice's (a request's `n`)
+    def __init__(self, meta: ResponseMeta, index: int = 0, timed: TimingsSoFar | None = None):
+        self.meta, self.index, self.timed = meta, index, timed  # index: the choice's (a request's `n`)
         self._calls = 0  # tool calls streamed so far: the index of the next one
 
     def first(self) -> list[ChatCompletionChunk]:
-        chunk = self._chunk(ChatChunkChoice(delta=ChatDeltaBody(role="assistant", content="")))
+        chunk = self._role()
         chunk.truncated_messages = self.meta.truncated
         return [chunk]
 
     def chunks(self, delta: ChatDelta) -> list[ChatCompletionChunk]:
+        if delta.progress is not None:
+            chunk = self._role()
+            chunk.prompt_progress = _progressed(self.timed, delta.progress)
+            chunk.timings = self.timed.now() if self.timed else None
+            return [chunk]
         logprobs = chat_logprobs([delta.logprob]) if delta.logprob else None
         chunks = []
         if delta.reasoning:
             chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(reasoning_content=delta.reasoning))))
         if delta.content or logprobs:  # a token whose text is held back still has its logprob
-            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(content=delta.content), logprobs=logprobs)))
+            content = delta.content or None  # a held-back text's logprob comes with none
+            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(content=content), logprobs=logprobs)))
         for call in delta.tool_calls:
             head = ToolCallDeltaBody(index=self._calls, id=call.id, type="function",
                                      function=FunctionDeltaBody(name=call.name, arguments=""))  # fmt: skip
@@ -332,30 +363,39 @@ class ChatChunks:
             chunks += [self._chunk(ChatChunkChoice(delta=ChatDeltaBody(tool_calls=[d]))) for d in (head, arguments)]
             self._calls += 1
         if delta.finish_reason:
-            last = self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=delta.finish_reason))
-            last.timings = timings(delta.usage) if delta.usage else None
-            chunks.append(last)
+            chunks.append(self._chunk(ChatChunkChoice(delta=ChatDeltaBody(), finish_reason=delta.finish_reason)))
+        stamp_timings(chunks, delta, self.timed)
         return chunks
 
-    def usage(self, usage: CompletionUsage) -> ChatCompletionChunk:
-        """The last chunk, with the request's usage, when stream_options.include_usage asks for it."""
-        return ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage)
+    def usage(self, usage: CompletionUsage, timed: Timings | None = None) -> ChatCompletionChunk:
+        """The last chunk, with the request's usage, when stream_options.include_usage asks for it (and
+        llama-server's timings, of the first choice)."""
+        return ChatCompletionChunk(**self.meta.head(), choices=[], usage=usage, timings=timed)
+
+    def _role(self) -> ChatCompletionChunk:
+        # content null, not "" (llama-server's; its clients take a "" for a piece of the answer)
+        return self._chunk(ChatChunkChoice(delta=ChatDeltaBody(role="assistant", content=None)))
 
     def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(**self.meta.head(), choices=[choice.model_copy(update={"index": self.index})])
 
 
 class CompletionChunks:
-    """The deltas of a raw prompt as streamed `text_completion`s, the usage last when asked."""
+    """The deltas of a raw prompt as streamed `text_completion`s, the usage last when asked;
+    llama-server's extras as in ChatChunks."""
 
-    def __init__(self, meta: ResponseMeta, index: int = 0):
-        self.meta, self.index = meta, index
+    def __init__(self, meta: ResponseMeta, index: int = 0, timed: TimingsSoFar | None = None):
+        self.meta, self.index, self.timed = meta, index, timed
         self._text_offset = 0
 
     def first(self) -> list[CompletionResponse]:
         return []
 
     def chunks(self, delta: ChatDelta) -> list[CompletionResponse]:
+        if delta.progress is not None:
+            progress = _progressed(self.timed, delta.progress)
+            chunk = CompletionResponse(**self.meta.head(), choices=[CompletionChoice(index=self.index, text="")])
+            return [chunk.model_copy(update={"prompt_progress": progress, "timings": self._so_far()})]
         chunks = []
         if delta.content or delta.logprob or delta.finish_reason:
             logprobs = None
@@ -365,12 +405,32 @@ class CompletionChunks:
             choice = CompletionChoice(
                 index=self.index, text=delta.content, logprobs=logprobs, finish_reason=delta.finish_reason
             )
-            timed = timings(delta.usage) if delta.finish_reason and delta.usage else None
-            chunks.append(CompletionResponse(**self.meta.head(), choices=[choice], timings=timed))
+            chunks.append(CompletionResponse(**self.meta.head(), choices=[choice]))
+        stamp_timings(chunks, delta, self.timed)
         return chunks
 
-    def usage(self, usage: CompletionUsage) -> CompletionResponse:
-        return CompletionResponse(**self.meta.head(), choices=[], usage=usage)
+    def usage(self, usage: CompletionUsage, timed: Timings | None = None) -> CompletionResponse:
+        return CompletionResponse(**self.meta.head(), choices=[], usage=usage, timings=timed)
+
+    def _so_far(self) -> Timings | None:
+        return self.timed.now() if self.timed else None
+
+
+def _progressed(timed: TimingsSoFar | None, progress: PromptProgress) -> PromptProgressBody:
+    if timed is not None:
+        timed.progress = progress
+    return progress_body(progress)
+
+
+def stamp_timings(chunks: Sequence[Any], delta: ChatDelta, timed: TimingsSoFar | None) -> None:
+    """llama-server's timings: the whole answer's on its last chunk (or event); with timings_per_token,
+    those so far on the last chunk of each token's."""
+    if delta.finish_reason is None and timed is not None:
+        timed.token()
+    if chunks and delta.finish_reason and delta.usage:
+        chunks[-1].timings = timings(delta.usage)
+    elif chunks and timed is not None:
+        chunks[-1].timings = timed.now()
 
 
 def _tool_call_body(call: ToolCall) -> ToolCallBody:
@@ -389,6 +449,37 @@ def _top_logprob(lp: TopLogprob) -> TopLogprobBody:
 def timings(usage: Usage) -> Timings:
     prompt_n, predicted_ms = usage.prompt_tokens - usage.cached_tokens, max(usage.total_ms - usage.ttft_ms, 0.0)
     return rates(usage.cached_tokens, prompt_n, usage.ttft_ms, usage.completion_tokens, predicted_ms)
+
+
+class TimingsSoFar:
+    """An answer's timings at any point of its stream (llama-server's timings_per_token, and those of an
+    answer cut short, which gets no usage): the prompt's as the engine last reported them
+    (return_progress), else measured here (the prompt until the first token)."""
+
+    def __init__(self, prompt_tokens: int, clock: Callable[[], float] = time.monotonic):
+        self.prompt_tokens, self._clock = prompt_tokens, clock
+        self.start, self.first, self.n_decoded = clock(), None, 0
+        self.progress: PromptProgress | None = None
+
+    def token(self) -> None:
+        """One more sampled token (the first one's time starts the decode's)."""
+        if self.first is None:
+            self.first = self._clock()
+        self.n_decoded += 1
+
+    def since_first_ms(self) -> float:
+        return (self._clock() - self.first) * 1000 if self.first is not None else 0.0
+
+    def now(self) -> Timings:
+        p, predicted_ms = self.progress, self.since_first_ms()
+        if p is not None:
+            return rates(p.cache, p.processed - p.cache, p.prompt_ms, self.n_decoded, predicted_ms)
+        prompt_ms = ((self.first if self.first is not None else self._clock()) - self.start) * 1000
+        return rates(0, self.prompt_tokens, prompt_ms, self.n_decoded, predicted_ms)
+
+
+def progress_body(p: PromptProgress) -> PromptProgressBody:
+    return PromptProgressBody(total=p.total, cache=p.cache, processed=p.processed, time_ms=int(p.time_ms))
 
 
 def rates(cache_n: int, prompt_n: int, prompt_ms: float, predicted_n: int, predicted_ms: float) -> Timings:

@@ -223,8 +223,11 @@ class ResponseRequest(Strict):
     include: list[Annotated[str, Field(max_length=64)]] | None = Field(None, json_schema_extra={"maxItems": 0})
     background: bool | None = Field(None, json_schema_extra={"not": {"const": True}})
     top_logprobs: int | None = Field(None, ge=0, le=20, json_schema_extra={"maximum": 0})
-    # Not OpenAI's (llama-server's, as on /v1/chat/completions): a GBNF grammar the answer must match.
+    # Not OpenAI's (llama-server's, as on /v1/chat/completions): a GBNF grammar the answer must match;
+    # streamed, the timings so far on each delta's last event, and events while the prompt is read.
     grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR_CHARS)
+    timings_per_token: bool = False
+    return_progress: bool = False
 
 
 # -- requests to internal types -----------------------------------------------------------------
@@ -350,6 +353,7 @@ def _sampling_params(body: ResponseRequest, max_tokens_limit: int, defaults: Map
             body.max_output_tokens, "max_output_tokens", max_tokens_limit, defaults.get("max_new_tokens")
         ),
         grammar=grammar,
+        return_progress=body.return_progress and body.stream,
         **over_defaults(given, defaults),
     )
 

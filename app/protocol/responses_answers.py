@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.errors import error_body
+from app.protocol.openai_answers import PromptProgressBody, Timings, TimingsSoFar, progress_body, stamp_timings
 from app.protocol.responses import (
     Format,
     FunctionCallItem,
@@ -158,9 +159,22 @@ class DeletedResponse(_Sent):
     deleted: bool = True
 
 
+def _extras_optional(schema: dict[str, Any]) -> None:
+    schema["required"] = [name for name in schema.get("required", []) if name not in LLAMA_SERVER_EXTRAS]
+
+
+LLAMA_SERVER_EXTRAS = ("timings", "prompt_progress")
+
+
 class _Event(_Sent):
+    model_config = ConfigDict(json_schema_extra=_extras_optional)  # sent only when given
+
     type: str
     sequence_number: int
+    # Not OpenAI's: llama-server's timings (on the last event; with timings_per_token on each delta's
+    # last) and prompt progress (return_progress, on a response.in_progress event).
+    timings: Timings | None = Field(None, exclude_if=lambda v: v is None)
+    prompt_progress: PromptProgressBody | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ResponseCreatedEvent(_Event):
@@ -375,8 +389,8 @@ class ResponseEvents:
     into one item until the other kind comes; each tool call is an item of its own, whole at once (the
     call's arguments in one delta). `response` is the finished response once the last delta is in."""
 
-    def __init__(self, head: ResponseObject):
-        self.head = head
+    def __init__(self, head: ResponseObject, timed: TimingsSoFar | None = None):
+        self.head, self.timed = head, timed  # timed: timings_per_token's
         self.response: ResponseObject | None = None
         self._sequence = 0
         self._output: list[Any] = []  # finished items
@@ -389,6 +403,11 @@ class ResponseEvents:
         ]
 
     def events(self, delta: ChatDelta) -> list[StreamEvent]:
+        if delta.progress is not None:
+            if self.timed is not None:
+                self.timed.progress = delta.progress
+            progress, timed = progress_body(delta.progress), self.timed.now() if self.timed else None
+            return [self._event(ResponseInProgressEvent, response=self.head, prompt_progress=progress, timings=timed)]
         events: list[StreamEvent] = []
         if delta.reasoning:
             events += self._text("reasoning", delta.reasoning)
@@ -406,6 +425,7 @@ class ResponseEvents:
             self.response = _finished(self.head, self._output, usage, cut)
             last = ResponseIncompleteEvent if cut else ResponseCompletedEvent
             events.append(self._event(last, response=self.response))
+        stamp_timings(events, delta, self.timed)
         return events
 
     def error(self, error: Exception) -> ErrorEvent:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 
 from app.protocol import anthropic, anthropic_answers
@@ -22,7 +22,7 @@ from app.protocol.anthropic_answers import AnthropicErrorResponse, MessageEvents
 from app.protocol.errors import error_responses
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
-from app.routes.streaming import event_stream
+from app.routes.streaming import event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,14 @@ EVENTS = {event.model_fields["type"].default: (event,) for event in anthropic_an
         **ERRORS,
     },
 )
-async def messages(body: MessagesRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def messages(body: MessagesRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     request = anthropic.to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
     stream = start_chat(registry, request, model=body.model)
     meta = anthropic_answers.message_meta(stream.model_name or body.model, stream.prompt_tokens)
     log.debug("%s: messages on %s", meta.id, stream.backend_name)
     if body.stream:
         return event_stream(_frames(stream, MessageEvents(meta)), _error_frame)
-    return anthropic_answers.message_response(await stream.answer(), meta)
+    return anthropic_answers.message_response(await unless_gone(client, [stream], stream.answer()), meta)
 
 
 @router.post("/messages/count_tokens", response_model=CountTokensResponse, responses=COUNT_ERRORS)

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import Discriminator, Tag
 from sse_starlette import ServerSentEvent
 
@@ -32,7 +32,7 @@ from app.protocol.simple import (
 )
 from app.routes import ollama as ollama_routes
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep, body_dialect_route
-from app.routes.streaming import event_stream
+from app.routes.streaming import event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
 
 router = APIRouter(**BEHIND_API_KEY)
@@ -53,19 +53,19 @@ SSE = event_stream_response("", {"message": (TextEvent, ReasoningEvent), "done":
 CHAT_STREAMS = {**SSE["content"], **ndjson_response("", OllamaChatChunk)[200]["content"]}
 
 
-async def chat(body: ChatBody, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def chat(body: ChatBody, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     """Answers in the dialect of the body. Hychat's own (no `model`): a chat (`messages`) or a raw
     `prompt`; with `"stream": true` as Server-Sent Events: `data: {"reasoning": ...}` and
     `data: {"text": ...}` pieces, then `event: done` with finish reason and usage. Ollama's (with
     `model`): Ollama's chat, newline-delimited JSON chunks unless `"stream": false`. Errors come in
     the shape of the body's dialect."""
     if isinstance(body, OllamaChatRequest):
-        return await ollama_routes.answer_chat(body, settings, registry)
+        return await ollama_routes.answer_chat(body, settings, registry, client)
     request = to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
     stream = start_chat(registry, request, backend=body.backend)
     if body.stream:
         return event_stream(_frames(stream), _error_frame)
-    answer = await stream.answer()
+    answer = await unless_gone(client, [stream], stream.answer())
     return chat_response(answer, stream.backend_name, stream.model_name, stream.dropped_messages)
 
 

@@ -41,7 +41,7 @@ from app.protocol.llama_server_answers import (
 )
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
-from app.routes.streaming import all_of, event_stream, merged
+from app.routes.streaming import all_of, event_stream, merged, unless_gone
 from app.services.chat import ChatStream, start_choices
 from app.services.registry import Registry
 
@@ -61,10 +61,10 @@ COMPLETION = {
 Model = Annotated[str | None, Query(max_length=256, description="A model or backend, as on /v1 (none: the default).")]
 
 
-async def completion(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def completion(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     """A completion of each prompt: one answer, or a list of them (several prompts, or `n_cmpl`)."""
     asked = llama_server.to_completion(body, settings.max_tokens_limit, settings.sampling_defaults())
-    return await _answer(asked, body, registry)
+    return await _answer(asked, body, registry, client)
 
 
 for path in ("/completion", "/completions"):
@@ -82,10 +82,10 @@ async def _infill_checks(request: Request) -> None:
 
 
 @router.post("/infill", dependencies=[Depends(_infill_checks)], **COMPLETION)
-async def infill(body: InfillRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def infill(body: InfillRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     """The code between `input_prefix` and `input_suffix`, in the model's fill-in-the-middle tokens."""
     asked = llama_server.to_infill(body, settings.max_tokens_limit, settings.sampling_defaults())
-    return await _answer(asked, body, registry)
+    return await _answer(asked, body, registry, client)
 
 
 @router.get(
@@ -95,7 +95,9 @@ async def props(settings: SettingsDep, registry: RegistryDep, model: Model = Non
     backend = registry.for_model(model)
     defaults = llama_server.default_params(settings.max_tokens_limit, settings.sampling_defaults())
     name = backend.model_name or backend.name
-    return props_response(backend.info(), backend.chat_format(), defaults, name, settings.endpoint_slots)
+    return props_response(
+        backend.info(), backend.chat_format(), defaults, name, settings.endpoint_slots, settings.endpoint_metrics
+    )
 
 
 @router.get(
@@ -124,12 +126,12 @@ async def slots(
     return slots_response(states, backend.info()["n_ctx"])
 
 
-async def _answer(asked: Completion, body: CompletionRequest, registry: Registry) -> Any:
+async def _answer(asked: Completion, body: CompletionRequest, registry: Registry, client: Request) -> Any:
     streams = _start(registry, asked, body.model)
-    readers = [CompletionReader(i, _meta(body, asked, stream, i), asked.cutoff) for i, stream in enumerate(streams)]
+    readers = [CompletionReader(i, _meta(body, asked, stream), asked.cutoff) for i, stream in enumerate(streams)]
     if body.stream:
         return event_stream(_frames(streams, readers), _error_frame)
-    answers = await all_of([_whole(s, reader) for s, reader in zip(streams, readers, strict=True)])
+    answers = await unless_gone(client, streams, all_of([_whole(s, r) for s, r in zip(streams, readers, strict=True)]))
     return JSONResponse(answers[0] if len(answers) == 1 else answers)
 
 
@@ -146,12 +148,19 @@ def _start(registry: Registry, asked: Completion, model: str | None) -> list[Cha
     return streams
 
 
-def _meta(body: CompletionRequest, asked: Completion, stream: ChatStream, i: int) -> AnswerMeta:
-    request = asked.requests[i // asked.n]
+def _meta(body: CompletionRequest, asked: Completion, stream: ChatStream) -> AnswerMeta:
     name, fields = stream.model_name or body.model or "", asked.response_fields
-    # The prompt as the model got it: token ids and an infill as the backend laid them out.
+    # The prompt as the model got it (token ids and an infill as the backend laid them out), and the
+    # sampling it got (logit_bias in token ids, ignore_eos's bans included).
     return AnswerMeta(
-        name, stream.prompt_text, stream.prompt_tokens, request.params, bool(body.stream), fields, asked.return_tokens
+        name,
+        stream.prompt_text,
+        stream.prompt_tokens,
+        stream.params,
+        bool(body.stream),
+        fields,
+        asked.return_tokens,
+        asked.timings_per_token and bool(body.stream),  # timings on each chunk: of a stream
     )
 
 

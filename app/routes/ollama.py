@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -50,7 +50,7 @@ from app.protocol.ollama_answers import (
     tags_entry,
 )
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
-from app.routes.streaming import guarded
+from app.routes.streaming import guarded, unless_gone
 from app.services.backend import Backend
 from app.services.chat import ChatStream, start_chat
 from app.services.registry import Registry
@@ -78,23 +78,25 @@ def probe() -> PlainTextResponse:
     response_model=OllamaGenerateChunk,
     responses={**ndjson_response(STREAM_DESCRIPTION, OllamaGenerateChunk), **GENERATION_ERRORS},
 )
-async def generate(body: OllamaGenerateRequest, settings: SettingsDep, registry: RegistryDep) -> Response:
+async def generate(
+    body: OllamaGenerateRequest, settings: SettingsDep, registry: RegistryDep, client: Request
+) -> Response:
     """Completes `prompt`, rendered as a user turn with the model's chat template (`raw`: as it is;
     with `suffix`: the middle between them)."""
     backend = ollama.backend_for(registry, body.model)
     if not body.prompt and not body.suffix:
         return _json(OllamaChunks(backend.model_name or body.model, "generate").loaded())
     request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    return await _answer(body, request, registry, backend)
+    return await _answer(body, request, registry, backend, client)
 
 
-async def answer_chat(body: OllamaChatRequest, settings: Settings, registry: Registry) -> Response:
+async def answer_chat(body: OllamaChatRequest, settings: Settings, registry: Registry, client: Request) -> Response:
     """`POST /api/chat` in Ollama's dialect."""
     backend = ollama.backend_for(registry, body.model)
     if not body.messages:
         return _json(OllamaChunks(backend.model_name or body.model, "chat").loaded())
     request = ollama.to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    return await _answer(body, request, registry, backend)
+    return await _answer(body, request, registry, backend, client)
 
 
 @api.get("/api/tags", response_model=OllamaTagsResponse, response_model_exclude_none=True)
@@ -149,7 +151,11 @@ async def embeddings(body: OllamaEmbeddingsRequest, registry: RegistryDep) -> Ol
 
 
 async def _answer(
-    body: OllamaChatRequest | OllamaGenerateRequest, request: GenerationRequest, registry: Registry, backend: Backend
+    body: OllamaChatRequest | OllamaGenerateRequest,
+    request: GenerationRequest,
+    registry: Registry,
+    backend: Backend,
+    client: Request,
 ) -> Response:
     """Starts the generation (a bad request fails here, before a response starts), then streams its
     chunks or, once the answer is whole, answers one object."""
@@ -160,7 +166,7 @@ async def _answer(
     chunks = OllamaChunks(stream.model_name, kind, with_logprobs=request.params.logprobs is not None)
     if body.stream:
         return _ndjson(_lines(stream, chunks))
-    return _json(chunks.whole(await stream.answer()))
+    return _json(chunks.whole(await unless_gone(client, [stream], stream.answer())))
 
 
 async def _lines(stream: ChatStream, chunks: OllamaChunks) -> AsyncIterator[str]:

@@ -14,13 +14,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from app.chat.output import ChatDelta
 from app.errors import error_body
 from app.protocol.errors import error_responses
+from app.protocol.llama_server_answers import AnswerMeta, verbose_body
 from app.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -33,17 +34,20 @@ from app.protocol.openai_answers import (
     ChatCompletionResponse,
     CompletionChunks,
     CompletionResponse,
+    InputTokens,
     ModelCard,
     ModelList,
+    TimingsSoFar,
     chat_completion_response,
     completion_response,
     response_meta,
+    timings,
     total_usage,
 )
 from app.protocol.openai_embeddings import EmbeddingRequest, EmbeddingResponse, embedding_inputs, embedding_response
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
-from app.routes.streaming import all_of, event_stream, merged
+from app.routes.streaming import all_of, event_stream, merged, unless_gone
 from app.services.chat import ChatStream, start_choices
 from app.types import GenerationRequest
 
@@ -65,9 +69,18 @@ DONE = ServerSentEvent("[DONE]")
         **GENERATION_ERRORS,
     },
 )
-async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def chat_completions(
+    body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request
+) -> Any:
     request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    return await _answer(body, request, registry, "chatcmpl")
+    return await _answer(body, request, registry, client, "chatcmpl", settings.log_level == "debug")
+
+
+@router.post("/chat/completions/input_tokens", response_model=InputTokens, responses=GENERATION_ERRORS)
+async def chat_input_tokens(body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep) -> InputTokens:
+    """llama-server's: the prompt's tokens, as /v1/chat/completions renders it."""
+    request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    return InputTokens(input_tokens=len(registry.for_model(body.model).prompt(request).ids))
 
 
 @router.post(
@@ -82,12 +95,14 @@ async def chat_completions(body: ChatCompletionRequest, settings: SettingsDep, r
         **GENERATION_ERRORS,
     },
 )
-async def completions(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep) -> Any:
+async def completions(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     request = to_completion_generation_request(body, settings.max_tokens_limit, settings.sampling_defaults())
-    return await _answer(body, request, registry, "cmpl")
+    return await _answer(body, request, registry, client, "cmpl", settings.log_level == "debug")
 
 
-async def _answer(body: Any, request: GenerationRequest, registry: RegistryDep, kind: str) -> Any:
+async def _answer(
+    body: Any, request: GenerationRequest, registry: RegistryDep, client: Request, kind: str, verbose: bool
+) -> Any:
     """Starts the generations, one per choice (a bad request fails here, before a response starts),
     then answers with Server-Sent Events or, once the answers are whole, JSON."""
     streams = start_choices(registry, request, body.n, model=body.model)
@@ -97,10 +112,18 @@ async def _answer(body: Any, request: GenerationRequest, registry: RegistryDep, 
     is_chat = kind == "chatcmpl"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = [(ChatChunks if is_chat else CompletionChunks)(meta, i) for i in range(len(streams))]
+        chunks = [
+            (ChatChunks if is_chat else CompletionChunks)(meta, i, _per_token(body, stream))
+            for i, stream in enumerate(streams)
+        ]
         return event_stream(_frames(streams, chunks, include_usage), _error_frame, DONE)
-    answers, with_logprobs = await all_of([stream.answer() for stream in streams]), request.params.logprobs is not None
-    return (chat_completion_response if is_chat else completion_response)(answers, meta, with_logprobs)
+    answers = await unless_gone(client, streams, all_of([stream.answer() for stream in streams]))
+    with_logprobs = request.params.logprobs is not None
+    response = (chat_completion_response if is_chat else completion_response)(answers, meta, with_logprobs)
+    if body.verbose or verbose:  # llama-server's: its own answer's fields, of the first choice
+        native = AnswerMeta(meta.model, first.prompt_text, first.prompt_tokens, first.params, False, None)
+        response.verbose = verbose_body(answers[0], native)
+    return response
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse, responses=error_responses(400, 404, 413, 503))
@@ -116,8 +139,14 @@ def models(registry: RegistryDep) -> ModelList:
     cards: dict[str, ModelCard] = {}
     for backend in registry.served():
         name = backend.model_name or backend.name
-        cards.setdefault(name, ModelCard(id=name, created=int(time.time()), backend=backend.name))
+        aliases, tags = registry.aliases(backend)
+        card = ModelCard(id=name, created=int(time.time()), backend=backend.name, aliases=aliases, tags=tags)
+        cards.setdefault(name, card)
     return ModelList(data=list(cards.values()))
+
+
+def _per_token(body: Any, stream: ChatStream) -> TimingsSoFar | None:
+    return TimingsSoFar(stream.prompt_tokens) if body.timings_per_token else None
 
 
 async def _frames(
@@ -136,7 +165,8 @@ async def _frames(
         ends = [last[i] for i in sorted(last)]
         reasoning = sum(d.reasoning_tokens for d in ends) if isinstance(chunks[0], ChatChunks) else None
         usage = total_usage([d.usage for d in ends if d.usage], reasoning)
-        yield ServerSentEvent(chunks[0].usage(usage).model_dump_json())
+        timed = timings(ends[0].usage) if ends[0].usage else None
+        yield ServerSentEvent(chunks[0].usage(usage, timed).model_dump_json())
 
 
 def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as OpenAI does

@@ -13,11 +13,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 
 from app.protocol import responses
 from app.protocol.errors import ErrorResponse, error_responses
+from app.protocol.openai_answers import InputTokens, TimingsSoFar
 from app.protocol.openapi import event_stream_response
 from app.protocol.responses_answers import (
     STREAM_EVENTS,
@@ -30,7 +31,7 @@ from app.protocol.responses_answers import (
     response_head,
 )
 from app.routes.deps import RegistryDep, ResponseStoreDep, SettingsDep, behind_api_key
-from app.routes.streaming import event_stream
+from app.routes.streaming import event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
 from app.services.response_store import ResponseNotFoundError, ResponseStore, StoredResponse
 
@@ -40,6 +41,7 @@ NOT_FOUND = {
     "model": ErrorResponse,
     "description": "Unknown model, or no stored response has the previous_response_id.",
 }
+COUNT_ERRORS = error_responses(400, 413)
 NOT_STORED = {404: {"model": ErrorResponse, "description": "No stored response has that id."}}
 EVENTS = {event.model_fields["type"].default: (event,) for event in STREAM_EVENTS}
 
@@ -56,7 +58,11 @@ EVENTS = {event.model_fields["type"].default: (event,) for event in STREAM_EVENT
     },
 )
 async def create_response(
-    body: responses.ResponseRequest, settings: SettingsDep, registry: RegistryDep, store: ResponseStoreDep
+    body: responses.ResponseRequest,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    store: ResponseStoreDep,
+    client: Request,
 ) -> Any:
     turn = responses.to_generation_request(
         body, _history(store, body.previous_response_id), settings.max_tokens_limit, **settings.chat_defaults()
@@ -65,11 +71,22 @@ async def create_response(
     head = response_head(body, turn.request, stream.model_name or body.model)
     log.debug("%s: responses on %s", head.id, stream.backend_name)
     if body.stream:
-        events = ResponseEvents(head)
+        events = ResponseEvents(head, TimingsSoFar(stream.prompt_tokens) if body.timings_per_token else None)
         return event_stream(_frames(stream, events, store, turn), lambda error: _frame(events.error(error)))
-    response = response_body(await stream.answer(), head)
+    response = response_body(await unless_gone(client, [stream], stream.answer()), head)
     _keep(store, response, turn)
     return response
+
+
+@router.post("/responses/input_tokens", response_model=InputTokens, responses={**COUNT_ERRORS, 404: NOT_FOUND})
+async def input_tokens(
+    body: responses.ResponseRequest, settings: SettingsDep, registry: RegistryDep, store: ResponseStoreDep
+) -> InputTokens:
+    """OpenAI's: the prompt's tokens, as POST /v1/responses renders it."""
+    turn = responses.to_generation_request(
+        body, _history(store, body.previous_response_id), settings.max_tokens_limit, **settings.chat_defaults()
+    )
+    return InputTokens(input_tokens=len(registry.for_model(body.model).prompt(turn.request).ids))
 
 
 @router.get("/responses/{response_id}", response_model=ResponseObject, responses=NOT_STORED)

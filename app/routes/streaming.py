@@ -10,8 +10,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import TypeVar
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
 
-from app.errors import HychatError
+from app.errors import ClientGoneError, HychatError
+from app.services.chat import ChatStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +87,31 @@ async def all_of(work: Sequence[Awaitable[T]]) -> list[T]:
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]
+
+
+async def unless_gone(client: Request, streams: Sequence[ChatStream], work: Awaitable[T]) -> T:
+    """`work` (the whole answers of `streams`), unless the client leaves first: then the generations
+    stop, as a stream's do when its reader goes, and their slots are free again (llama-server's
+    behaviour; else a long answer would run on for no one)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.create_task(_disconnected(client))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        for stream in streams:
+            stream.cancel()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGoneError("the client left before its answer was whole")
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(client: Request) -> None:
+    """Returns once the client has left (its body is read: the next message is the disconnect)."""
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _End:

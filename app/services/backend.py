@@ -5,6 +5,7 @@ Routes and the CLI talk to a `Backend` only; they never see llama.cpp or PyTorch
 
 from __future__ import annotations
 
+import math
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -37,12 +38,21 @@ class Generation:
     """A checked, tokenized request, ready to stream: iterate it from a thread or `async for` it.
     `source` runs it (the llama.cpp batch engine or the PyTorch worker); leaving the loop cancels it."""
 
-    def __init__(self, source: TokenSource[Any], job: Any, backend_name: str, model_name: str, prompt: Prompt):
+    def __init__(
+        self,
+        source: TokenSource[Any],
+        job: Any,
+        backend_name: str,
+        model_name: str,
+        prompt: Prompt,
+        params: SamplingParams,
+    ):
         self._source, self._job = source, job
         weakref.finalize(self, source.cancel, job)  # never iterated: a slot must not wait for a reader
         self.backend_name = backend_name
         self.model_name = model_name  # the model that answers, even if another is loaded meanwhile
         self.prompt = prompt
+        self.params = params  # as sampled: logit_bias in token ids (ignore_eos's bans included)
 
     def __iter__(self) -> Iterator[TokenEvent]:
         with closing(self._source.stream(self._job)) as events:  # closing cancels the job
@@ -127,7 +137,7 @@ class Backend(ABC):
         check_prompt_fits(len(prompt.ids), m.n_ctx, "prompt" if request.messages is None else "messages")
         params = self._with_tool_grammar(request, prompt)
         source, job = self._submit(m, prompt.ids, params, UsageClock(len(prompt.ids), t_start))
-        return Generation(source, job, self.name, m.name, prompt)
+        return Generation(source, job, self.name, m.name, prompt, params)
 
     def prompt(self, request: GenerationRequest) -> Prompt:
         """The text and token ids the model would be given for `request`."""
@@ -219,9 +229,14 @@ class Backend(ABC):
             self._worker = Worker(self.name)
         return self._worker, Task(lambda emit: self._decode(m, prompt_ids, params, clock, emit))
 
+    def _eog_tokens(self) -> Sequence[int]:
+        """The loaded model's end-of-generation tokens (none known: ignore_eos bans nothing by bias)."""
+        return ()
+
     def _resolved_logit_bias(self, params: SamplingParams) -> SamplingParams:
         """Token ids for the texts in `logit_bias` (each of a text's tokens gets its bias, as in
-        llama-server); an id outside the vocabulary is a 400."""
+        llama-server); an id outside the vocabulary is a 400. With ignore_eos, every end-of-generation
+        token follows with a -inf bias, as llama-server adds them: the model never picks one."""
         n_vocab = None
         resolved: list[tuple[int | str, float]] = []
         for key, bias in params.logit_bias:
@@ -232,6 +247,8 @@ class Backend(ABC):
             if key >= n_vocab:
                 raise InvalidParameterError(f"logit_bias: token id {key} is outside the vocabulary", "logit_bias")
             resolved.append((key, bias))
+        if params.ignore_eos:
+            resolved += [(token, -math.inf) for token in self._eog_tokens()]
         return replace(params, logit_bias=tuple(resolved))
 
     def _check_supported(self, params: SamplingParams) -> None:

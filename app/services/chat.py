@@ -55,6 +55,7 @@ class ChatStream:
         self.model_name = generation.model_name
         self.prompt_tokens = len(generation.prompt.ids)
         self.prompt_text = generation.prompt.text  # what the model was given (a rendered chat, a laid-out infill)
+        self.params = generation.params  # the sampling it gets (logit_bias in token ids)
         self.dropped_messages = generation.prompt.dropped_messages  # left out so that the prompt fits
 
     def __iter__(self) -> Iterator[ChatDelta]:
@@ -73,6 +74,8 @@ class ChatStream:
         self._generation.cancel()
 
     def _delta(self, event: TokenEvent) -> ChatDelta:
+        if event.progress is not None:  # no text for the parser
+            return ChatDelta(progress=event.progress)
         parser = self._parser
         delta = parser.feed(event.text) if parser else ChatDelta(content=event.text)
         last = {"finish_reason": event.finish_reason, "usage": event.usage, "stop_sequence": event.stop_sequence}

@@ -87,6 +87,7 @@ def _checked_params(p: SamplingParams) -> SamplingParams:
         f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
     )
     _check(isinstance(p.ignore_eos, bool), "ignore_eos must be true or false")
+    _check(isinstance(p.post_sampling_probs, bool), "post_sampling_probs must be true or false")
     _check(isinstance(p.infill, bool), "infill must be true or false")
     _check_logit_bias(p.logit_bias)
     stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
@@ -110,7 +111,8 @@ def _check_logit_bias(logit_bias: Any) -> None:
 
 def _checked_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text of each message, plus what tool calling adds: an assistant's `tool_calls`
-    (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`."""
+    (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`; and an
+    answer's `reasoning_content`."""
     _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
     return [_checked_message(i, message) for i, message in enumerate(messages)]
 
@@ -152,6 +154,10 @@ def _check_continuation(messages: list[dict[str, Any]], options: ChatOptions) ->
         raise InvalidParameterError(
             "give either add_generation_prompt or continue_final_message, not both", "continue_final_message"
         )
+    if options.continue_final_message is None and options.continues(messages):
+        # llama-server's rule: the automatic prefill continues one message, not a run of them
+        two = len(messages) >= 2 and messages[-2].get("role") == "assistant"
+        _check(not two, "cannot have 2 or more assistant messages at the end of the list")
     if not options.continue_final_message:
         return  # the automatic prefill only continues a message it can
     last = messages[-1] if messages else {}
@@ -173,7 +179,7 @@ def _checked_message(i: int, message: Any) -> dict[str, Any]:
             _check(isinstance(function, dict) and isinstance(function.get("name"), str),
                    f"messages[{i}].tool_calls: each call needs function.name")  # fmt: skip
         checked["tool_calls"] = calls
-    for key in ("tool_call_id", "name"):
+    for key in ("tool_call_id", "name", "reasoning_content"):  # reasoning: an earlier answer's, for the template
         if message.get(key) is not None:
             _check(isinstance(message[key], str), f"messages[{i}].{key} must be a string")
             checked[key] = message[key]

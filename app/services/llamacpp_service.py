@@ -63,6 +63,10 @@ class _Loaded:
     n_gpu_layers: int
     bos_text: str
     n_ctx: int = 0  # per slot: what one request may use
+    n_batch: int = 0  # tokens decoded in one step of the engine
+    n_ctx_total: int = 0  # the engine context's cells, all slots together
+    kv_unified: bool = False  # the slots share their cells (each request may use them all)
+    eog: tuple[int, ...] | None = None  # the end-of-generation tokens, once asked for
     weight_buffers: dict[str, float] = field(default_factory=dict)  # MiB per buffer type (CPU_REPACK...)
     engine: Any = None  # BatchEngine
     chat_format: Any = None  # ChatFormat from the GGUF's template
@@ -93,9 +97,14 @@ class LlamaCppBackend(Backend):
     supports_infill_sampler = True
     _model: _Loaded | None
 
-    def __init__(self, on_state: Callable[[int, int, int], None] = lambda queued, busy, slots: None) -> None:
+    def __init__(
+        self,
+        on_state: Callable[[int, int, int], None] = lambda queued, busy, slots: None,
+        on_decode: Callable[[int], None] = lambda n_sequences: None,
+    ) -> None:
         super().__init__()
         self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
+        self._on_decode = on_decode  # the sequences of each llama_decode, for metrics
         self._embedder_made = threading.Lock()
 
     # -- loading -------------------------------------------------------------------------------
@@ -109,6 +118,8 @@ class LlamaCppBackend(Backend):
         *,
         parallel: int = 1,
         max_waiting: int = 64,
+        n_batch: int = N_BATCH,
+        kv_unified: bool = False,
         allow_amx: bool = False,
         chat_template: str | None = None,
         jinja: bool = True,
@@ -118,6 +129,11 @@ class LlamaCppBackend(Backend):
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
         generations first). `n_ctx` tokens for each of `parallel` requests decoded together (0: the
         model's training context); up to `max_waiting` more wait for a slot, beyond that 429.
+        `n_batch`: tokens decoded in one step (llama-server's --batch-size), at least one per slot: a
+        longer prompt is read over several steps.
+        `kv_unified`: the `n_ctx` × `parallel` cells are one pool that any request may fill (up to the
+        model's training context), llama-server's --kv-unified; when the requests running together
+        fill it, they all fail.
         `allow_amx`: let weights use llama.cpp's AMX kernels, which crash on multi-token batches in
         the releases so far (app.llama_build); off, they go to the other kernels.
         `chat_template`: a Jinja template or the name of a llama.cpp built-in one (chatml, llama3...)
@@ -126,6 +142,8 @@ class LlamaCppBackend(Backend):
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
+        if not is_int_at_least(n_batch, 1):
+            raise InvalidParameterError(f"n_batch must be an integer >= 1, got {n_batch!r}")
         chat_templates.check_served_as(chat_template, alias)
         header = read_gguf(model_path)
         if kwargs.get("lora_path"):
@@ -144,6 +162,7 @@ class LlamaCppBackend(Backend):
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()), alias=alias)
         loaded.weight_buffers = buffers
+        loaded.n_batch = max(n_batch, parallel)  # every generating slot puts its next token in each step
         try:  # before the engine: a template that does not render frees only the weights
             loaded.chat_format = _chat_format(loaded, chat_template, jinja)
         except ChatTemplateError:
@@ -154,9 +173,9 @@ class LlamaCppBackend(Backend):
         # A file that names its pooling is an embedding model (BERT-type): it gets no chat engine, and
         # inputs no longer than it was trained on (its positions end there).
         if header.arch_value("pooling_type") is None:
-            loaded.engine = self._engine(loaded, parallel, max_waiting)
+            loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified)
         else:
-            loaded.n_ctx = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
+            loaded.n_ctx = loaded.n_ctx_total = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
         old, self._model = self._model, loaded
         if old is not None:
             old.close()
@@ -166,13 +185,14 @@ class LlamaCppBackend(Backend):
             ", ".join(f"{name} {mib:.0f} MiB" for name, mib in buffers.items()),
         )  # fmt: skip
 
-    def _engine(self, m: _Loaded, parallel: int, max_waiting: int) -> BatchEngine:
+    def _engine(self, m: _Loaded, parallel: int, max_waiting: int, kv_unified: bool) -> BatchEngine:
         llm = m.llm
         params = llm.context_params  # the load options (flash attention, KV types...) carry over
         params.n_ctx = m.n_ctx * parallel
         params.n_seq_max = parallel
-        params.kv_unified = False  # a slot's cells are its own: outputs equal those of a solo run
-        params.n_batch = params.n_ubatch = N_BATCH
+        # Off: a slot's cells are its own, and outputs equal those of a solo run.
+        params.kv_unified = m.kv_unified = kv_unified
+        params.n_batch = params.n_ubatch = m.n_batch
         params.n_threads = params.n_threads_batch = m.n_threads  # prompt chunks use n_threads_batch
         ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not ctx:
@@ -180,13 +200,19 @@ class LlamaCppBackend(Backend):
         if llm._lora_adapter:
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
             llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale))
-        m.n_ctx = min(m.n_ctx, llama_cpp.llama_n_ctx_seq(ctx))
+        # Unified, a request may use every cell (llama_n_ctx_seq is all of them), up to what the model
+        # was trained on, as llama-server's n_ctx_slot.
+        n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
+        m.n_ctx = min(n_ctx_seq, llama_cpp.llama_model_n_ctx_train(llm.model) if kv_unified else m.n_ctx)
+        m.n_ctx_total = params.n_ctx if kv_unified else m.n_ctx * parallel
         vocab = Vocabulary(
             n_vocab=llm.n_vocab(),
             piece=lambda token: _piece(m, token),
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
         )
-        return BatchEngine(ctx, vocab, parallel, m.n_ctx, N_BATCH, max_waiting, self._on_state)
+        return BatchEngine(
+            ctx, vocab, parallel, m.n_ctx, m.n_batch, max_waiting, self._on_state, kv_unified, self._on_decode
+        )
 
     def unload(self) -> None:
         m, self._model = self._model, None
@@ -208,10 +234,11 @@ class LlamaCppBackend(Backend):
             "quantization": file_type_name(h.metadata.get("general.file_type")),
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
-            "n_ctx": m.n_ctx,  # per request: each slot has its own
+            "n_ctx": m.n_ctx,  # per request: each slot has its own, or with kv_unified all of them
             "embeddings_only": m.engine is None,
             "parallel": m.engine.n_slots if m.engine else 0,
-            "n_ctx_total": m.n_ctx * (m.engine.n_slots if m.engine else 1),
+            "n_ctx_total": m.n_ctx_total,
+            "kv_unified": m.kv_unified,
             "n_ctx_train": h.arch_value("context_length"),
             "n_threads": m.n_threads,
             "n_gpu_layers": m.n_gpu_layers,
@@ -308,8 +335,18 @@ class LlamaCppBackend(Backend):
             logprobs=params.logprobs,
             clock=clock,
             ignore_eos=params.ignore_eos,
+            progress=params.return_progress,
+            post_sampling_probs=params.post_sampling_probs,
+            cache_prompt=params.cache_prompt,
         )
         return m.engine, m.engine.submit(ticket)
+
+    def _eog_tokens(self) -> tuple[int, ...]:
+        m = self._require()
+        if m.eog is None:  # one pass over the vocabulary, as llama-server's logit_bias_eog
+            vocab = m.llm._model.vocab
+            m.eog = tuple(t for t in range(m.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        return m.eog
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:
@@ -377,4 +414,6 @@ def _check_load_args(
         raise InvalidParameterError(f"unknown llama.cpp load option(s): {', '.join(unknown)}")
 
 
-llamacpp_service = LlamaCppBackend(on_state=partial(metrics.set_scheduler_state, LlamaCppBackend.name))
+llamacpp_service = LlamaCppBackend(
+    on_state=partial(metrics.set_scheduler_state, LlamaCppBackend.name), on_decode=metrics.record_decode
+)

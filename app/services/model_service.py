@@ -133,6 +133,9 @@ class TorchBackend(Backend):
     def vocabulary_size(self) -> int:
         return len(self._require().tokenizer)
 
+    def _eog_tokens(self) -> tuple[int, ...]:
+        return tuple(sorted(self._require().eog_ids))
+
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
         tokenizer = self._require().tokenizer

@@ -77,10 +77,13 @@ class Registry:
     def _names(self, backend: Backend) -> set[str | None]:
         """The names a backend's model answers to: its own, and every alias when it is served by the
         first one (the configured model: `--alias a,b` serves it as a and accepts b)."""
-        aliases = self.settings.alias
-        if aliases and backend.model_name == aliases[0]:
-            return {*aliases}
-        return {backend.model_name}
+        return {backend.model_name, *self.aliases(backend)[0]}
+
+    def aliases(self, backend: Backend) -> tuple[list[str], list[str]]:
+        """The configured model's aliases and tags (--alias, --tags), for the backend that serves it."""
+        settings = self.settings
+        configured = backend.model_name == settings.alias[0] if settings.alias else backend.name == self.default_name()
+        return (list(settings.alias), list(settings.model_tags)) if configured else ([], [])
 
     def served(self) -> list[Backend]:
         """The backends with a model loaded, the default one first."""
@@ -116,8 +119,10 @@ class Registry:
                 n_threads=config["n_threads"],
                 n_gpu_layers=config["n_gpu_layers"],
                 parallel=config["parallel"],
+                kv_unified=config["kv_unified"],
                 max_waiting=config["queue_size"],
                 allow_amx=config["allow_amx"],
+                n_batch=config["n_batch"],
                 **served_as,
                 **(lora if with_lora and config["lora_path"] else {}),
             )

@@ -56,14 +56,15 @@ def test_help_shows_llama_servers_names_beside_hychats():
     shown = ("-np, --parallel", "-a, --alias", "--chat-template TEXT", "--chat-template-file", "--jinja / --no-jinja",
              "--reasoning-format", "-n, --n-predict", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
              "-s, --seed", "-m, --model", "--n-ctx", "-c, --ctx-size", "-t, --threads",
-             "-ngl, --n-gpu-layers, --gpu-layers", "--host", "--port", "--api-key")  # fmt: skip
+             "-ngl, --n-gpu-layers, --gpu-layers", "--host", "--port", "--api-key", "-rea, --reasoning", "--tags",
+             "-v, --verbose", "--slots / --no-slots")  # fmt: skip
     assert [names for names in shown if names not in result.stdout] == []
 
 
 def test_alias_names_the_model_everywhere_and_requests_may_use_any(start_server, model_path):
     server = start_server({}, "-m", model_path, "--alias", "小助手, gpt-4o")
     models = httpx.get(f"{server.url}/v1/models").json()["data"]
-    assert [m["id"] for m in models] == ["小助手"]
+    assert [(m["id"], m["aliases"]) for m in models] == [("小助手", ["小助手", "gpt-4o"])]
     tags = httpx.get(f"{server.url}/api/tags").json()["models"]
     assert [t["name"] for t in tags] == ["小助手"]
     for name in ("小助手", "gpt-4o"):
@@ -158,6 +159,9 @@ def test_server_flags_become_settings():
     assert (settings.port, settings.api_key, settings.llamacpp_model_path) == (9001, "秘密", "模型.gguf")
     assert (settings.llamacpp_n_gpu_layers, settings.alias, settings.reasoning_format) == (-1, ["a", "b"], "auto")
     assert (settings.jinja, settings.chat_template) == (False, "llama3")
+    assert [parsed("--reasoning", v).think for v in ("on", "off", "auto")] == [True, False, None]
+    assert (parsed("--tags", "chat,小").model_tags, parsed("--no-slots").endpoint_slots) == (["chat", "小"], False)
+    assert (parsed("-v").log_level, parsed().log_level) == ("debug", "info")
     assert parsed("--gpu-layers", "3").llamacpp_n_gpu_layers == 3
     assert parsed("--jinja").jinja is True and parsed().jinja is True
 

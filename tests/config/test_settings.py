@@ -22,7 +22,9 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "lora_path": None,
         "lora_scale": 1.0,
         "allow_amx": False,
+        "n_batch": 512,
         "parallel": 4,
+        "kv_unified": False,
         "queue_size": 32,
     }
     assert config["model_path"].endswith(EMBEDDED_MODEL_FILE)
@@ -45,7 +47,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_LLAMACPP_LORA_PATH": str(tmp_path / "lora.gguf"),
         "HYCHAT_LLAMACPP_LORA_SCALE": "0.5",
         "HYCHAT_LLAMACPP_ALLOW_AMX": "true",
+        "HYCHAT_LLAMACPP_N_BATCH": "64",
         "HYCHAT_PARALLEL": "8",
+        "HYCHAT_KV_UNIFIED": "true",
         "HYCHAT_QUEUE_SIZE": "0",
         "HYCHAT_BACKEND": "pytorch",
         "HYCHAT_TORCH_ENABLED": "true",
@@ -63,6 +67,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_RESPONSES_STORE_SIZE": "7",
         "HYCHAT_RESPONSES_STORE_TTL_S": "90",
         "HYCHAT_ALIAS": "小助手, gpt-4o",
+        "HYCHAT_MODEL_TAGS": "chat,中文",
         "HYCHAT_CHAT_TEMPLATE": "llama3",
         "HYCHAT_JINJA": "false",
         "HYCHAT_DEFAULT_MAX_TOKENS": "64",
@@ -75,6 +80,10 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_UNKNOWN_MODEL": "default",
         "HYCHAT_UNKNOWN_FIELDS": "ignore",
         "HYCHAT_ENDPOINT_SLOTS": "false",
+        "HYCHAT_ENDPOINT_METRICS": "false",
+        "HYCHAT_GCP_COMPAT": "true",
+        "HYCHAT_GCP_PREDICT_ROUTE": "v1/predict",
+        "HYCHAT_GCP_HEALTH_ROUTE": "/alive",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -92,7 +101,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "lora_path": str(tmp_path / "lora.gguf"),
         "lora_scale": 0.5,
         "allow_amx": True,
+        "n_batch": 64,
         "parallel": 8,
+        "kv_unified": True,
         "queue_size": 0,
     }
     assert s.backend == "pytorch"
@@ -109,8 +120,11 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_ctx": 1024,
         "n_threads": 2,
     }
-    assert (s.alias, s.chat_template, s.jinja) == (["小助手", "gpt-4o"], "llama3", False)
+    assert (s.alias, s.model_tags) == (["小助手", "gpt-4o"], ["chat", "中文"])
+    assert (s.chat_template, s.jinja) == ("llama3", False)
     assert (s.unknown_model, s.unknown_fields, s.endpoint_slots) == ("default", "ignore", False)
+    assert s.endpoint_metrics is False
+    assert (s.gcp_compat, s.gcp_predict_route, s.gcp_health_route) == (True, "/v1/predict", "/alive")
     assert s.sampling_defaults() == {
         "max_new_tokens": 64, "temperature": 0.2, "top_k": 20, "top_p": 0.9, "min_p": 0.1,
         "repetition_penalty": 1.1, "seed": 7,
@@ -140,6 +154,17 @@ def test_llama_server_settings(monkeypatch, tmp_path):
         with pytest.raises(ValueError) as caught:
             Settings(_env_file=None, **bad)
         assert problem in str(caught.value)
+
+
+def test_vertex_ai_variables_turn_gcp_compat_on_over_flags_as_in_llama_server(monkeypatch):
+    monkeypatch.setenv("AIP_HTTP_PORT", "8089")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "v1/models/m:predict")
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "")
+    s = Settings(_env_file=None, port=9000)
+    assert (s.gcp_compat, s.port, s.gcp_predict_route) == (False, 9000, "/predict")  # not on Vertex AI: ignored
+    monkeypatch.setenv("AIP_MODE", "PREDICTION")
+    s = Settings(_env_file=None, port=9000)  # the platform's port wins over --port, as llama-server's does
+    assert (s.gcp_compat, s.port, s.gcp_predict_route, s.gcp_health_route) == (True, 8089, "/v1/models/m:predict", None)
 
 
 def test_a_bad_environment_value_is_a_clear_error(monkeypatch):

@@ -51,7 +51,7 @@ def test_tool_blocks_become_the_chat_paths_messages():
     assert request.messages == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [call]},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "call it", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "晴", "name": "get_weather"},
         {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: down"},
         {"role": "user", "content": "And tomorrow?"},

@@ -33,7 +33,14 @@ from app.protocol.llama_server import (
     to_infill,
     to_sampling_params,
 )
-from app.protocol.llama_server_answers import AnswerMeta, CompletionReader, selected, short_line, timings
+from app.protocol.llama_server_answers import (
+    AnswerMeta,
+    CompletionReader,
+    generation_settings,
+    selected,
+    short_line,
+    timings,
+)
 from app.services.backend import Backend
 from app.services.checks import checked
 from app.types import GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -182,7 +189,6 @@ def test_hychat_applies_its_samplers_in_its_own_order_only():
         ({"top_n_sigma": 1.0}, "top_n_sigma"),
         ({"dynatemp_range": 0.5}, "dynatemp_range"),
         ({"samplers": ["top_k", "adaptive_p"], "adaptive_target": 0.3}, "adaptive_target"),
-        ({"post_sampling_probs": True, "n_probs": 3}, "post_sampling_probs"),
         ({"lora": [{"id": 0, "scale": 0.5}]}, "lora"),
         ({"grammar_lazy": True}, "grammar_lazy"),
         ({"min_keep": 5}, "min_keep"),
@@ -216,7 +222,9 @@ def test_the_off_values_of_samplers_hychat_lacks_are_accepted():
 
 def test_stop_grammar_probabilities_and_bias():
     p = params(stop=["。", ""], n_probs=3, logit_bias=[["长城", False], [5, 2.0]], ignore_eos=True)
-    assert p.stop == ("。",) and p.logprobs == 3 and p.ignore_eos
+    assert p.stop == ("。",) and p.logprobs == 3 and p.ignore_eos and not p.post_sampling_probs
+    assert params(n_probs=3, post_sampling_probs=True).post_sampling_probs
+    assert not params(post_sampling_probs=True).post_sampling_probs  # no n_probs: no probabilities at all
     assert p.logit_bias == (("长城", -math.inf), (5, 2.0))
     assert params(stop="\n").stop == ("\n",) and params(logprobs=2).logprobs == 2 and params(n_probs=0).logprobs is None
     assert params(grammar='root ::= "长城"').grammar == 'root ::= "长城"'
@@ -226,10 +234,20 @@ def test_stop_grammar_probabilities_and_bias():
 
 
 def test_ignored_fields_are_dropped_and_unknown_ones_refused():
-    vim = request(cache_prompt=True, id_slot=0, t_max_prompt_ms=500, return_progress=True, samplers=["top_k", "top_p"])
-    assert vim.model_dump(exclude_none=True) == {"prompt": "长城是", "samplers": ["top_k", "top_p"]}
+    vim = request(id_slot=0, t_max_prompt_ms=500, verbose=True, samplers=["top_k", "top_p"])
+    kept = vim.model_dump(exclude_none=True, exclude_defaults=True)
+    assert kept == {"prompt": "长城是", "samplers": ["top_k", "top_p"]}
     with pytest.raises(ValidationError, match="Extra inputs"):
         request(no_such_field=1)
+
+
+def test_progress_and_timings_per_token_are_asked_of_streams_only():
+    asked = to_completion(
+        request(prompt=["长城", "故宫"], stream=True, return_progress=True, timings_per_token=True), LIMIT, {}
+    )
+    assert all(r.params.return_progress for r in asked.requests) and asked.timings_per_token
+    whole = to_completion(request(return_progress=True), LIMIT, {})
+    assert not whole.requests[0].params.return_progress and not whole.timings_per_token
 
 
 def test_a_completion_asks_for_n_answers_of_each_prompt_and_its_cutoffs():
@@ -237,6 +255,7 @@ def test_a_completion_asks_for_n_answers_of_each_prompt_and_its_cutoffs():
     assert [r.prompt for r in asked.requests] == ["长城", (1, 2)] and asked.n == 2
     assert asked.cutoff == Cutoff(n_indent=4, t_max_predict_ms=0) and asked.response_fields is None
     assert to_completion(request(n=3, response_fields=["content"]), LIMIT, {}).n == 3
+    assert to_completion(request(response_fields=[]), LIMIT, {}).response_fields is None  # [] filters nothing
 
 
 # -- /infill ------------------------------------------------------------------------------------
@@ -331,20 +350,43 @@ def test_timings_as_llama_server_counts_them():
     assert t.prompt_per_second == 125.0
 
 
+TOP = (TopLogprob("长", "长".encode(), -0.1, 7), TopLogprob("短", "短".encode(), -2.5, 9))
+PROBABLE = ChatDelta(content="长", logprob=TokenLogprob("长", "长".encode(), -0.1, 7, top=TOP))
+
+
 def test_probabilities_with_n_probs():
-    top = (TopLogprob("长", "长".encode(), -0.1), TopLogprob("短", "短".encode(), -2.5))
-    delta = ChatDelta(content="长", logprob=TokenLogprob("长", "长".encode(), -0.1, top=top))
     reader = CompletionReader(0, meta(stream=True, logprobs=2), Cutoff())
-    chunk = read(reader, [delta, ChatDelta(finish_reason="stop", usage=USAGE)])[0]
+    chunk = read(reader, [PROBABLE, ChatDelta(finish_reason="stop", usage=USAGE)])[0]
     entry = chunk.completion_probabilities[0]
     assert (
-        entry.token == "长"
+        (entry.id, entry.token) == (7, "长")
         and entry.bytes == list("长".encode())
-        and [t.token for t in entry.top_logprobs] == ["长", "短"]
+        and [(t.id, t.token) for t in entry.top_logprobs] == [(7, "长"), (9, "短")]
     )
     whole = CompletionReader(0, meta(logprobs=2), Cutoff())
-    read(whole, [delta, ChatDelta(finish_reason="stop", usage=USAGE)])
+    read(whole, [PROBABLE, ChatDelta(finish_reason="stop", usage=USAGE)])
     assert whole.final()["completion_probabilities"][0]["logprob"] == -0.1
+
+
+def test_post_sampling_probabilities_are_probabilities_in_llama_servers_names():
+    whole = CompletionReader(0, meta(logprobs=2, post_sampling_probs=True), Cutoff())
+    read(whole, [PROBABLE, ChatDelta(finish_reason="stop", usage=USAGE)])
+    entry = whole.final()["completion_probabilities"][0]
+    assert set(entry) == {"id", "token", "bytes", "prob", "top_probs"} and entry["prob"] == pytest.approx(0.9048, 1e-3)
+    assert [(t["id"], round(t["prob"], 4)) for t in entry["top_probs"]] == [(7, 0.9048), (9, 0.0821)]
+    assert set(entry["top_probs"][0]) == {"id", "token", "bytes", "prob"}
+    streamed = CompletionReader(0, meta(stream=True, logprobs=2, post_sampling_probs=True), Cutoff())
+    chunk = read(streamed, [PROBABLE])[0].model_dump(exclude_none=True)
+    assert chunk["completion_probabilities"][0] == entry
+
+
+def test_generation_settings_show_the_biases_as_sampled_a_ban_as_null():
+    settings = generation_settings(SamplingParams(logit_bias=((5, 2.0), (0, -math.inf)), ignore_eos=True), False)
+    assert settings.model_dump()["logit_bias"] == [{"bias": 2.0, "token": 5}, {"bias": None, "token": 0}]
+    reader = CompletionReader(0, meta(logit_bias=((2, -math.inf),), ignore_eos=True), Cutoff())
+    read(reader, [*tokens("长"), ChatDelta(finish_reason="length", usage=USAGE)])
+    assert reader.final()["generation_settings"]["logit_bias"] == [{"bias": None, "token": 2}]  # null kept
+    assert generation_settings(SamplingParams(), True).logit_bias == []
 
 
 def test_n_indent_ends_the_answer_at_a_line_indented_less():

@@ -30,6 +30,7 @@ from app.protocol.openai_answers import (
     chat_completion_response,
     completion_response,
     response_meta,
+    timings,
     total_usage,
 )
 from app.protocol.strict import UNKNOWN_FIELDS_IGNORED
@@ -117,7 +118,7 @@ def test_tool_messages_keep_their_call_fields():
         tools=[WEATHER],
     )
     messages = to_chat_generation_request(body, 4096).messages
-    assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [call]}  # reasoning not shown back
+    assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "想一想"}
     assert messages[2] == {"role": "tool", "content": "晴", "tool_call_id": "call_1"}
 
 
@@ -192,12 +193,14 @@ def test_a_chat_completion_with_logprobs_and_usage():
 
 def test_chat_chunks_role_first_then_text_finish_and_usage():
     stream = ChatChunks(response_meta("chatcmpl", "m"))
-    sent = stream.first() + [c for d in DELTAS for c in stream.chunks(d)] + [stream.usage(total_usage([USAGE], 0))]
+    last = stream.usage(total_usage([USAGE], 0), timings(USAGE))
+    sent = stream.first() + [c for d in DELTAS for c in stream.chunks(d)] + [last]
     chunks = [json.loads(c.model_dump_json()) for c in sent]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}  # as llama-server: not ""
     assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [{"content": "你"}, {"content": "好"}]
     assert chunks[3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
     assert chunks[4]["choices"] == [] and chunks[4]["usage"]["total_tokens"] == 9
+    assert chunks[4]["timings"]["predicted_n"] == USAGE.completion_tokens  # llama-server's, with the usage
     assert all(c["object"] == "chat.completion.chunk" and c["usage"] is None for c in chunks[:4])
 
 
@@ -271,7 +274,7 @@ def test_logit_bias_in_openais_and_llama_servers_shapes():
 
 
 def test_known_extensions_are_dropped_and_unknown_fields_refused_unless_ignored():
-    body = {"messages": USER, "cache_prompt": False, "id_slot": 1, "samplers": ["top_k"], "mirostat": 2}
+    body = {"messages": USER, "id_slot": 1, "samplers": ["top_k"], "mirostat": 2}
     assert ChatCompletionRequest.model_validate(body).model_dump(exclude_unset=True) == {"messages": USER}
     with pytest.raises(ValidationError, match="nonsense"):
         ChatCompletionRequest.model_validate({"messages": USER, "nonsense": 1})

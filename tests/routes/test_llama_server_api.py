@@ -8,6 +8,7 @@ tests/protocol/test_llama_server_conversions.py."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -153,12 +154,67 @@ def test_n_probs_gives_each_tokens_log_probability(client):
     assert "completion_probabilities" not in streamed[-1]
 
 
+def test_n_probs_entries_name_their_token_ids(client):
+    whole = complete(client, prompt=COUNT, n_predict=6, n_probs=3, return_tokens=True, **GREEDY)
+    probs = whole["completion_probabilities"]
+    assert [p["id"] for p in probs] == whole["tokens"]
+    assert all(p["top_logprobs"][0]["id"] == p["id"] for p in probs)  # greedy: the best one is taken
+    ids = [t["id"] for t in probs[0]["top_logprobs"]]
+    pieces = client.post("/detokenize", json={"tokens": ids[1:2]}).json()["content"]
+    assert pieces == probs[0]["top_logprobs"][1]["token"]
+
+
+TODAY = "Today was the day. Today I would finally become a"
+
+
+def test_post_sampling_probs_are_those_the_sampler_chain_drew_from(client):
+    greedy = complete(client, prompt=COUNT, n_predict=4, n_probs=5, post_sampling_probs=True, return_tokens=True,
+                      **GREEDY)  # fmt: skip
+    for p, token in zip(greedy["completion_probabilities"], greedy["tokens"], strict=True):
+        assert (p["id"], p["prob"], "logprob" in p) == (token, 1.0, False)  # temperature 0 leaves one token
+        assert p["top_probs"] == [{"id": token, "token": p["token"], "bytes": p["bytes"], "prob": 1.0}]
+    # top_k 3 at temperature 1: what is left is the model's three best, their probabilities scaled to sum 1.
+    body = {"prompt": TODAY, "n_predict": 8, "n_probs": 10, "temperature": 1.0, "top_k": 3, "top_p": 1.0,
+            "min_p": 0.0, "seed": 7, "return_tokens": True}  # fmt: skip
+    drawn = complete(client, **body, post_sampling_probs=True)
+    model = complete(client, **body)
+    assert drawn["content"] == model["content"]  # how the probabilities are reported changes no draw
+    assert [p["id"] for p in drawn["completion_probabilities"]] == drawn["tokens"]
+    for post, pre in zip(drawn["completion_probabilities"], model["completion_probabilities"], strict=True):
+        best = pre["top_logprobs"][:3]
+        total = sum(math.exp(t["logprob"]) for t in best)
+        assert [t["id"] for t in post["top_probs"]] == [t["id"] for t in best]
+        assert [t["prob"] for t in post["top_probs"]] == pytest.approx([math.exp(t["logprob"]) / total for t in best])
+        assert post["prob"] == next(t["prob"] for t in post["top_probs"] if t["id"] == post["id"])
+    chunks = events(client, **body, post_sampling_probs=True)[:-1]
+    assert [c["completion_probabilities"][0] for c in chunks] == drawn["completion_probabilities"]
+
+
+SAY_HI = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_ignore_eos_bans_every_end_of_generation_token_as_llama_server_reports(client):
+    ended = complete(client, prompt=SAY_HI, n_predict=64, **GREEDY)
+    assert ended["stop_type"] == "eos" and ended["tokens_predicted"] < 64
+    assert ended["generation_settings"]["logit_bias"] == []
+    on = complete(client, prompt=SAY_HI, n_predict=64, ignore_eos=True, return_tokens=True, **GREEDY)
+    banned = on["generation_settings"]["logit_bias"]
+    assert banned and all(entry["bias"] is None for entry in banned)  # null: -inf
+    assert tokenize(client, "<|im_end|>", False)[0] in {entry["token"] for entry in banned}
+    assert on["stop_type"] == "limit" and len(on["tokens"]) == 64
+    assert not {entry["token"] for entry in banned} & set(on["tokens"])
+    assert on["content"].startswith(ended["content"])
+    biased = complete(client, prompt=SAY_HI, n_predict=2, logit_bias=[["Hello", -2.0]], **GREEDY)
+    assert biased["generation_settings"]["logit_bias"] == [{"bias": -2.0, "token": tokenize(client, "Hello", False)[0]}]
+
+
 def test_what_llama_vim_sends_is_taken_and_response_fields_pick_the_answer(client):
     body = {"prompt": COPY, "n_predict": 4, "cache_prompt": True, "id_slot": 0, "t_max_prompt_ms": 500,
             "return_tokens": True, "samplers": ["top_k", "top_p"], "top_k": 40, "top_p": 0.9}  # fmt: skip
     fields = ["content", "timings/predicted_n", "truncated", "no/such"]
     answer = complete(client, **body, response_fields=fields)
     assert set(answer) == {"content", "timings/predicted_n", "truncated"} and answer["timings/predicted_n"] == 4
+    assert complete(client, **body, response_fields=[]).keys() == complete(client, **body).keys()  # []: all of them
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -230,10 +286,81 @@ def test_slots_show_the_requests_they_run_and_fail_on_no_slot(client):
     assert any(s["n_cached"] >= len(tokenize(client, COPY, True)) for s in slots)  # kept for the next request
 
 
+def wait_until_idle(client: httpx.Client) -> list[dict]:
+    deadline = time.monotonic() + 300  # bounds a hang only
+    while any(s["is_processing"] for s in client.get("/slots").json()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client.get("/slots", params={"fail_on_no_slot": "1"}).json()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/completion", {"prompt": COUNT, "n_predict": 2000}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": COUNT}], "max_tokens": 2000}),
+    ],
+)
+def test_a_client_that_leaves_before_a_whole_answer_stops_its_generation(server, client, path, body):
+    """As llama-server's test_cancel_request: a non-streamed answer's client times out; its slot is
+    free long before 2000 tokens, which it holds the cells of when run to the end."""
+    wait_until_idle(client)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}{path}", json={**body, "ignore_eos": True, **GREEDY}, headers=AUTH, timeout=1)
+    slots = wait_until_idle(client)
+    assert not any(s["is_processing"] for s in slots)
+    assert max(s["n_cached"] for s in slots) < 1900  # stopped early: the prompt and the tokens made before
+
+
 def test_slots_can_be_switched_off(start_server):
     server = start_server({"HYCHAT_ENDPOINT_SLOTS": "false"})
     error_of(httpx.get(f"{server.url}/slots"), 501, "not_supported_error")
     assert httpx.get(f"{server.url}/props").json()["endpoint_slots"] is False
+
+
+# -- a KV cache the slots share (--kv-unified) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unified(start_server):
+    """llama-server's -c 256 -np 2 --kv-unified: 256 cells for both slots, any request may fill them."""
+    with httpx.Client(base_url=start_server({}, "--kv-unified", "-c", "256", "-np", "2").url, timeout=300) as c:
+        yield c
+
+
+def long_answer(n_predict: int, prompt: str = "A") -> dict:
+    return {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, **GREEDY}
+
+
+def test_with_kv_unified_a_request_may_use_every_cell(unified):
+    props = unified.get("/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == 256 and props["total_slots"] == 2
+    assert complete(unified, **long_answer(200))["timings"]["predicted_n"] == 200  # past its share, 128
+
+
+def test_with_kv_unified_idle_slots_give_up_their_cells_when_room_is_needed(unified):
+    with unified.stream("POST", "/completion", json={**long_answer(200, "B"), "stream": True}) as busy:
+        lines = busy.iter_lines()
+        first_event(lines)  # slot 0 runs it: a short answer goes to slot 1, its cells kept
+        short = complete(unified, **long_answer(2, "Once upon a time"))
+        assert json.loads([line for line in lines if line.startswith("data:")][-1][5:])["stop"] is True
+    cached = sorted(s["n_cached"] for s in unified.get("/slots").json())
+    assert cached[0] < 10 and cached[1] >= 199
+    # Slot 1 (its prefix) takes it: 200 cells beside slot 0's 200 fit once slot 0's are dropped.
+    answer = complete(unified, **long_answer(200, "Once upon a time"))
+    assert answer["timings"]["predicted_n"] == 200 and answer["content"].startswith(short["content"])
+
+
+def test_with_kv_unified_a_full_cache_fails_every_running_request_as_llama_server(unified):
+    body = {**long_answer(250, "C"), "stream": True}
+    with unified.stream("POST", "/completion", json=body) as one:
+        lines = one.iter_lines()
+        first_event(lines)
+        with unified.stream("POST", "/completion", json={**body, "prompt": "D"}) as two:
+            ends = [json.loads(line[5:]) for line in [*lines, *two.iter_lines()] if line.startswith("data:")]
+    errors = [e["error"] for e in ends if "error" in e]
+    assert len(errors) == 2 and not any(e.get("stop") for e in ends)
+    assert all(e["code"] == 500 and "context size has been exceeded" in e["message"].lower() for e in errors)
+    assert complete(unified, **long_answer(250, "C"))["timings"]["predicted_n"] == 250  # the cells were freed
 
 
 # -- /infill ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from unittest.mock import ANY
 
 import httpx
 import jsonschema
@@ -67,6 +68,22 @@ def test_a_request_without_model_is_answered_by_the_default_model(v1):
     assert v1.post("/v1/chat/completions", json={"model": "gpt-3.5-turbo", "messages": CHINESE}).status_code == 404
 
 
+def test_llama_servers_paths_without_v1_are_the_same_routes(v1):
+    assert v1.get("/models").json()["data"] == [{**m, "created": ANY} for m in v1.get("/v1/models").json()["data"]]
+    assert chat(v1)["choices"] == v1.post("/chat/completions", json={"messages": CHINESE, **GREEDY}).json()["choices"]
+    answer = v1.post("/responses", json={"input": "长城", "max_output_tokens": 4}).json()
+    assert answer["object"] == "response" and answer["usage"]["output_tokens"] == 4
+    assert v1.get("/v1/health").json() == v1.get("/health").json()
+    prompt_tokens = chat(v1)["usage"]["prompt_tokens"]
+    for path in ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"):
+        counted = v1.post(path, json={"messages": CHINESE}).json()
+        assert counted == {"object": "response.input_tokens", "input_tokens": prompt_tokens}
+    responses = v1.post("/v1/responses", json={"input": CHINESE, "max_output_tokens": 2}).json()["usage"]
+    counted = v1.post("/v1/responses/input_tokens", json={"input": CHINESE}).json()  # OpenAI's own route
+    assert counted["input_tokens"] == responses["input_tokens"]
+    assert v1.post("/embeddings", json={"input": "长城"}).status_code == 404  # llama-server's is another format
+
+
 def test_n_choices_are_sampled_independently_and_streamed_by_index(v1):
     sampled = {"temperature": 1.0, "seed": 42, "max_tokens": 10}
     answer = chat(v1, n=3, **sampled)
@@ -90,7 +107,8 @@ def test_n_choices_are_sampled_independently_and_streamed_by_index(v1):
                     finished.add(choice["index"])
             usage = chunk.get("usage") or usage
     assert [streamed[i] for i in range(3)] == [text(answer, i) for i in range(3)] and finished == {0, 1, 2}
-    assert usage == answer["usage"]
+    cached = "prompt_tokens_details"  # what the slots held differs from the first run to this one
+    assert {**usage, cached: None} == {**answer["usage"], cached: None}
     completions = v1.post("/v1/completions", json={"prompt": "长城", "n": 2, **sampled}).json()
     assert [c["index"] for c in completions["choices"]] == [0, 1]
 
@@ -127,6 +145,8 @@ def test_an_assistant_prefill_is_continued(v1):
     assert "not both" in error(v1.post("/v1/chat/completions", json=both), "continue_final_message")
     last_user = v1.post("/v1/chat/completions", json={"messages": CHINESE, "continue_final_message": True})
     assert last_user.status_code == 400 and "last message from the assistant" in last_user.json()["error"]["message"]
+    two = v1.post("/v1/chat/completions", json={"messages": [*prefill, {"role": "assistant", "content": "很长"}]})
+    assert two.status_code == 400 and "2 or more assistant messages" in two.json()["error"]["message"]
 
 
 def test_llama_servers_generation_fields(v1):
@@ -141,12 +161,66 @@ def test_llama_servers_generation_fields(v1):
     ):
         jsonschema.validate(json.loads(text(chat(v1, **{**body, "max_tokens": 60}))), SCHEMA)
     assert isinstance(json.loads(text(chat(v1, json_schema={}, max_tokens=60))), dict)  # empty: any object
+    again = chat(v1)  # the same prompt as before: a slot holds it
+    fresh = chat(v1, cache_prompt=False)  # llama-server's: read it whole again
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] == 0 and text(fresh) == text(again)
+    native = {"prompt": "长城很长，长城很长", "n_predict": 2}
+    assert [v1.post("/completion", json=native).json()["tokens_cached"] for _ in range(2)][1] > 0
+    assert v1.post("/completion", json={**native, "cache_prompt": False}).json()["timings"]["cache_n"] == 0
+
+
+def sse(v1, path: str, body: dict) -> list[dict]:
+    with v1.stream("POST", path, json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+
+EXTRAS = {"timings_per_token": True, "return_progress": True}
+LONG = "长城很长，" * 60  # over 512 tokens: the prompt is read in several batches
+
+
+def assert_progress(reports: list[dict]) -> None:
+    """llama-server's prompt_progress: the first before any batch, then one per batch, all of it at the end."""
+    assert len(reports) >= 2 and reports[0]["processed"] == reports[0]["cache"]
+    assert [r["processed"] for r in reports] == sorted({r["processed"] for r in reports})
+    assert reports[-1]["processed"] == reports[-1]["total"] > 512
+
+
+def test_llama_servers_stream_extras_on_every_openai_route(v1):
+    """timings_per_token: the timings so far on each token's chunk; return_progress: chunks while the
+    prompt is read; verbose: llama-server's own answer beside OpenAI's."""
+    long = [{"role": "user", "content": LONG}]
+    chunks = sse(
+        v1, "/v1/chat/completions", {"messages": long, **GREEDY, **EXTRAS, "stream_options": {"include_usage": True}}
+    )
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None} and "timings" not in chunks[0]
+    assert_progress([c["prompt_progress"] for c in chunks if "prompt_progress" in c])
+    counted = [c["timings"]["predicted_n"] for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert counted == sorted(counted) and counted[-1] <= 12
+    assert (
+        chunks[-1]["choices"] == [] and chunks[-1]["timings"]["predicted_n"] == chunks[-1]["usage"]["completion_tokens"]
+    )
+    texts = sse(v1, "/v1/completions", {"prompt": LONG, **GREEDY, **EXTRAS})
+    assert_progress([c["prompt_progress"] for c in texts if "prompt_progress" in c])
+    assert all("timings" in c for c in texts)
+    events = sse(v1, "/v1/responses", {"input": LONG, "max_output_tokens": 12, "temperature": 0, **EXTRAS})
+    reports = [e for e in events if "prompt_progress" in e]
+    assert {e["type"] for e in reports} == {"response.in_progress"}
+    assert_progress([e["prompt_progress"] for e in reports])
+    assert all("timings" in e for e in events if e["type"] == "response.output_text.delta")
+    assert events[-1]["type"] == "response.incomplete" and events[-1]["timings"]["predicted_n"] == 12  # cut at 12
+    plain = chat(v1)
+    verbose = chat(v1, verbose=True)
+    assert "__verbose" not in plain and verbose["__verbose"]["content"] == text(plain)
+    assert CHINESE[0]["content"] in verbose["__verbose"]["prompt"]
+    assert verbose["__verbose"]["tokens_predicted"] == plain["usage"]["completion_tokens"]
 
 
 def test_extensions_that_change_nothing_here_are_accepted(v1):
     plain = text(chat(v1))
     extensions = {
-        "cache_prompt": False, "id_slot": 0, "timings_per_token": True, "return_progress": True,
+        "cache_prompt": True, "id_slot": 0, "timings_per_token": True, "return_progress": True, "verbose": False,
         "samplers": ["top_k", "temperature"], "mirostat": 0, "typical_p": 1.0, "n_probs": 0,
         "stop_token_ids": [], "skip_special_tokens": True, "min_tokens": 0,
     }  # fmt: skip

@@ -275,7 +275,7 @@ def test_a_good_reload_switches_the_model_while_a_running_stream_finishes_on_the
             texts = []
             while not texts or not texts[-1]:  # the generation has started on smol-a
                 chunk = json.loads(next(events).data)
-                texts.append(chunk["choices"][0]["delta"].get("content", ""))
+                texts.append(chunk["choices"][0]["delta"].get("content") or "")
             next(simple_events)  # and so has the /api/chat one
             r = reload(client, str(models / "smol-b.gguf"))
             assert r.status_code == 200, r.text
