@@ -345,10 +345,7 @@ class ChatChunks:
 
     def chunks(self, delta: ChatDelta) -> list[ChatCompletionChunk]:
         if delta.progress is not None:
-            chunk = self._role()
-            chunk.prompt_progress = _progressed(self.timed, delta.progress)
-            chunk.timings = self.timed.now() if self.timed else None
-            return [chunk]
+            return [self._role().model_copy(update=progress_fields(delta.progress, self.timed))]
         logprobs = chat_logprobs([delta.logprob]) if delta.logprob else None
         chunks = []
         if delta.reasoning:
@@ -393,9 +390,8 @@ class CompletionChunks:
 
     def chunks(self, delta: ChatDelta) -> list[CompletionResponse]:
         if delta.progress is not None:
-            progress = _progressed(self.timed, delta.progress)
             chunk = CompletionResponse(**self.meta.head(), choices=[CompletionChoice(index=self.index, text="")])
-            return [chunk.model_copy(update={"prompt_progress": progress, "timings": self._so_far()})]
+            return [chunk.model_copy(update=progress_fields(delta.progress, self.timed))]
         chunks = []
         if delta.content or delta.logprob or delta.finish_reason:
             logprobs = None
@@ -412,14 +408,13 @@ class CompletionChunks:
     def usage(self, usage: CompletionUsage, timed: Timings | None = None) -> CompletionResponse:
         return CompletionResponse(**self.meta.head(), choices=[], usage=usage, timings=timed)
 
-    def _so_far(self) -> Timings | None:
-        return self.timed.now() if self.timed else None
 
-
-def _progressed(timed: TimingsSoFar | None, progress: PromptProgress) -> PromptProgressBody:
+def progress_fields(progress: PromptProgress, timed: TimingsSoFar | None) -> dict[str, Any]:
+    """A return_progress report's fields (on a chunk or event): `prompt_progress`, and with
+    timings_per_token (`timed`, which takes the engine's prompt timings from here on) the timings so far."""
     if timed is not None:
         timed.progress = progress
-    return progress_body(progress)
+    return {"prompt_progress": progress_body(progress), "timings": timed.now() if timed else None}
 
 
 def stamp_timings(chunks: Sequence[Any], delta: ChatDelta, timed: TimingsSoFar | None) -> None:

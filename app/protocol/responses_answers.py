@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.errors import error_body
-from app.protocol.openai_answers import PromptProgressBody, Timings, TimingsSoFar, progress_body, stamp_timings
+from app.protocol.openai_answers import PromptProgressBody, Timings, TimingsSoFar, progress_fields, stamp_timings
 from app.protocol.responses import (
     Format,
     FunctionCallItem,
@@ -404,10 +404,8 @@ class ResponseEvents:
 
     def events(self, delta: ChatDelta) -> list[StreamEvent]:
         if delta.progress is not None:
-            if self.timed is not None:
-                self.timed.progress = delta.progress
-            progress, timed = progress_body(delta.progress), self.timed.now() if self.timed else None
-            return [self._event(ResponseInProgressEvent, response=self.head, prompt_progress=progress, timings=timed)]
+            progress = progress_fields(delta.progress, self.timed)
+            return [self._event(ResponseInProgressEvent, response=self.head, **progress)]
         events: list[StreamEvent] = []
         if delta.reasoning:
             events += self._text("reasoning", delta.reasoning)

@@ -34,6 +34,7 @@ from app.routes.deps import RegistryDep, ResponseStoreDep, SettingsDep, behind_a
 from app.routes.streaming import event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
 from app.services.response_store import ResponseNotFoundError, ResponseStore, StoredResponse
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", **behind_api_key())
@@ -64,9 +65,7 @@ async def create_response(
     store: ResponseStoreDep,
     client: Request,
 ) -> Any:
-    turn = responses.to_generation_request(
-        body, _history(store, body.previous_response_id), settings.max_tokens_limit, **settings.chat_defaults()
-    )
+    turn = _turn(body, settings, store)
     stream = start_chat(registry, turn.request, model=body.model)
     head = response_head(body, turn.request, stream.model_name or body.model)
     log.debug("%s: responses on %s", head.id, stream.backend_name)
@@ -83,9 +82,7 @@ async def input_tokens(
     body: responses.ResponseRequest, settings: SettingsDep, registry: RegistryDep, store: ResponseStoreDep
 ) -> InputTokens:
     """OpenAI's: the prompt's tokens, as POST /v1/responses renders it."""
-    turn = responses.to_generation_request(
-        body, _history(store, body.previous_response_id), settings.max_tokens_limit, **settings.chat_defaults()
-    )
+    turn = _turn(body, settings, store)
     return InputTokens(input_tokens=len(registry.for_model(body.model).prompt(turn.request).ids))
 
 
@@ -99,6 +96,11 @@ def delete_response(response_id: str, store: ResponseStoreDep) -> DeletedRespons
     if not store.delete(response_id):
         raise ResponseNotFoundError(response_id, "response_id", "response_not_found")
     return DeletedResponse(id=response_id)
+
+
+def _turn(body: responses.ResponseRequest, settings: Settings, store: ResponseStore) -> responses.Turn:
+    history = _history(store, body.previous_response_id)
+    return responses.to_generation_request(body, history, settings.max_tokens_limit, **settings.chat_defaults())
 
 
 def _history(store: ResponseStore, previous_response_id: str | None) -> tuple[dict[str, Any], ...]:
