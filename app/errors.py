@@ -123,6 +123,17 @@ class EngineClosedError(BackendUnavailableError):
     retry_after_s = 1
 
 
+class NoRoomForModelError(BackendUnavailableError):
+    """A model cannot be loaded: it would not fit the memory budget or the count of loaded models, even
+    with every idle model unloaded (503; with Retry-After when busy models are in the way)."""
+
+    code = "no_room_for_model"
+
+    def __init__(self, message: str, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class QueueFullError(HychatError):
     """Every slot is busy and the waiting line is full: come back later (HTTP 429 with Retry-After)."""
 
@@ -180,9 +191,11 @@ def error_object(message: str, status_code: int, code: str | None = None, param:
 
 def error_body(error: Exception) -> dict:
     """The JSON error shape every route answers with (an unexpected exception shows no details)."""
-    if isinstance(error, PromptTooLongError):  # llama-server's fields: a client can shorten by so much
+    if isinstance(error, PromptTooLongError):
+        # llama-server's type and fields (a client can shorten by so much) beside OpenAI's code, which
+        # OpenAI's clients look for
         body = error_object(str(error), error.status_code, error.code, error.param)
-        body["error"].update(n_prompt_tokens=error.n_prompt, n_ctx=error.n_ctx)
+        body["error"].update(type="exceed_context_size_error", n_prompt_tokens=error.n_prompt, n_ctx=error.n_ctx)
         return body
     if isinstance(error, HychatError):
         return error_object(str(error), error.status_code, error.code, error.param)

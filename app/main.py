@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -51,7 +52,9 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.load_configured)
+        expiry = asyncio.create_task(registry.pool.run_expiry())  # unloads models idle past their keep_alive
         yield
+        expiry.cancel()
 
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.registry = settings, registry

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,6 +34,30 @@ def _split_commas(value: object) -> object:
 
 # A list setting written as `a,b,c` in the environment (NoDecode: not parsed as JSON first).
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"^([-+]?)(0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def duration_s(value: object) -> float:
+    """Ollama's keep_alive in seconds: a number of seconds, or a Go duration ("5m", "1h30m", "-1s",
+    "0"); a negative one is forever (inf)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _DURATION.match(text)
+            if match is None:
+                raise ValueError(f"{value!r} is neither seconds nor a duration such as 5m, 1h30m or -1") from None
+            sign = -1 if match.group(1) == "-" else 1
+            seconds = sign * sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+        value = seconds
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ValueError(f"{value!r} is neither seconds nor a duration such as 5m, 1h30m or -1")
+    return math.inf if value < 0 else float(value)
 
 
 def _minus_one_is_none(value: object) -> object:
@@ -210,9 +236,9 @@ class Settings(BaseSettings):
     # --no-jinja). A model that POST /admin/reload loads is served as it is.
     alias: CommaList = Field(
         default_factory=list,
-        description="Names of the configured model (comma-separated, llama-server's --alias): the first is the "
-        "name /v1/models, /api/tags and every answer report, and any of them may be a request's model; none: the "
-        "file's (or folder's) name.",
+        description="Names of the configured model (comma-separated, llama-server's --alias): the first in "
+        "alphabetical order (as llama-server orders them) is the name /v1/models, /api/tags and every answer "
+        "report, and any of them may be a request's model; none: the file's (or folder's) name.",
     )
     model_tags: CommaList = Field(
         default_factory=list, description="Tags of the configured model that /v1/models shows (llama-server's --tags)."
@@ -306,9 +332,35 @@ class Settings(BaseSettings):
     torch_n_ctx: int = Field(2048, ge=16, description="Context window in tokens (at most the model's own).")
     torch_n_threads: int | None = Field(None, ge=1, description="None: physical cores available to the process.")
 
-    # Where POST /admin/reload may load models from (a request can never name a file elsewhere).
+    # The model library: every model in these folders is served by its name, loaded when a request
+    # names it (app.services.model_pool); POST /admin/reload may load only from here too.
     model_dirs: CommaList = Field(
         default_factory=list, description="Model folders (comma-separated); none: the configured models' folders."
+    )
+    models_presets: Path | None = Field(
+        None,
+        description="A TOML file of per-model settings, one [name] table each: path, aliases, base and "
+        "lora_scale (an adapter), n_ctx, parallel, n_threads, n_gpu_layers, n_batch, kv_unified, chat_template, "
+        "chat_template_file, keep_alive (README: The model library).",
+    )
+    max_loaded_models: int = Field(
+        3,
+        ge=1,
+        description="Models held in memory at once (Ollama's OLLAMA_MAX_LOADED_MODELS); beyond it the "
+        "least recently used idle one is unloaded.",
+    )
+    models_memory_mib: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the loaded models may take together, as estimated from their files, "
+        "contexts and KV caches before loading; a model that does not fit even after unloading the idle ones is "
+        "a 503. None: 80% of the machine's memory.",
+    )
+    keep_alive: Annotated[float, BeforeValidator(duration_s)] = Field(
+        300,
+        description="How long a model loaded on demand stays after its last request (Ollama's "
+        "OLLAMA_KEEP_ALIVE: seconds or a Go duration, 5m, 1h; negative: forever; 0: unloaded at once). The "
+        "configured models stay until unloaded or evicted.",
     )
 
     @field_validator("host")
@@ -317,6 +369,12 @@ class Settings(BaseSettings):
         if not any(part.strip() for part in host.split(",")):
             raise ValueError("give at least one address")
         return host
+
+    @field_validator("alias")
+    @classmethod
+    def _sorted(cls, names: list[str]) -> list[str]:
+        """llama-server keeps its aliases in a std::set: the model's id is the first in alphabetical order."""
+        return sorted(set(names))
 
     @field_validator("gcp_predict_route", "gcp_health_route")
     @classmethod

@@ -93,7 +93,10 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "torch_n_threads",
         ),
     ),
-    ("Model folders (`POST /admin/reload`)", ("model_dirs",)),
+    (
+        "The model library (models loaded on demand)",
+        ("model_dirs", "models_presets", "max_loaded_models", "models_memory_mib", "keep_alive"),
+    ),
 ]
 
 # Unset, these take the embedded model's file (`embedded_model_path()`), which differs per machine.

@@ -195,9 +195,10 @@ ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolCho
 
 class ThinkingEnabled(Strict):
     type: Literal["enabled"]
-    # Anthropic's bounds (at least 1024, below max_tokens); the reasoning is not cut at the budget:
-    # reasoning and answer together stop at max_tokens.
-    budget_tokens: int = Field(ge=1024)
+    # Below max_tokens, as Anthropic's; its floor of 1024 is not kept (llama-server does not either: a
+    # small model's reasoning can be short). The reasoning is not cut at the budget: reasoning and
+    # answer together stop at max_tokens.
+    budget_tokens: int = Field(ge=1)
 
 
 class ThinkingDisabled(Strict):
@@ -219,7 +220,7 @@ class CountTokensRequest(Strict):
     """What `/v1/messages/count_tokens` takes: the conversation, without generation parameters."""
 
     model: str | None = Field(None, max_length=256)  # none: the default model
-    messages: list[MessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[MessageParam] = Field(max_length=MAX_MESSAGES)  # none: the generation prompt alone, as llama-server
     system: Text | Annotated[list[TextBlockParam], Field(max_length=MAX_BLOCKS)] | None = None
     tools: list[ToolParam] | None = Field(None, max_length=128)
     tool_choice: ToolChoice | None = None
@@ -395,6 +396,6 @@ def _result_text(where: str, content: str | list[Any]) -> str:
 def _refused(where: str, block: UnsupportedBlockParam, takes: str) -> InvalidParameterError:
     return InvalidParameterError(
         f"{where} is a block of type {block.type!r}, which this server does not take: {takes} "
-        "(image and document blocks are not supported)",
+        "(image input is not supported, nor documents: the served models read text)",
         where,
     )

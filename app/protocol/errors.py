@@ -31,6 +31,7 @@ class ErrorDetail(BaseModel):
         "not_found_error",
         "rate_limit_error",
         "server_error",
+        "exceed_context_size_error",  # llama-server's, for a prompt over the context
     ]
     param: str | None  # the request field at fault, when known
     code: str | None  # ours: invalid_parameter, context_length_exceeded, model_not_found, queue_full, ...

@@ -35,6 +35,7 @@ from app.types import (
     Infill,
     SamplingParams,
 )
+from config.settings import duration_s
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,11 @@ class _OllamaGeneration(Strict):
     options: OllamaOptions | None = None
     stream: bool = True  # Ollama's default: newline-delimited JSON
     think: Think | None = Field(None, description="Default: the server's, else the model's.")
-    keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
+    keep_alive: KeepAlive | None = Field(
+        None,
+        description="How long the model stays loaded after this request: seconds or a duration (5m); "
+        "negative: until unloaded; 0: unloaded at once. Default: the server's (HYCHAT_KEEP_ALIVE).",
+    )
     truncate: bool | None = Field(None, description="Drop the oldest turns to fit; default: the server's.")
     shift: bool | None = Field(None, description="Accepted; an answer that fills the context ends with 'length'.")
     logprobs: bool | None = None
@@ -171,7 +176,11 @@ class OllamaEmbedRequest(Strict):
     truncate: bool = Field(True, description="Cut an input longer than the context; false: an error.")
     dimensions: int | None = Field(None, ge=1, description="Only the model's own: vectors are never shortened.")
     options: OllamaOptions | None = None  # accepted; nothing in them changes an embedding
-    keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
+    keep_alive: KeepAlive | None = Field(
+        None,
+        description="How long the model stays loaded after this request: seconds or a duration (5m); "
+        "negative: until unloaded; 0: unloaded at once. Default: the server's (HYCHAT_KEEP_ALIVE).",
+    )
 
 
 class OllamaEmbeddingsRequest(Strict):
@@ -180,7 +189,11 @@ class OllamaEmbeddingsRequest(Strict):
     model: str = Field("", max_length=256)
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     options: OllamaOptions | None = None
-    keep_alive: KeepAlive | None = Field(None, description="Accepted; models stay loaded.")
+    keep_alive: KeepAlive | None = Field(
+        None,
+        description="How long the model stays loaded after this request: seconds or a duration (5m); "
+        "negative: until unloaded; 0: unloaded at once. Default: the server's (HYCHAT_KEEP_ALIVE).",
+    )
 
 
 def embed_inputs(body: OllamaEmbedRequest) -> list[str]:
@@ -212,13 +225,18 @@ def is_ollama_body(body: Any) -> bool:
     return isinstance(body, dict) and "model" in body
 
 
-def backend_for(registry: Registry, name: str) -> Backend:
-    """The backend that answers for an Ollama model name: a backend's name, "default" or a loaded
-    model's name, each with or without Ollama's default tag ":latest"."""
+async def backend_for(registry: Registry, name: str, keep_alive: str | float | None = None) -> Backend:
+    """The backend that answers for an Ollama model name (a backend's name, "default", a model's name,
+    each with or without Ollama's default tag ":latest"), loaded if it was not; `keep_alive` (Ollama's)
+    replaces how long the model stays after this request."""
     try:
-        return registry.for_model(name.removesuffix(":latest"))
+        return await registry.resolve(model_name(name), None if keep_alive is None else duration_s(keep_alive))
     except ModelNotFoundError:
         raise ModelNotFoundError(f"model '{name}' not found") from None
+
+
+def model_name(name: str) -> str:
+    return name.removesuffix(":latest")
 
 
 # -- requests to internal types ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from app.chat.output import Answer, ChatDelta
 from app.chat.tool_calls import ToolCall
 from app.modelfiles.gguf import ArrayInfo, TensorInfo, type_name
+from app.modelfiles.library import LibraryEntry
 from app.protocol.ollama import OllamaError
 from app.protocol.openapi import inlined
 from app.types import SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -68,7 +69,7 @@ class OllamaChatChunk(BaseModel):
     created_at: str
     message: OllamaAssistantMessage
     done: bool
-    done_reason: Literal["stop", "length", "load"] | None = None
+    done_reason: Literal["stop", "length", "load", "unload"] | None = None
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
@@ -86,7 +87,7 @@ class OllamaGenerateChunk(BaseModel):
     response: str
     thinking: str | None = None
     done: bool
-    done_reason: Literal["stop", "length", "load"] | None = None
+    done_reason: Literal["stop", "length", "load", "unload"] | None = None
     total_duration: int | None = None
     load_duration: int | None = None
     prompt_eval_count: int | None = None
@@ -123,8 +124,12 @@ class OllamaChunks:
         return self._chunk(answer.content, answer.reasoning, answer.tool_calls, logprobs, done)
 
     def loaded(self) -> OllamaChunk:
-        """Ollama's answer to a request without messages or prompt: the model is loaded (it already was)."""
+        """Ollama's answer to a request without messages or prompt: the model is loaded."""
         return self._chunk("", "", (), None, {"done_reason": "load"})
+
+    def unloaded(self) -> OllamaChunk:
+        """Ollama's answer to one without messages or prompt, with keep_alive 0: the model is unloaded."""
+        return self._chunk("", "", (), None, {"done_reason": "unload"})
 
     def _chunk(
         self,
@@ -276,14 +281,24 @@ def tags_entry(m: ServedModel) -> OllamaModel:
     )  # fmt: skip
 
 
-def running_entry(m: ServedModel) -> OllamaRunningModel:
-    """Models stay loaded (keep_alive is not honoured): each expires as Ollama's kept "forever"."""
+def running_entry(m: ServedModel, memory_bytes: int, expires_at: float | None) -> OllamaRunningModel:
+    """A loaded model: `size` the memory it takes (as Ollama's ps), `expires_at` a Unix time (None:
+    kept until unloaded, which Ollama shows as a time far ahead)."""
+    expires_ns = time.time_ns() + FOREVER_NS if expires_at is None else int(expires_at * 1e9)
     return OllamaRunningModel(
-        **tags_entry(m).model_dump(),
-        expires_at=created_at(time.time_ns() + FOREVER_NS),
+        **(tags_entry(m).model_dump() | {"size": memory_bytes}),
+        expires_at=created_at(expires_ns),
         size_vram=0,
         context_length=m.info.get("n_ctx") or 0,
     )
+
+
+def library_model(entry: LibraryEntry) -> ServedModel:
+    """A library model that is not loaded, as far as its file tells."""
+    info = {"architecture": entry.architecture, "path": str(entry.path), "backend": entry.backend}
+    if entry.backend == "llamacpp":
+        info["quantization"] = entry.quantization
+    return ServedModel(name=entry.name, info=info, size=entry.size_bytes, modified_ns=entry.modified_ns, metadata={})
 
 
 def show_response(m: ServedModel, defaults: SamplingParams, verbose: bool) -> OllamaShowResponse:

@@ -253,7 +253,7 @@ class _GenerationFields(Strict):
 
 
 class ChatCompletionRequest(_GenerationFields):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)  # none: the generation prompt alone, as llama-server
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -315,7 +315,10 @@ def to_chat_generation_request(
     if body.reasoning_effort is not None and body.think is None:
         think = body.reasoning_effort != "none"
     chat = to_chat_options(body, think, reasoning_format, truncate)
-    return GenerationRequest(params, messages=to_chat_messages(body.messages), chat=chat)
+    messages = to_chat_messages(body.messages)
+    if messages and chat.continues(messages):  # a continued answer's parts join with a blank line, as llama-server's
+        messages[-1]["content"] = _text(len(messages) - 1, body.messages[-1].content, "\n\n")
+    return GenerationRequest(params, messages=messages, chat=chat)
 
 
 def to_chat_options(
@@ -370,16 +373,17 @@ def to_chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return converted
 
 
-def _text(i: int, content: str | list[ContentPart] | None) -> str | None:
+def _text(i: int, content: str | list[ContentPart] | None, separator: str = "\n") -> str | None:
     if content is None or isinstance(content, str):
         return content
     for j, part in enumerate(content):
         if part.type != "text" or part.text is None:
             raise InvalidParameterError(
-                f"messages[{i}].content[{j}] is a {part.type!r} part; only text parts are supported",
+                f"messages[{i}].content[{j}] is a {part.type!r} part; only text parts are supported "
+                "(image input is not supported: the served models read text)",
                 f"messages[{i}].content",
             )
-    return "\n".join(part.text or "" for part in content)
+    return separator.join(part.text or "" for part in content)
 
 
 def response_format_grammar(response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None) -> str | None:

@@ -205,6 +205,15 @@ class InputTokens(BaseModel):
     input_tokens: int
 
 
+class ModelStatus(BaseModel):
+    """Not OpenAI's (llama-server's router mode has `status.value`): loaded or not, and why it cannot load."""
+
+    value: Literal["loaded", "unloaded", "failed"]
+    memory_bytes: int | None = None  # loaded: the memory it takes, as estimated before loading
+    expires_at: int | None = None  # loaded: the Unix time it will be unloaded if idle (None: kept)
+    problem: str | None = None  # failed: why it cannot load (a damaged file, an adapter without its base)
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -213,6 +222,7 @@ class ModelCard(BaseModel):
     backend: str  # not OpenAI's: which backend serves it
     aliases: list[str] = []  # llama-server's: the names it also answers to (--alias), and its --tags
     tags: list[str] = []
+    status: ModelStatus | None = None
 
 
 class ModelList(BaseModel):

@@ -376,7 +376,8 @@ def _text(where: str, content: str | list[Any]) -> str:
     for j, part in enumerate(content):
         if isinstance(part, Unsupported):
             raise InvalidParameterError(
-                f"{where}[{j}] is a {part.type!r} part; only text parts (input_text, output_text) are supported",
+                f"{where}[{j}] is a {part.type!r} part; only text parts (input_text, output_text) are supported "
+                "(image input is not supported: the served models read text)",
                 where,
             )
     return "\n".join(part.text for part in content)

@@ -62,7 +62,7 @@ async def chat(body: ChatBody, settings: SettingsDep, registry: RegistryDep, cli
     if isinstance(body, OllamaChatRequest):
         return await ollama_routes.answer_chat(body, settings, registry, client)
     request = to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    stream = start_chat(registry, request, backend=body.backend)
+    stream = start_chat(await registry.resolve(body.backend), request)
     if body.stream:
         return event_stream(_frames(stream), _error_frame)
     answer = await unless_gone(client, [stream], stream.answer())

@@ -19,8 +19,8 @@ def health() -> HealthResponse:
 
 
 @router.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
-def ready(registry: RegistryDep) -> ReadyResponse:
-    loaded = [name for name, backend in registry.backends.items() if backend.is_loaded]
+async def ready(registry: RegistryDep) -> ReadyResponse:
+    loaded = sorted({backend.name for backend in registry.served()})  # a library model counts too
     if not loaded:
         raise BackendUnavailableError("no backend has a model loaded")
     return ReadyResponse(status="ready", backends=loaded)

@@ -42,6 +42,7 @@ from app.protocol.llama_server_answers import (
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
 from app.routes.streaming import all_of, event_stream, merged, unless_gone
+from app.services.backend import Backend
 from app.services.chat import ChatStream, start_choices
 from app.services.registry import Registry
 
@@ -92,7 +93,7 @@ async def infill(body: InfillRequest, settings: SettingsDep, registry: RegistryD
     "/props", response_model=PropsResponse, responses=error_responses(400, 404, 503, model=LlamaServerErrorResponse)
 )
 async def props(settings: SettingsDep, registry: RegistryDep, model: Model = None) -> PropsResponse:
-    backend = registry.for_model(model)
+    backend = await registry.resolve(model)
     defaults = llama_server.default_params(settings.max_tokens_limit, settings.sampling_defaults())
     name = backend.model_name or backend.name
     return props_response(
@@ -119,7 +120,7 @@ async def slots(
     """Each llama.cpp slot: idle, or the request it runs. `fail_on_no_slot` (any value): a 503 when all are busy."""
     if not settings.endpoint_slots:
         raise NotSupportedError("This server does not support slots endpoint. Start it with HYCHAT_ENDPOINT_SLOTS=true")
-    backend = registry.for_model(model)
+    backend = await registry.resolve(model)
     states = backend.slots()
     if fail_on_no_slot and states and all(state.busy for state in states):
         raise NoSlotAvailableError("no slot available")
@@ -127,7 +128,7 @@ async def slots(
 
 
 async def _answer(asked: Completion, body: CompletionRequest, registry: Registry, client: Request) -> Any:
-    streams = _start(registry, asked, body.model)
+    streams = _start(await registry.resolve(body.model), asked)
     readers = [CompletionReader(i, _meta(body, asked, stream), asked.cutoff) for i, stream in enumerate(streams)]
     if body.stream:
         return event_stream(_frames(streams, readers), _error_frame)
@@ -135,12 +136,12 @@ async def _answer(asked: Completion, body: CompletionRequest, registry: Registry
     return JSONResponse(answers[0] if len(answers) == 1 else answers)
 
 
-def _start(registry: Registry, asked: Completion, model: str | None) -> list[ChatStream]:
+def _start(backend: Backend, asked: Completion) -> list[ChatStream]:
     """Every answer started (index: prompt by prompt, `n` each), or none: those started are cancelled."""
     streams: list[ChatStream] = []
     try:
         for request in asked.requests:
-            streams += start_choices(registry, request, asked.n, model=model)
+            streams += start_choices(backend, request, asked.n)
     except BaseException:
         for stream in streams:
             stream.cancel()

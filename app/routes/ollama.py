@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import InvalidParameterError, ModelFileError
+from app.errors import InvalidParameterError, ModelFileError, ModelNotFoundError
 from app.modelfiles.gguf import read_gguf
 from app.protocol import ollama
 from app.protocol.errors import error_responses
@@ -43,6 +43,7 @@ from app.protocol.ollama_answers import (
     OllamaTagsResponse,
     OllamaVersion,
     ServedModel,
+    library_model,
     ndjson_line,
     ndjson_response,
     running_entry,
@@ -55,7 +56,7 @@ from app.services.backend import Backend
 from app.services.chat import ChatStream, start_chat
 from app.services.registry import Registry
 from app.types import GenerationRequest, SamplingParams
-from config.settings import Settings
+from config.settings import Settings, duration_s
 
 router = APIRouter()  # HEAD /, open as the probes are; the API below is behind the key
 # Behind the key, every error in Ollama's shape; served through `router` (included at the end).
@@ -83,25 +84,28 @@ async def generate(
 ) -> Response:
     """Completes `prompt`, rendered as a user turn with the model's chat template (`raw`: as it is;
     with `suffix`: the middle between them)."""
-    backend = ollama.backend_for(registry, body.model)
     if not body.prompt and not body.suffix:
-        return _json(OllamaChunks(backend.model_name or body.model, "generate").loaded())
+        return _json(await _load_or_unload(registry, body, "generate"))
+    backend = await ollama.backend_for(registry, body.model, body.keep_alive)
     request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
     return await _answer(body, request, registry, backend, client)
 
 
 async def answer_chat(body: OllamaChatRequest, settings: Settings, registry: Registry, client: Request) -> Response:
     """`POST /api/chat` in Ollama's dialect."""
-    backend = ollama.backend_for(registry, body.model)
     if not body.messages:
-        return _json(OllamaChunks(backend.model_name or body.model, "chat").loaded())
+        return _json(await _load_or_unload(registry, body, "chat"))
+    backend = await ollama.backend_for(registry, body.model, body.keep_alive)
     request = ollama.to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
     return await _answer(body, request, registry, backend, client)
 
 
 @api.get("/api/tags", response_model=OllamaTagsResponse, response_model_exclude_none=True)
-def tags(registry: RegistryDep) -> OllamaTagsResponse:
-    return OllamaTagsResponse(models=[tags_entry(_served(backend)) for backend in _served_backends(registry)])
+async def tags(registry: RegistryDep) -> OllamaTagsResponse:
+    """Every model: those loaded, then the library's others that can load."""
+    loaded = [tags_entry(_served(backend)) for backend in _served_backends(registry)]
+    others = [tags_entry(library_model(entry)) for entry in registry.unloaded() if entry.problem is None]
+    return OllamaTagsResponse(models=loaded + others)
 
 
 @api.post(
@@ -110,17 +114,25 @@ def tags(registry: RegistryDep) -> OllamaTagsResponse:
     response_model_exclude_none=True,
     responses={**error_responses(400, 404, 503, model=OllamaError), **error_responses(413)},
 )
-def show(body: OllamaShowRequest, settings: SettingsDep, registry: RegistryDep) -> OllamaShowResponse:
+async def show(body: OllamaShowRequest, settings: SettingsDep, registry: RegistryDep) -> OllamaShowResponse:
     name = body.model or body.name
     if not name:
         raise InvalidParameterError("model is required", "model")  # Ollama's words
     defaults = SamplingParams(**settings.sampling_defaults())  # the parameters a request leaves unset get
-    return show_response(_served(ollama.backend_for(registry, name), files=True), defaults, body.verbose)
+    backend = await ollama.backend_for(registry, name)
+    return show_response(_served(backend, files=True), defaults, body.verbose)
 
 
 @api.get("/api/ps", response_model=OllamaPsResponse, response_model_exclude_none=True)
-def ps(registry: RegistryDep) -> OllamaPsResponse:
-    return OllamaPsResponse(models=[running_entry(_served(backend)) for backend in _served_backends(registry)])
+async def ps(registry: RegistryDep) -> OllamaPsResponse:
+    """The loaded models: the memory each takes (estimated) and when it will be unloaded."""
+    held = {id(h.backend): h for h in registry.held()}
+    return OllamaPsResponse(
+        models=[
+            running_entry(_served(backend), held[id(backend)].estimate_bytes, held[id(backend)].expires_at())
+            for backend in _served_backends(registry)
+        ]
+    )
 
 
 @api.get("/api/version", response_model=OllamaVersion)
@@ -134,7 +146,7 @@ EMBED_ERRORS = {**error_responses(400, 404, 503, model=OllamaError), **error_res
 @api.post("/api/embed", response_model=OllamaEmbedResponse, responses=EMBED_ERRORS)
 async def embed(body: OllamaEmbedRequest, registry: RegistryDep) -> OllamaEmbedResponse:
     """Embeddings from llama.cpp, normalised, an input longer than the context cut unless `truncate` is false."""
-    backend, t_start = ollama.backend_for(registry, body.model), time.perf_counter_ns()
+    backend, t_start = await ollama.backend_for(registry, body.model, body.keep_alive), time.perf_counter_ns()
     result = await run_in_threadpool(backend.embed, ollama.embed_inputs(body), body.truncate)
     ollama.check_dimensions(body.dimensions, result.vectors.shape[1])
     return OllamaEmbedResponse(model=backend.model_name or body.model, embeddings=result.vectors.tolist(),
@@ -145,7 +157,7 @@ async def embed(body: OllamaEmbedRequest, registry: RegistryDep) -> OllamaEmbedR
 @api.post("/api/embeddings", response_model=OllamaEmbeddingsResponse, responses=EMBED_ERRORS)
 async def embeddings(body: OllamaEmbeddingsRequest, registry: RegistryDep) -> OllamaEmbeddingsResponse:
     """Ollama's older route: one `prompt`, its vector as the model gives it (not normalised)."""
-    backend = ollama.backend_for(registry, body.model)
+    backend = await ollama.backend_for(registry, body.model, body.keep_alive)
     result = await run_in_threadpool(backend.embed, [body.prompt], True, False)
     return OllamaEmbeddingsResponse(embedding=result.vectors[0].tolist())
 
@@ -161,7 +173,7 @@ async def _answer(
     chunks or, once the answer is whole, answers one object."""
     if body.options and body.options.num_ctx is not None:
         ollama.check_num_ctx(body, backend.info().get("n_ctx"))
-    stream = start_chat(registry, request, backend=backend.name)
+    stream = start_chat(backend, request)
     kind = "generate" if isinstance(body, OllamaGenerateRequest) else "chat"
     chunks = OllamaChunks(stream.model_name, kind, with_logprobs=request.params.logprobs is not None)
     if body.stream:
@@ -183,6 +195,23 @@ def _ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
 
 def _json(chunk: OllamaChunk) -> JSONResponse:
     return JSONResponse(chunk.model_dump(exclude_none=True))
+
+
+async def _load_or_unload(
+    registry: Registry, body: OllamaChatRequest | OllamaGenerateRequest, kind: str
+) -> OllamaChunk:
+    """Ollama's answer to a request with nothing to answer: the model loaded (`done_reason` "load"), or
+    with `keep_alive` 0 unloaded ("unload")."""
+    if body.keep_alive is not None and duration_s(body.keep_alive) == 0:
+        name = ollama.model_name(body.model)
+        try:
+            served_as = registry.name_of(name)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(f"model '{body.model}' not found") from None
+        await registry.unload(name)
+        return OllamaChunks(served_as, kind).unloaded()
+    backend = await ollama.backend_for(registry, body.model, body.keep_alive)
+    return OllamaChunks(backend.model_name or body.model, kind).loaded()
 
 
 def _served_backends(registry: Registry) -> list[Backend]:

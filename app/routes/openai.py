@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from app.protocol.openai_answers import (
     InputTokens,
     ModelCard,
     ModelList,
+    ModelStatus,
     TimingsSoFar,
     chat_completion_response,
     completion_response,
@@ -80,7 +80,7 @@ async def chat_completions(
 async def chat_input_tokens(body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep) -> InputTokens:
     """llama-server's: the prompt's tokens, as /v1/chat/completions renders it."""
     request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
-    return InputTokens(input_tokens=len(registry.for_model(body.model).prompt(request).ids))
+    return InputTokens(input_tokens=len((await registry.resolve(body.model)).prompt(request).ids))
 
 
 @router.post(
@@ -105,7 +105,7 @@ async def _answer(
 ) -> Any:
     """Starts the generations, one per choice (a bad request fails here, before a response starts),
     then answers with Server-Sent Events or, once the answers are whole, JSON."""
-    streams = start_choices(registry, request, body.n, model=body.model)
+    streams = start_choices(await registry.resolve(body.model), request, body.n)
     first = streams[0]
     meta = response_meta(kind, first.model_name or body.model, first.dropped_messages)
     log.debug("%s: %s on %s, %d choice(s)", meta.id, kind, first.backend_name, len(streams))
@@ -129,19 +129,30 @@ async def _answer(
 @router.post("/embeddings", response_model=EmbeddingResponse, responses=error_responses(400, 404, 413, 503))
 async def embeddings(body: EmbeddingRequest, registry: RegistryDep) -> EmbeddingResponse:
     """Embeddings from llama.cpp, normalised to length 1, computed beside the chats, not between them."""
-    backend = registry.for_model(body.model)
+    backend = await registry.resolve(body.model)
     result = await run_in_threadpool(backend.embed, embedding_inputs(body))
     return embedding_response(result, body, backend.model_name or body.model)
 
 
 @router.get("/models", response_model=ModelList)
-def models(registry: RegistryDep) -> ModelList:
+async def models(registry: RegistryDep) -> ModelList:
+    """Every model: the loaded ones (the default first), then the library's others, loadable or not."""
     cards: dict[str, ModelCard] = {}
-    for backend in registry.served():
+    for held in registry.held():
+        backend = held.backend
         name = backend.model_name or backend.name
         aliases, tags = registry.aliases(backend)
-        card = ModelCard(id=name, created=int(time.time()), backend=backend.name, aliases=aliases, tags=tags)
+        expires_at = held.expires_at()
+        status = ModelStatus(value="loaded", memory_bytes=held.estimate_bytes,
+                             expires_at=None if expires_at is None else int(expires_at))  # fmt: skip
+        card = ModelCard(id=name, created=int(held.loaded_at), backend=backend.name, aliases=aliases, tags=tags,
+                         status=status)  # fmt: skip
         cards.setdefault(name, card)
+    for entry in registry.unloaded():
+        status = ModelStatus(value="failed", problem=entry.problem) if entry.problem else ModelStatus(value="unloaded")
+        card = ModelCard(id=entry.name, created=entry.modified_ns // 10**9, backend=entry.backend,
+                         aliases=list(entry.aliases), status=status)  # fmt: skip
+        cards.setdefault(entry.name, card)
     return ModelList(data=list(cards.values()))
 
 

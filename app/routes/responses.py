@@ -66,7 +66,7 @@ async def create_response(
     client: Request,
 ) -> Any:
     turn = _turn(body, settings, store)
-    stream = start_chat(registry, turn.request, model=body.model)
+    stream = start_chat(await registry.resolve(body.model), turn.request)
     head = response_head(body, turn.request, stream.model_name or body.model)
     log.debug("%s: responses on %s", head.id, stream.backend_name)
     if body.stream:
@@ -83,7 +83,7 @@ async def input_tokens(
 ) -> InputTokens:
     """OpenAI's: the prompt's tokens, as POST /v1/responses renders it."""
     turn = _turn(body, settings, store)
-    return InputTokens(input_tokens=len(registry.for_model(body.model).prompt(turn.request).ids))
+    return InputTokens(input_tokens=len((await registry.resolve(body.model)).prompt(turn.request).ids))
 
 
 @router.get("/responses/{response_id}", response_model=ResponseObject, responses=NOT_STORED)

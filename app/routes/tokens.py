@@ -29,7 +29,7 @@ TOKEN_ERRORS = error_responses(400, 404, 413, 503)
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=TOKEN_ERRORS)
 async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> TokenizeResponse:
-    backend = registry.for_model(body.model)
+    backend = await registry.resolve(body.model)
     ids = backend.tokenize(body.content, add_special=body.add_special, parse_special=body.parse_special)
     if not body.with_pieces:
         return TokenizeResponse(tokens=ids)
@@ -38,7 +38,7 @@ async def tokenize(body: TokenizeRequest, registry: RegistryDep) -> TokenizeResp
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=TOKEN_ERRORS)
 async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> DetokenizeResponse:
-    return DetokenizeResponse(content=registry.for_model(body.model).detokenize(body.tokens))
+    return DetokenizeResponse(content=(await registry.resolve(body.model)).detokenize(body.tokens))
 
 
 @router.post("/apply-template", response_model=ApplyTemplateResponse, responses=TOKEN_ERRORS)
@@ -46,4 +46,4 @@ async def apply_template(
     body: ApplyTemplateRequest, settings: SettingsDep, registry: RegistryDep
 ) -> ApplyTemplateResponse:
     request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())  # as /v1's
-    return ApplyTemplateResponse(prompt=registry.for_model(body.model).prompt(request).text)
+    return ApplyTemplateResponse(prompt=(await registry.resolve(body.model)).prompt(request).text)

@@ -6,12 +6,13 @@ Routes and the CLI talk to a `Backend` only; they never see llama.cpp or PyTorch
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, closing
 from dataclasses import replace
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any, ClassVar, Protocol, Unpack
 
 from app import metrics
@@ -46,32 +47,45 @@ class Generation:
         model_name: str,
         prompt: Prompt,
         params: SamplingParams,
+        on_end: Callable[[], None] = lambda: None,
     ):
         self._source, self._job = source, job
-        weakref.finalize(self, source.cancel, job)  # never iterated: a slot must not wait for a reader
+        # Once, when its stream ends or when it is dropped unread (a slot must not wait for a reader).
+        self._end = weakref.finalize(self, _end, source, job, on_end)
         self.backend_name = backend_name
         self.model_name = model_name  # the model that answers, even if another is loaded meanwhile
         self.prompt = prompt
         self.params = params  # as sampled: logit_bias in token ids (ignore_eos's bans included)
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        with closing(self._source.stream(self._job)) as events:  # closing cancels the job
-            for event in events:
-                self._record(event)
-                yield event
+        try:
+            with closing(self._source.stream(self._job)) as events:  # closing cancels the job
+                for event in events:
+                    self._record(event)
+                    yield event
+        finally:
+            self._end()
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        async with aclosing(self._source.astream(self._job)) as events:
-            async for event in events:
-                self._record(event)
-                yield event
+        try:
+            async with aclosing(self._source.astream(self._job)) as events:
+                async for event in events:
+                    self._record(event)
+                    yield event
+        finally:
+            self._end()
 
     def cancel(self) -> None:
-        self._source.cancel(self._job)
+        self._end()
 
     def _record(self, event: TokenEvent) -> None:
         if event.usage is not None:  # the last event: recorded before a reader that stops at it can leave
             metrics.record_generation(self.backend_name, event.usage)
+
+
+def _end(source: TokenSource[Any], job: Any, on_end: Callable[[], None]) -> None:
+    source.cancel(job)  # a no-op for a job that has finished
+    on_end()
 
 
 class LoadedModel(Protocol):
@@ -99,6 +113,27 @@ class Backend(ABC):
     def __init__(self) -> None:
         self._model: Any = None
         self._worker: Worker | None = None
+        self._running = 0  # generations started and not yet ended
+        self._counted = threading.Lock()
+        self.idle_since = monotonic()  # when the last generation ended (keep_alive counts from here)
+
+    def sibling(self) -> Backend:
+        """An empty backend of the same kind, for another model (the model library loads one per model)."""
+        return type(self)()
+
+    @property
+    def running(self) -> int:
+        """Generations started and not ended: a model with any is never unloaded to make room."""
+        return self._running
+
+    def _generation_started(self) -> None:
+        with self._counted:
+            self._running += 1
+
+    def _generation_ended(self) -> None:
+        with self._counted:
+            self._running -= 1
+            self.idle_since = monotonic()
 
     @abstractmethod
     def load_model(self, model_path: str, **kwargs: Any) -> None: ...
@@ -137,7 +172,8 @@ class Backend(ABC):
         check_prompt_fits(len(prompt.ids), m.n_ctx, "prompt" if request.messages is None else "messages")
         params = self._with_tool_grammar(request, prompt)
         source, job = self._submit(m, prompt.ids, params, UsageClock(len(prompt.ids), t_start))
-        return Generation(source, job, self.name, m.name, prompt, params)
+        self._generation_started()
+        return Generation(source, job, self.name, m.name, prompt, params, self._generation_ended)
 
     def prompt(self, request: GenerationRequest) -> Prompt:
         """The text and token ids the model would be given for `request`."""

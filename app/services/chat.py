@@ -1,6 +1,7 @@
-"""The one chat path. A route converts its dialect's request to a `GenerationRequest`, calls
-`start_chat` once, and converts what comes back: a stream of `ChatDelta`s (reasoning, answer, tool
-calls; the finish reason and usage last), or the whole `Answer`. The output parser is built and fed
+"""The one chat path. A route converts its dialect's request to a `GenerationRequest`, asks the registry
+for the model's backend (`Registry.resolve`, which loads it if needed), calls `start_chat` once, and
+converts what comes back: a stream of `ChatDelta`s (reasoning, answer, tool calls; the finish reason
+and usage last), or the whole `Answer`. The output parser is built and fed
 here, for every dialect alike; a raw prompt's text passes through as content.
 """
 
@@ -10,26 +11,19 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 from app.chat.output import Answer, ChatDelta, ChatOutputParser
-from app.services.backend import Generation
-from app.services.registry import Registry
+from app.services.backend import Backend, Generation
 from app.types import GenerationRequest, TokenEvent
 
 
-def start_chat(
-    registry: Registry, request: GenerationRequest, *, model: str | None = None, backend: str | None = None
-) -> ChatStream:
-    """Starts `request` on the backend that `model` (a model or backend name, as on /v1) or `backend`
-    names, the default one without either. Checks and tokenizes now: a bad request raises here,
-    before any response starts."""
-    chosen = registry.backend(backend) if backend else registry.for_model(model)
-    generation = chosen.start(request)
+def start_chat(backend: Backend, request: GenerationRequest) -> ChatStream:
+    """Starts `request` on `backend` (the one `Registry.resolve` gives for the request's model).
+    Checks and tokenizes now: a bad request raises here, before any response starts."""
+    generation = backend.start(request)
     parser = ChatOutputParser(generation.prompt, request.chat) if request.messages is not None else None
     return ChatStream(generation, parser)
 
 
-def start_choices(
-    registry: Registry, request: GenerationRequest, n: int, *, model: str | None = None
-) -> list[ChatStream]:
+def start_choices(backend: Backend, request: GenerationRequest, n: int) -> list[ChatStream]:
     """`n` answers to the same request (OpenAI's `n`), sampled independently and decoded together; with
     a seed, choice i samples with seed + i. If one cannot start, those started are cancelled."""
     streams: list[ChatStream] = []
@@ -37,7 +31,7 @@ def start_choices(
         for i in range(n):
             seed = request.params.seed
             params = request.params if seed is None else replace(request.params, seed=(seed + i) % 2**32)
-            streams.append(start_chat(registry, replace(request, params=params), model=model))
+            streams.append(start_chat(backend, replace(request, params=params)))
     except BaseException:
         for stream in streams:
             stream.cancel()

@@ -112,8 +112,9 @@ def _check_logit_bias(logit_bias: Any) -> None:
 def _checked_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text of each message, plus what tool calling adds: an assistant's `tool_calls`
     (OpenAI's shape, content may then be empty), a tool result's `tool_call_id` and `name`; and an
-    answer's `reasoning_content`."""
-    _check(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list")
+    answer's `reasoning_content`. No messages: the template renders the generation prompt alone, as
+    llama-server and vLLM do."""
+    _check(isinstance(messages, (list, tuple)), "messages must be a list")
     return [_checked_message(i, message) for i, message in enumerate(messages)]
 
 

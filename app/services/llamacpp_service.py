@@ -74,13 +74,17 @@ class _Loaded:
     embedder: Any = None  # Embedder, made by the first embedding request
     alias: str | None = None  # the name it is served by, in place of the file's
     template_override: bool = False  # chat_format is not from the GGUF's own template
+    embeddings_only: bool = False  # a BERT-type model: no chat engine
 
     def close(self) -> None:
-        """The running generations finish on these weights, then the contexts are freed."""
-        if self.engine is not None:
-            self.engine.close()
-        if self.embedder is not None:
-            self.embedder.close()
+        """The running generations finish on these weights, then the contexts are freed. Dropped here:
+        the engine refers back to this model (its vocabulary reads the pieces), and in that cycle the
+        weights would wait for Python's cycle collector to be freed."""
+        engine, embedder, self.engine, self.embedder = self.engine, self.embedder, None, None
+        if engine is not None:
+            engine.close()
+        if embedder is not None:
+            embedder.close()
 
     @property
     def name(self) -> str:
@@ -106,6 +110,10 @@ class LlamaCppBackend(Backend):
         self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
         self._on_decode = on_decode  # the sequences of each llama_decode, for metrics
         self._embedder_made = threading.Lock()
+
+    def sibling(self) -> LlamaCppBackend:
+        # The scheduler gauges stay the configured model's: several engines would overwrite each other.
+        return LlamaCppBackend(on_decode=self._on_decode)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -175,6 +183,7 @@ class LlamaCppBackend(Backend):
         if header.arch_value("pooling_type") is None:
             loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified)
         else:
+            loaded.embeddings_only = True
             loaded.n_ctx = loaded.n_ctx_total = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
         old, self._model = self._model, loaded
         if old is not None:
@@ -235,7 +244,7 @@ class LlamaCppBackend(Backend):
             "size_bytes": h.file_size,
             "n_params": llama_cpp.llama_model_n_params(m.llm.model),
             "n_ctx": m.n_ctx,  # per request: each slot has its own, or with kv_unified all of them
-            "embeddings_only": m.engine is None,
+            "embeddings_only": m.embeddings_only,
             "parallel": m.engine.n_slots if m.engine else 0,
             "n_ctx_total": m.n_ctx_total,
             "kv_unified": m.kv_unified,
@@ -275,7 +284,7 @@ class LlamaCppBackend(Backend):
 
     def start(self, request: GenerationRequest) -> Generation:
         m = self._require()
-        if m.engine is None:
+        if m.embeddings_only:
             raise InvalidParameterError(
                 f"{m.name} is an embedding model: it answers /v1/embeddings and /api/embed only", "model"
             )
@@ -295,7 +304,7 @@ class LlamaCppBackend(Backend):
         ids = [self._embedding_ids(m, item, truncate, i) for i, item in enumerate(inputs)]
         with self._embedder_made:
             if m.embedder is None:
-                m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, m.engine is None)
+                m.embedder = Embedder(m.llm.model, m.llm.context_params, m.n_ctx, m.n_threads, m.embeddings_only)
         return Embeddings(m.embedder.embed(ids, normalize), sum(map(len, ids)))
 
     def _embedding_ids(self, m: _Loaded, item: str | Sequence[int], truncate: bool, i: int) -> list[int]:
@@ -339,7 +348,10 @@ class LlamaCppBackend(Backend):
             post_sampling_probs=params.post_sampling_probs,
             cache_prompt=params.cache_prompt,
         )
-        return m.engine, m.engine.submit(ticket)
+        engine = m.engine
+        if engine is None:  # closed since this request looked: the model was unloaded or replaced
+            raise EngineClosedError(f"{m.name} was unloaded")
+        return engine, engine.submit(ticket)
 
     def _eog_tokens(self) -> tuple[int, ...]:
         m = self._require()

@@ -1,13 +1,18 @@
-// The chat page: sends the conversation to POST /api/chat with "stream": true and renders the answer
-// as it arrives, with the model's reasoning (if any) in a collapsible block above it. Plain browser
-// JavaScript, no build step; markdown-it 14.1.0 is vendored in vendor/.
+// The chat page: sends the conversation to POST /v1/chat/completions with "stream": true and renders the
+// answer as it arrives, with the model's reasoning (if any) in a collapsible block above it. The model
+// is picked from GET /v1/models; in compare mode each question goes to two models at once, answered side
+// by side. Plain browser JavaScript, no build step; markdown-it 14.1.0 is vendored in vendor/.
 "use strict";
 
 (() => {
   const SETTINGS_KEY = "hychat.settings";
   // think: "" leaves thinking to the server's default (the model's own behaviour), "on" or "off" asks.
-  const DEFAULTS = { temperature: 0.7, maxTokens: 512, think: "", system: "", apiKey: "" };
+  // model, modelB: "" is the server's default (the first model GET /v1/models lists).
+  const DEFAULTS = {
+    temperature: 0.7, maxTokens: 512, think: "", system: "", apiKey: "", model: "", modelB: "", compare: false,
+  };
   const THINK = { on: true, off: false };
+  const STATES = { loaded: "loaded", unloaded: "not loaded", failed: "failed" };
 
   // html: false escapes any HTML in the model's output; markdown-it's validateLink drops javascript:,
   // vbscript:, file: and non-image data: links. The page's Content-Security-Policy is the second line.
@@ -31,6 +36,10 @@
     send: $("send"),
     stop: $("stop"),
     newChat: $("new-chat"),
+    model: $("model"),
+    modelB: $("model-b"),
+    modelBPicker: $("model-b-picker"),
+    compare: $("compare"),
     settingsToggle: $("settings-toggle"),
     settings: $("settings"),
     temperature: $("temperature"),
@@ -40,9 +49,11 @@
     apiKey: $("api-key"),
   };
 
-  // The finished turns, as sent to the server; the system prompt is added per request.
-  let conversation = [];
-  let controller = null; // the running answer's AbortController; null when idle
+  // The finished turns, as sent to the server; the system prompt is added per request. One conversation
+  // per column: in compare mode the second holds model B's answers (a copy of the first when it starts).
+  let conversations = [[]];
+  let controller = null; // the running answers' AbortController (Stop aborts them all); null when idle
+  let models = []; // GET /v1/models' data: empty until it has answered
 
   // --- settings, kept in localStorage -------------------------------------------------------------
 
@@ -59,6 +70,11 @@
     ui.think.value = Object.hasOwn(THINK, s.think) ? s.think : DEFAULTS.think;
     ui.system.value = s.system;
     ui.apiKey.value = s.apiKey;
+    ui.compare.checked = s.compare === true;
+    ui.modelBPicker.hidden = !ui.compare.checked;
+    // Chosen once the list of models has come (fillPicker); until then the choice is kept here.
+    ui.model.dataset.saved = s.model;
+    ui.modelB.dataset.saved = s.modelB;
   }
 
   function readSettings() {
@@ -69,11 +85,62 @@
       think: ui.think.value,
       system: ui.system.value,
       apiKey: ui.apiKey.value.trim(),
+      model: ui.model.value || ui.model.dataset.saved,
+      modelB: ui.modelB.value || ui.modelB.dataset.saved,
+      compare: ui.compare.checked,
     };
   }
 
   function saveSettings() {
     localStorage.setItem(SETTINGS_KEY, JSON.stringify(readSettings()));
+  }
+
+  function authHeaders(apiKey) {
+    return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  }
+
+  // --- the models, from GET /v1/models --------------------------------------------------------------
+
+  // Lists the models with their state; again after each answer, as a request loads the model it names.
+  // False when the server would not list them (no API key yet): requests then go to its default model.
+  async function loadModels() {
+    try {
+      const response = await fetch("v1/models", { headers: authHeaders(readSettings().apiKey) });
+      if (!response.ok) throw new Error(await errorMessage(response));
+      models = (await response.json()).data;
+    } catch (error) {
+      ui.model.title = `The models could not be listed: ${error.message}`;
+      return false;
+    }
+    ui.model.title = "";
+    fillPicker(ui.model, () => usable()[0]);
+    fillPicker(ui.modelB, () => usable().find((m) => m.id !== ui.model.value) ?? usable()[0]);
+    return true;
+  }
+
+  function usable() {
+    return models.filter((m) => m.status?.value !== "failed");
+  }
+
+  // The select's options, keeping its choice (or the saved one) while that model can answer, else
+  // `fallback()`'s: the default model for A, another one for B.
+  function fillPicker(select, fallback) {
+    const wanted = select.value || select.dataset.saved;
+    select.replaceChildren(
+      ...models.map((m) => {
+        const state = m.status?.value;
+        const option = new Option(`${m.id} · ${STATES[state] ?? state ?? "unknown"}`, m.id);
+        option.disabled = state === "failed";
+        if (m.status?.problem) option.title = m.status.problem;
+        return option;
+      })
+    );
+    select.value = usable().some((m) => m.id === wanted) ? wanted : (fallback()?.id ?? "");
+  }
+
+  // The backend of the model `name` names (its id or an alias), when the list has it.
+  function backendOf(name) {
+    return models.find((m) => m.id === name || m.aliases?.includes(name))?.backend;
   }
 
   // --- Server-Sent Events over fetch ---------------------------------------------------------------
@@ -130,7 +197,7 @@
 
   // --- the conversation on screen -----------------------------------------------------------------
 
-  function addMessage(role) {
+  function addMessage(role, parent = ui.messages) {
     ui.empty.hidden = true;
     const article = document.createElement("article");
     article.className = `msg ${role}`;
@@ -139,8 +206,26 @@
     const meta = document.createElement("div");
     meta.className = "meta";
     article.append(content, meta);
-    ui.messages.append(article);
+    parent.append(article);
     return { article, content, meta };
+  }
+
+  // Compare mode's answers to one question, side by side (stacked on a narrow screen), each column
+  // headed by the model it asked.
+  function addColumns(names) {
+    const pair = document.createElement("div");
+    pair.className = "pair";
+    ui.messages.append(pair);
+    return names.map((name) => {
+      const answer = addMessage("assistant", pair);
+      answer.article.classList.add("column");
+      answer.article.setAttribute("aria-label", `Answer from ${name}`);
+      const head = document.createElement("h2");
+      head.className = "column-head";
+      head.textContent = name;
+      answer.article.prepend(head);
+      return answer;
+    });
   }
 
   // The reasoning block above an answer's content, made when the first reasoning arrives. It is open
@@ -182,21 +267,21 @@
     ui.messages.scrollTop = ui.messages.scrollHeight;
   }
 
+  // `done`: {backend, model, tokensPerS, ttftMs, completionTokens, finishReason}.
   function showUsage(meta, done) {
-    const u = done.usage;
     const parts = [
       done.backend,
       done.model,
-      `${u.tokens_per_s.toFixed(1)} tok/s`,
-      `TTFT ${Math.round(u.ttft_ms)} ms`,
-      `${u.completion_tokens} tokens`,
+      Number.isFinite(done.tokensPerS) && `${done.tokensPerS.toFixed(1)} tok/s`,
+      Number.isFinite(done.ttftMs) && `TTFT ${Math.round(done.ttftMs)} ms`,
+      Number.isInteger(done.completionTokens) && `${done.completionTokens} tokens`,
     ];
-    if (done.finish_reason === "length") parts.push("cut at max tokens");
+    if (done.finishReason === "length") parts.push("cut at max tokens");
     meta.textContent = parts.filter(Boolean).join(" · ");
-    meta.dataset.backend = done.backend;
+    meta.dataset.backend = done.backend ?? "";
     meta.dataset.model = done.model ?? "";
-    meta.dataset.tokensPerS = u.tokens_per_s;
-    meta.dataset.ttftMs = u.ttft_ms;
+    meta.dataset.tokensPerS = done.tokensPerS ?? "";
+    meta.dataset.ttftMs = done.ttftMs ?? "";
   }
 
   function setBusy(busy) {
@@ -206,20 +291,61 @@
     document.body.dataset.busy = busy ? "true" : "false";
   }
 
-  async function ask(question) {
-    const settings = readSettings();
-    const user = { role: "user", content: question };
-    addMessage("user").content.textContent = question; // what the user typed is shown as typed
-    const answer = addMessage("assistant");
-    answer.article.classList.add("streaming");
-    scrollToBottom();
+  // One streamed answer from POST v1/chat/completions: OpenAI's chunks, then "data: [DONE]". `onPiece`
+  // gets each piece of reasoning and of text as it comes; resolves to what the last chunks say: the
+  // model that answered, finish_reason, usage and timings (not OpenAI's: llama-server's, as hychat's).
+  async function streamChat(body, apiKey, signal, onPiece) {
+    const headers = { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders(apiKey) };
+    const response = await fetch("v1/chat/completions", {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+      signal,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const end = {};
+    for await (const event of sseEvents(response.body)) {
+      if (event.data === "[DONE]") return end;
+      const chunk = JSON.parse(event.data);
+      if (chunk.error) throw new Error(chunk.error.message || "generation failed");
+      end.model = chunk.model ?? end.model;
+      const choice = chunk.choices?.[0];
+      const delta = choice?.delta ?? {};
+      if (delta.reasoning_content || delta.content) onPiece(delta.reasoning_content ?? "", delta.content ?? "");
+      end.finishReason = choice?.finish_reason ?? end.finishReason;
+      end.usage = chunk.usage ?? end.usage;
+      end.timings = chunk.timings ?? end.timings;
+    }
+    throw new Error("the answer ended early (connection closed)");
+  }
 
-    const history = [...conversation, user];
-    const messages = settings.system.trim() ? [{ role: "system", content: settings.system }, ...history] : history;
-    const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
-    if (settings.apiKey) headers.Authorization = `Bearer ${settings.apiKey}`;
+  async function ask(question) {
     controller = new AbortController();
     setBusy(true);
+    addMessage("user").content.textContent = question; // what the user typed is shown as typed
+    const user = { role: "user", content: question };
+    if (!models.length) await loadModels(); // listed once the API key is set; names the default model
+    const settings = readSettings();
+    const picked = settings.compare ? [settings.model, settings.modelB] : [settings.model];
+    if (settings.compare && conversations.length === 1) conversations.push(structuredClone(conversations[0]));
+    const answers = settings.compare
+      ? addColumns(picked.map((name) => name || "Server default"))
+      : [addMessage("assistant")];
+    scrollToBottom();
+    // Both columns at once, each with its own conversation; Stop (the one controller) aborts both.
+    const { signal } = controller;
+    await Promise.all(answers.map((a, i) => answerInto(a, conversations[i], user, picked[i], settings, signal)));
+    controller = null;
+    setBusy(false);
+    loadModels(); // a request loads the model it names: its state has changed
+  }
+
+  // Streams `model`'s answer to `history` + `user` into `answer`; the turn then joins `history` if some
+  // text came (a stopped answer too, so that the model sees what it had said).
+  async function answerInto(answer, history, user, model, settings, signal) {
+    answer.article.classList.add("streaming");
+    const turns = [...history, user];
+    const messages = settings.system.trim() ? [{ role: "system", content: settings.system }, ...turns] : turns;
 
     let text = "";
     let thought = ""; // the reasoning: shown, never sent back to the model
@@ -232,42 +358,43 @@
       answer.content.innerHTML = renderMarkdown(text);
       if (follow) scrollToBottom();
     };
-    try {
-      const response = await fetch("api/chat", {
-        method: "POST",
-        headers,
-        body: JSON.stringify({
-          messages,
-          stream: true,
-          temperature: settings.temperature,
-          max_new_tokens: settings.maxTokens,
-          think: THINK[settings.think], // undefined, so left out, for the model's default
-        }),
-        signal: controller.signal,
-      });
-      if (!response.ok) throw new Error(await errorMessage(response));
-      let finished = false;
-      for await (const event of sseEvents(response.body)) {
-        const data = JSON.parse(event.data);
-        if (event.event === "message") {
-          if (data.reasoning) {
-            reasoning ??= addReasoning(answer);
-            thought += data.reasoning;
-          }
-          if (data.text) {
-            text += data.text;
-            if (reasoning?.details.dataset.state === "streaming") endReasoning(reasoning);
-          }
-          if (!frame) frame = requestAnimationFrame(render);
-        } else if (event.event === "done") {
-          if (reasoning) endReasoning(reasoning, data.usage?.reasoning_tokens);
-          showUsage(answer.meta, data);
-          finished = true;
-        } else if (event.event === "error") {
-          throw new Error(data.error?.message || "generation failed");
-        }
+    // The time to first token as the user waits for it: the queue and loading the model included.
+    const started = performance.now();
+    let firstAt = 0;
+    const onPiece = (reasoningPiece, textPiece) => {
+      firstAt ||= performance.now();
+      if (reasoningPiece) {
+        reasoning ??= addReasoning(answer);
+        thought += reasoningPiece;
       }
-      if (!finished) throw new Error("the answer ended early (connection closed)");
+      if (textPiece) {
+        text += textPiece;
+        if (reasoning?.details.dataset.state === "streaming") endReasoning(reasoning);
+      }
+      if (!frame) frame = requestAnimationFrame(render);
+    };
+    try {
+      const body = {
+        model: model || undefined, // left out, for the server's default model, until the list has come
+        messages,
+        stream: true,
+        stream_options: { include_usage: true },
+        temperature: settings.temperature,
+        max_tokens: settings.maxTokens,
+        think: THINK[settings.think], // not OpenAI's, hychat's; undefined, so left out, for the model's default
+      };
+      const end = await streamChat(body, settings.apiKey, signal, onPiece);
+      const tokens = end.usage?.completion_tokens;
+      const decodeS = (performance.now() - firstAt) / 1000; // when the server sends no timings
+      if (reasoning) endReasoning(reasoning, end.usage?.completion_tokens_details?.reasoning_tokens);
+      showUsage(answer.meta, {
+        backend: backendOf(end.model) ?? backendOf(model),
+        model: end.model,
+        tokensPerS: end.timings?.predicted_per_second ?? (firstAt ? tokens / decodeS : NaN),
+        ttftMs: firstAt ? firstAt - started : NaN,
+        completionTokens: tokens,
+        finishReason: end.finishReason,
+      });
     } catch (error) {
       if (error.name === "AbortError") {
         answer.meta.textContent = "Stopped";
@@ -281,9 +408,7 @@
       if (reasoning?.details.dataset.state === "streaming") endReasoning(reasoning);
       answer.article.classList.remove("streaming");
       // A stopped answer stays part of the conversation; a turn with no answer is left out.
-      if (text) conversation.push(user, { role: "assistant", content: text });
-      controller = null;
-      setBusy(false);
+      if (text) history.push(user, { role: "assistant", content: text });
     }
   }
 
@@ -323,7 +448,7 @@
   ui.stop.addEventListener("click", () => controller?.abort());
 
   ui.newChat.addEventListener("click", () => {
-    conversation = [];
+    conversations = [[]];
     ui.messages.replaceChildren(ui.empty);
     ui.empty.hidden = false;
     ui.input.focus();
@@ -335,13 +460,24 @@
   });
   ui.settings.addEventListener("input", saveSettings);
   ui.settings.addEventListener("submit", (event) => event.preventDefault());
+  ui.apiKey.addEventListener("change", loadModels); // the key may be what the list needed
+  ui.model.addEventListener("change", saveSettings);
+  ui.modelB.addEventListener("change", saveSettings);
+  ui.compare.addEventListener("change", () => {
+    ui.modelBPicker.hidden = !ui.compare.checked;
+    // Model B's conversation starts as a copy of the one so far when compare mode is next used.
+    if (!ui.compare.checked) conversations = [conversations[0]];
+    saveSettings();
+  });
 
   loadSettings();
   setBusy(false);
+  loadModels();
 
-  // For tests and the console: the renderer and a copy of the conversation.
+  // For tests and the console: the renderer and a copy of a column's conversation (0: the model's, or
+  // model A's in compare mode; 1: model B's).
   window.hychat = {
     renderMarkdown,
-    conversation: () => structuredClone(conversation),
+    conversation: (column = 0) => structuredClone(conversations[column] ?? []),
   };
 })();

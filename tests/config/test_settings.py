@@ -1,7 +1,9 @@
+import math
+
 import pytest
 
 from app.cpu import physical_cores
-from config.settings import EMBEDDED_MODEL_FILE, Settings, embedded_model_path
+from config.settings import EMBEDDED_MODEL_FILE, Settings, duration_s, embedded_model_path
 
 
 def test_defaults_bind_to_localhost_without_an_api_key(monkeypatch):
@@ -61,6 +63,10 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_TORCH_N_THREADS": "2",
         "HYCHAT_CORS_ORIGINS": "https://a.example, https://b.example",
         "HYCHAT_MODEL_DIRS": f"{tmp_path}/a,{tmp_path}/b",
+        "HYCHAT_MODELS_PRESETS": str(tmp_path / "模型.toml"),
+        "HYCHAT_MAX_LOADED_MODELS": "2",
+        "HYCHAT_MODELS_MEMORY_MIB": "4096",
+        "HYCHAT_KEEP_ALIVE": "1h30m",
         "HYCHAT_THINK": "false",
         "HYCHAT_REASONING_FORMAT": "none",
         "HYCHAT_CONTEXT_OVERFLOW": "truncate",
@@ -92,6 +98,8 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
     assert s.max_tokens_limit == 512
     assert s.cors_origins == ["https://a.example", "https://b.example"]
     assert s.model_folders() == [tmp_path.resolve() / "a", tmp_path.resolve() / "b"]
+    assert (s.models_presets, s.max_loaded_models, s.models_memory_mib) == (tmp_path / "模型.toml", 2, 4096)
+    assert s.keep_alive == 5400
     assert s.llamacpp_config() == {
         "enabled": False,
         "model_path": str(tmp_path / "m.gguf"),
@@ -120,7 +128,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "n_ctx": 1024,
         "n_threads": 2,
     }
-    assert (s.alias, s.model_tags) == (["小助手", "gpt-4o"], ["chat", "中文"])
+    assert (s.alias, s.model_tags) == (["gpt-4o", "小助手"], ["chat", "中文"])  # aliases sorted, as llama-server
     assert (s.chat_template, s.jinja) == ("llama3", False)
     assert (s.unknown_model, s.unknown_fields, s.endpoint_slots) == ("default", "ignore", False)
     assert s.endpoint_metrics is False
@@ -223,3 +231,17 @@ def test_the_old_names_of_the_pytorch_settings_still_work_and_say_so(monkeypatch
     assert (s.torch_dtype, s.torch_n_ctx, s.torch_model_path) == ("float32", 1024, "/new/ckpt")
     assert "HYCHAT_MODEL_DTYPE is deprecated: use HYCHAT_TORCH_DTYPE" in caplog.text
     assert "HYCHAT_MODEL_N_CTX is deprecated: use HYCHAT_TORCH_N_CTX" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "given, seconds",
+    [("5m", 300), ("1h30m", 5400), ("90", 90), (12, 12), ("0", 0), ("-1", math.inf), ("-5m", math.inf), ("1.5s", 1.5)],
+)
+def test_keep_alive_takes_ollamas_durations(given, seconds):
+    assert duration_s(given) == seconds
+
+
+@pytest.mark.parametrize("given", ["5 minutes", "m", "", True, "nan"])
+def test_a_keep_alive_that_is_no_duration_is_refused(given):
+    with pytest.raises(ValueError, match="duration"):
+        duration_s(given)

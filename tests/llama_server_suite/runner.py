@@ -73,10 +73,24 @@ def run(target: str, k: str | None = None, nodeids: list[str] | None = None, pyt
     }
 
 
+# Tests that pass on llama-server where hychat answers otherwise on purpose -> why.
+DIFFERENCES = {
+    "unit/test_compat_anthropic.py::test_anthropic_tool_result_with_image": "an image for a text-only model is a "
+    "400 (with llama-server's words, image input is not supported), not a 500, which SDKs retry in vain",
+    "unit/test_compat_anthropic.py::test_anthropic_vision_format_accepted": "the same",
+    "unit/test_compat_oai_responses.py::test_responses_stream_with_llama_telemetry": "an answer cut by "
+    "max_output_tokens ends with OpenAI's response.incomplete, not response.completed",
+    "unit/test_security.py::test_cors_options[web.mydomain.fr-Access-Control-Allow-Headers-*]": "a preflight "
+    "names the headers asked for: browsers do not let a * cover Authorization",
+}
+
+
 def regressions(results: dict, native: dict) -> dict[str, str]:
-    """The tests that pass natively but not here -> what happened here."""
+    """The tests that pass natively but not here (other than DIFFERENCES) -> what happened here."""
     out = {}
     for nodeid, reference in native["tests"].items():
+        if nodeid in DIFFERENCES:
+            continue
         here = results["tests"].get(nodeid)
         if reference["outcome"] == "passed" and (here or {}).get("outcome") != "passed":
             out[nodeid] = f"{here['outcome']}: {here.get('message', '')}" if here else "not run"
@@ -91,7 +105,11 @@ def summary(results: dict) -> str:
         ran = {n: r for n, r in native["tests"].items() if n in results["tests"]}
         missing = regressions(results, {"tests": ran})
         passed = sum(1 for r in ran.values() if r["outcome"] == "passed")
-        lines.append(f"  {passed - len(missing)} of the {passed} tests run that pass natively pass here")
+        differ = [n for n in DIFFERENCES if n in ran and results["tests"][n]["outcome"] != "passed"]
+        lines.append(
+            f"  {passed - len(missing) - len(differ)} of the {passed} tests run that pass natively pass here; "
+            f"{len(differ)} differ on purpose (runner.DIFFERENCES)"
+        )
         if missing:
             lines.append("  pass natively, not here:")
             lines += [f"    {n}\n      {m.splitlines()[0][:300] if m else ''}" for n, m in missing.items()]

@@ -1,5 +1,6 @@
 """hychat passes every test of llama.cpp's server suite that native llama-server passes on the same model
-(native_results.json: `python -m tests.llama_server_suite run --target native --json ...`)."""
+(native_results.json: `python -m tests.llama_server_suite run --target native --json ...`), but for the
+few where it answers otherwise on purpose (runner.DIFFERENCES, each with its reason)."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ def test_completion_logprobs_offsets_agree_streamed_or_not():
     "error, status, error_type, code, param",
     [
         (InvalidParameterError("bad", "top_p"), 400, "invalid_request_error", "invalid_parameter", "top_p"),
-        (PromptTooLongError(3000, 2048), 400, "invalid_request_error", "context_length_exceeded", "messages"),
+        (PromptTooLongError(3000, 2048), 400, "exceed_context_size_error", "context_length_exceeded", "messages"),
         (AuthenticationError("no"), 401, "authentication_error", "invalid_api_key", None),
         (ModelNotFoundError("no"), 404, "not_found_error", "model_not_found", "model"),
         (QueueFullError("busy", retry_after_s=2), 429, "rate_limit_error", "queue_full", None),
@@ -236,6 +236,18 @@ def test_every_error_has_openais_shape(error, status, error_type, code, param):
 
 def to_request(**body):
     return to_chat_generation_request(ChatCompletionRequest.model_validate({"messages": USER, **body}), 4096)
+
+
+def test_text_parts_join_by_line_and_a_continued_answers_by_blank_line_as_llama_server():
+    parts = [{"type": "text", "text": "长"}, {"type": "text", "text": "城"}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": parts}]
+    continued = to_request(messages=messages).messages  # the last assistant message is a prefill
+    assert [m["content"] for m in continued] == ["长\n城", "长\n\n城"]
+    answered = to_request(messages=messages, add_generation_prompt=True).messages
+    assert [m["content"] for m in answered] == ["长\n城", "长\n城"]
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+    with pytest.raises(InvalidParameterError, match="image input is not supported"):
+        to_request(messages=[{"role": "user", "content": image}])
 
 
 def test_llama_server_and_vllm_fields_convert():

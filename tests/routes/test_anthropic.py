@@ -171,6 +171,24 @@ def test_reasoning_comes_as_thinking_blocks(client):
     assert create(client, again, max_tokens=4).usage.output_tokens == 4
 
 
+def test_lenient_as_llama_server_a_small_thinking_budget_and_no_messages(client, v1):
+    """Anthropic's API refuses a budget under 1024 and an empty conversation; llama-server (and its
+    tests) take both, and so does hychat. A budget at max_tokens or above is still refused."""
+    small = create(client, max_tokens=8, thinking={"type": "enabled", "budget_tokens": 4})
+    assert small.type == "message" and small.usage.output_tokens > 0
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        create(client, max_tokens=8, thinking={"type": "enabled", "budget_tokens": 8})
+    # No messages: the template renders its generation prompt alone, and the model answers it.
+    alone = v1.post("/apply-template", json={"model": "llamacpp", "messages": []}).json()["prompt"]
+    assert alone.strip()
+    empty = create(client, messages=[], max_tokens=4)
+    assert empty.type == "message" and empty.usage.output_tokens > 0
+    prompt_tokens = len(v1.post("/tokenize", json={"model": "llamacpp", "content": alone}).json()["tokens"])
+    assert empty.usage.input_tokens + empty.usage.cache_read_input_tokens == prompt_tokens
+    completion = v1.post("/v1/chat/completions", json={"model": "llamacpp", "messages": [], "max_tokens": 4})
+    assert completion.status_code == 200 and completion.json()["usage"]["prompt_tokens"] == prompt_tokens
+
+
 def test_the_thinking_switch_changes_the_prompt_as_on_v1(client, v1):
     """The tiny HunYuan's template has Hunyuan-7B's switch: thinking disabled adds /no_think."""
     counts = {}

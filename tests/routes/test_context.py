@@ -54,7 +54,7 @@ def test_a_too_long_chat_gets_context_length_exceeded_with_the_counts(servers):
         error = r.json()["error"]
         assert (error["code"], error["type"], error["param"]) == (
             "context_length_exceeded",
-            "invalid_request_error",
+            "exceed_context_size_error",  # llama-server's type, OpenAI's code
             "messages",
         )
         assert re.search(rf"prompt is {n_prompt} tokens but the context window is {N_CTX} tokens", error["message"])

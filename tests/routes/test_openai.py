@@ -263,7 +263,7 @@ def test_a_backend_without_a_model_is_503(client):
 def test_prompt_longer_than_the_context_is_400_context_length_exceeded(client):
     with pytest.raises(openai.BadRequestError) as raised:
         chat(client, messages=[{"role": "user", "content": "你好" * 3000}], max_tokens=4)
-    assert_openai_error(raised.value, 400, "invalid_request_error", "context_length_exceeded")
+    assert_openai_error(raised.value, 400, "exceed_context_size_error", "context_length_exceeded")
     assert raised.value.code == "context_length_exceeded"
     body = raised.value.response.json()["error"]  # llama-server's fields: how much to cut
     assert body["n_ctx"] == 2048 and body["n_prompt_tokens"] > 2048

@@ -89,7 +89,8 @@ def baseline(client) -> str:
 
 
 def served_models(client: httpx.Client) -> list[str]:
-    return [card["id"] for card in client.get("/v1/models").json()["data"]]
+    """The loaded models (/v1/models lists the rest of the model folders too)."""
+    return [card["id"] for card in client.get("/v1/models").json()["data"] if card["status"]["value"] == "loaded"]
 
 
 def reload(client: httpx.Client, model_path: str, **extra) -> httpx.Response:

@@ -175,7 +175,7 @@ def test_apply_template_takes_the_servers_chat_defaults(start_server):
 
 def test_apply_template_checks_the_body_as_chat_completions_does(client):
     for body, status, needle in [
-        ({"messages": []}, 400, "messages"),
+        ({"messages": [], "continue_final_message": True}, 400, "continue_final_message"),
         ({"messages": MESSAGES, "model": "gpt-4"}, 404, "gpt-4"),
         ({"messages": MESSAGES, "max_tokens": 10**9}, 400, "HYCHAT_MAX_TOKENS_LIMIT"),
         ({"messages": MESSAGES, "unknown": 1}, 400, "unknown"),

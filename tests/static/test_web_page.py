@@ -1,14 +1,20 @@
 """The chat page at `/` in headless Chromium (Debian's package, driven by Playwright) against the real
-server and the embedded SmolLM2 model."""
+server and the embedded SmolLM2 model; the model picker and compare mode against a server whose model
+library holds a second model."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the `test` extra installs playwright")
@@ -62,17 +68,26 @@ def browser():
         browser.close()
 
 
+@contextmanager
+def opened(browser, url: str) -> Iterator:
+    """The page at `url` in a fresh browser context (its own localStorage); no script error on it."""
+    context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(ANSWER_TIMEOUT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        yield page
+    finally:
+        context.close()
+    assert not errors, errors
+
+
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
-    page = context.new_page()
-    page.set_default_timeout(ANSWER_TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(server.url)
-    yield page
-    context.close()
-    assert not errors, errors
+    with opened(browser, server.url) as page:
+        yield page
 
 
 def settings(page, **values: str) -> None:
@@ -97,9 +112,12 @@ def wait_answered(page, index: int) -> None:
     expect(page.locator("#send")).to_be_visible()
 
 
+CHAT_URL = "**/v1/chat/completions"
+
+
 def chat_requests(page) -> list:
     requests = []
-    page.on("request", lambda r: requests.append(r) if r.url.endswith("/api/chat") else None)
+    page.on("request", lambda r: requests.append(r) if r.url.endswith("/v1/chat/completions") else None)
     return requests
 
 
@@ -145,7 +163,7 @@ def test_the_second_turn_sends_the_whole_conversation(page):
         {"role": "assistant", "content": earlier_answer},
         {"role": "user", "content": "长城有多长？"},
     ]
-    assert second["stream"] is True and second["temperature"] == 0 and second["max_new_tokens"] == 12
+    assert second["stream"] is True and second["temperature"] == 0 and second["max_tokens"] == 12
     assert len(conversation) == 4 and page.locator(".msg").count() == 4
 
     page.click("#new-chat")
@@ -238,17 +256,18 @@ WATCH_REASONING = """() => {
 }"""
 
 
-def send_with_grammar(page, grammar: str | None) -> list[dict]:
-    """Passes the page's requests to the real server, with `grammar` added to the body when given; returns the
-    bodies as the page sent them."""
+def send_with_grammar(page, grammar: str | dict[str, str] | None) -> list[dict]:
+    """Passes the page's requests to the real server, with `grammar` added to the body when given (a dict: the
+    grammar of the model the body names); returns the bodies as the page sent them."""
     bodies: list[dict] = []
 
     def handle(route) -> None:
         body = route.request.post_data_json
         bodies.append(body)
-        route.continue_(post_data=json.dumps({**body, "grammar": grammar}) if grammar else None)
+        chosen = grammar.get(body["model"]) if isinstance(grammar, dict) else grammar
+        route.continue_(post_data=json.dumps({**body, "grammar": chosen}) if chosen else None)
 
-    page.route("**/api/chat", handle)
+    page.route(CHAT_URL, handle)
     return bodies
 
 
@@ -375,14 +394,20 @@ def test_render_markdown_escapes_html_and_refuses_javascript_links(page):
     check_rendered_safely(page, "#render-test")
 
 
+def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
+    """One frame of a scripted /v1/chat/completions stream, as sse-starlette writes it (CRLF line endings);
+    `delta` None: the usage chunk's empty `choices`."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    return f"data: {json.dumps({'object': 'chat.completion.chunk', 'model': 'm', 'choices': choices, **extra})}\r\n\r\n"
+
+
 def test_a_hostile_streamed_answer_is_rendered_safely(page):
-    # A scripted stream: the real model cannot be made to answer this. Frames as sse-starlette writes
-    # them (CRLF line endings, a ping comment).
+    # A scripted stream: the real model cannot be made to answer this.
     pieces = [UNSAFE_MARKDOWN[i : i + 7] for i in range(0, len(UNSAFE_MARKDOWN), 7)]
-    body = ": ping\r\n\r\n" + "".join(f"data: {json.dumps({'text': p})}\r\n\r\n" for p in pieces)
-    body += 'event: done\r\ndata: {"finish_reason":"stop","backend":"llamacpp","model":"m","usage":'
-    body += '{"prompt_tokens":1,"completion_tokens":9,"ttft_ms":1.0,"tokens_per_s":9.0,"total_ms":2.0}}\r\n\r\n'
-    page.route("**/api/chat", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
+    body = ": ping\r\n\r\n" + "".join(chunk({"content": p}) for p in pieces) + chunk({}, "stop")
+    body += chunk(None, usage={"prompt_tokens": 1, "completion_tokens": 9}, timings={"predicted_per_second": 9.0})
+    body += "data: [DONE]\r\n\r\n"
+    page.route(CHAT_URL, lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
     ask(page, "hi")
     wait_answered(page, 0)
     check_rendered_safely(page, ".msg.assistant .content")
@@ -390,8 +415,8 @@ def test_a_hostile_streamed_answer_is_rendered_safely(page):
 
 
 def test_an_error_event_is_shown(page):
-    body = 'data: {"text": "partial"}\n\nevent: error\ndata: {"error": {"message": "the model ran out of context"}}\n\n'
-    page.route("**/api/chat", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
+    body = chunk({"content": "partial"}) + 'data: {"error": {"message": "the model ran out of context"}}\n\n'
+    page.route(CHAT_URL, lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
     ask(page, "hi")
     expect(answer(page, 0).locator(".meta")).to_have_text("Error: the model ran out of context")
     expect(answer(page, 0)).to_have_class(re.compile(r"\bfailed\b"))
@@ -421,3 +446,208 @@ def test_the_page_is_open_but_the_api_needs_the_key(browser, start_server):
         expect(page.locator("#max-tokens")).to_have_value("4")
     finally:
         context.close()
+
+
+# --- the model picker and compare mode, on a server whose model library holds a second model -----------------
+
+EMBEDDED = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SECOND = "smol-b.gguf"
+BROKEN = "broken.gguf"
+STATES = {"loaded": "loaded", "unloaded": "not loaded", "failed": "failed"}
+
+
+@pytest.fixture(scope="module")
+def library_server(start_server, model_path, tmp_path_factory):
+    """The embedded model as the default, and a model folder with a second model and a file that cannot load.
+    The second is the embedded GGUF under another name: a hard link (a copy where the filesystem cannot link),
+    which the library lists and loads as a model of its own (a symlink would resolve to the default model)."""
+    folder = tmp_path_factory.mktemp("models")
+    try:
+        os.link(model_path, folder / SECOND)
+    except OSError:
+        shutil.copyfile(model_path, folder / SECOND)
+    (folder / BROKEN).write_bytes(b"not a GGUF file")
+    return start_server({"HYCHAT_MODEL_DIRS": str(folder)})
+
+
+@pytest.fixture
+def library_page(browser, library_server):
+    with opened(browser, library_server.url) as page:
+        yield page
+
+
+def picker_options(page, select: str) -> list[dict]:
+    return page.eval_on_selector_all(
+        f"{select} option",
+        "(all) => all.map((o) => ({value: o.value, text: o.textContent, disabled: o.disabled, title: o.title}))",
+    )
+
+
+def test_the_model_picker_lists_every_model_with_its_state(library_page, library_server):
+    page = library_page
+    expect(page.locator("#model option")).to_have_count(3)
+    listed = httpx.get(f"{library_server.url}/v1/models", timeout=30).json()["data"]
+    assert listed[0]["id"] == EMBEDDED and {m["id"] for m in listed} == {EMBEDDED, SECOND, BROKEN}
+    assert picker_options(page, "#model") == [
+        {
+            "value": m["id"],
+            "text": f"{m['id']} · {STATES[m['status']['value']]}",
+            "disabled": m["status"]["value"] == "failed",
+            "title": m["status"]["problem"] or "",
+        }
+        for m in listed
+    ]
+    assert "GGUF" in picker_options(page, "#model")[1]["title"]  # the problem, as the failed one's tooltip
+    expect(page.locator("#model")).to_have_value(EMBEDDED)  # the server's default
+    expect(page.locator("#model-b")).to_be_hidden()  # until compare mode is on
+
+
+def test_the_chosen_model_is_sent_named_by_its_answer_and_remembered(library_page):
+    page = library_page
+    requests = chat_requests(page)
+    settings(page, temperature="0", max_tokens="8")
+    page.select_option("#model", SECOND)
+    ask(page, "你好")
+    wait_answered(page, 0)
+    page.select_option("#model", EMBEDDED)
+    ask(page, "你好")
+    wait_answered(page, 1)
+
+    assert [r.post_data_json["model"] for r in requests] == [SECOND, EMBEDDED]
+    for index, model in enumerate([SECOND, EMBEDDED]):
+        meta = answer(page, index).locator(".meta")
+        assert meta.get_attribute("data-model") == model and float(meta.get_attribute("data-tokens-per-s")) > 0
+        assert model in meta.inner_text() and "llamacpp" in meta.inner_text() and "tok/s" in meta.inner_text()
+        assert answer(page, index).locator(".content").inner_text().strip()
+    # The first request loaded the second model; the picker says so once the answer is in.
+    expect(page.locator(f'#model option[value="{SECOND}"]')).to_have_text(f"{SECOND} · loaded")
+    # The second turn went to the other model with the whole conversation, the first model's answer in it.
+    assert requests[1].post_data_json["messages"][1] == page.evaluate("window.hychat.conversation()")[1]
+
+    page.select_option("#model", SECOND)
+    page.reload()  # the choice is remembered by this browser
+    expect(page.locator("#model option")).to_have_count(3)
+    expect(page.locator("#model")).to_have_value(SECOND)
+
+
+# What each model is made to write (a grammar per model, on the real engine): a column showing the other
+# stream's text, or the other column's history, fails the test.
+ANSWERS = {
+    EMBEDDED: ["甲：长城很长，有两万多公里。", "甲：不客气！"],
+    SECOND: ["乙：长城在中国北方，很有名。", "乙：再见，祝你好运！"],
+}
+
+# Records both columns' text lengths and states each time the page changes them.
+WATCH_COLUMNS = """() => {
+    window.__columns = [];
+    new MutationObserver(() => {
+        const columns = [...document.querySelectorAll(".pair:last-of-type .msg.column")];
+        if (columns.length !== 2) return;
+        window.__columns.push(columns.map((c) => ({
+            length: c.querySelector(".content").textContent.length,
+            streaming: c.classList.contains("streaming"),
+        })));
+    }).observe(document.getElementById("messages"), {
+        childList: true, subtree: true, characterData: true, attributes: true,
+    });
+}"""
+
+
+def literal(text: str) -> str:
+    return f'root ::= "{text}"'
+
+
+def turn_on_compare(page, model_a: str, model_b: str) -> None:
+    expect(page.locator("#model option")).to_have_count(3)
+    page.check("#compare")
+    expect(page.locator("#model-b")).to_be_visible()
+    page.select_option("#model", model_a)
+    page.select_option("#model-b", model_b)
+
+
+def test_compare_mode_streams_two_models_side_by_side_each_with_its_own_conversation(library_page, library_server):
+    page = library_page
+    # Both models loaded first, so that neither stream waits for a load while the other runs.
+    for model in (EMBEDDED, SECOND):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        assert httpx.post(f"{library_server.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    page.reload()
+    settings(page, temperature="0", max_tokens="64")
+    turn_on_compare(page, EMBEDDED, SECOND)
+    for turn, question in enumerate(["长城有多长？", "谢谢"]):
+        bodies = send_with_grammar(page, {model: literal(texts[turn]) for model, texts in ANSWERS.items()})
+        page.evaluate(WATCH_COLUMNS)
+        ask(page, question)
+        wait_answered(page, 2 * turn)
+        wait_answered(page, 2 * turn + 1)
+        page.unroute(CHAT_URL)
+
+        pair = page.locator(".pair").nth(turn)
+        for column, model in enumerate([EMBEDDED, SECOND]):
+            own = pair.locator(".msg.column").nth(column)
+            expect(own.locator(".column-head")).to_have_text(model)
+            expect(own.locator(".content")).to_have_text(ANSWERS[model][turn])
+            meta = own.locator(".meta")
+            assert meta.get_attribute("data-model") == model and float(meta.get_attribute("data-tokens-per-s")) > 0
+            assert "tok/s" in meta.inner_text()
+        # Both streams ran at once: at some moment each column had text while both were still streaming.
+        seen = page.evaluate("window.__columns")
+        assert any(all(c["streaming"] and c["length"] > 0 for c in s) for s in seen), seen
+        assert sorted(b["model"] for b in bodies) == [EMBEDDED, SECOND]
+
+    # Each column's model got the conversation with its own answers (`bodies`: the second turn's requests).
+    questions = [{"role": "user", "content": "长城有多长？"}, {"role": "user", "content": "谢谢"}]
+    for column, model in enumerate([EMBEDDED, SECOND]):
+        history = [questions[0], {"role": "assistant", "content": ANSWERS[model][0]}]
+        second_body = next(b for b in bodies if b["model"] == model)
+        assert second_body["messages"] == [*history, questions[1]]
+        assert page.evaluate(f"window.hychat.conversation({column})") == [
+            *history,
+            questions[1],
+            {"role": "assistant", "content": ANSWERS[model][1]},
+        ]
+
+    # Side by side on a wide screen, one above the other on a narrow one.
+    first, second = (page.locator(".pair").nth(1).locator(".msg.column").nth(i) for i in (0, 1))
+    a, b = first.bounding_box(), second.bounding_box()
+    assert a["y"] == b["y"] and a["x"] + a["width"] <= b["x"]
+    page.set_viewport_size({"width": 400, "height": 800})
+    a, b = first.bounding_box(), second.bounding_box()
+    assert a["y"] + a["height"] <= b["y"] and a["x"] == b["x"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400  # nothing sticks out sideways
+
+    page.uncheck("#compare")  # back to one model: its conversation goes on
+    page.reload()
+    expect(page.locator("#compare")).not_to_be_checked()
+    expect(page.locator("#model-b")).to_be_hidden()
+
+
+def test_stop_in_compare_mode_stops_both_answers(library_page):
+    page = library_page
+    failed = []
+    page.on("requestfailed", lambda r: failed.append(r.failure) if r.url.endswith("/chat/completions") else None)
+    settings(page, temperature="0.8", max_tokens="400")
+    turn_on_compare(page, SECOND, EMBEDDED)
+    ask(page, "请写一个很长的故事，关于一条龙和一座城堡。")
+    page.wait_for_function(
+        """() => {
+            const columns = document.querySelectorAll(".msg.column .content");
+            return columns.length === 2 && [...columns].every((c) => c.textContent.length > 10);
+        }""",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    page.click("#stop")
+
+    expect(page.locator("#send")).to_be_visible()
+    expect(page.locator("#stop")).to_be_hidden()
+    columns = page.locator(".msg.column")
+    for column in range(2):
+        expect(columns.nth(column).locator(".meta")).to_have_text("Stopped")
+    stopped_at = [columns.nth(i).locator(".content").inner_text() for i in range(2)]
+    time.sleep(1.5)
+    assert [columns.nth(i).locator(".content").inner_text() for i in range(2)] == stopped_at  # neither grows
+    assert len(failed) == 2 and all("ABORTED" in f.upper() for f in failed), failed  # both connections dropped
+    # Each column keeps its own stopped part.
+    for column in range(2):
+        stopped_turn = page.evaluate(f"window.hychat.conversation({column})")[1]
+        assert stopped_turn["role"] == "assistant" and stopped_turn["content"].strip()

@@ -1,0 +1,228 @@
+"""The model library through a real server on llama.cpp: every GGUF in the model folders is served by
+its name, loaded when a request names it, unloaded when idle (keep_alive), when the count or the
+memory budget needs room (the least recently used idle model first), or when asked.
+
+The library: the embedded SmolLM2 Q4_1 (the configured model), a Q8_0 of it the pipeline quantizes,
+a tiny random HunYuan as an F32 GGUF with a LoRA the pipeline converts to a GGUF adapter (served as a
+model of its own, "混元-微调", by the presets file), and a damaged copy of the Q8_0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.pipeline.hf_to_gguf import convert
+from app.pipeline.lora_gguf import lora_to_gguf
+from app.pipeline.quantize import quantize
+from config.settings import Settings, embedded_model_path
+from tests.conftest import REPO
+
+API_KEY = "library-key"
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+Q4 = Path(embedded_model_path()).name
+Q8 = "SmolLM2-135M-Instruct.Q8_0.gguf"
+BASE, FINETUNE, BROKEN, TORCH = "混元-base.f32.gguf", "混元-微调", "损坏.gguf", "混元-torch"
+QUESTION = [{"role": "user", "content": "请用一句话介绍长城。"}]
+CACHE = Path(Settings().cache_dir)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, hunyuan_dir, lora_dir) -> Path:
+    folder = tmp_path_factory.mktemp("library")
+    quantize(Path(embedded_model_path()), folder / Q8, "q8_0", allow_requantize=True)
+    convert(hunyuan_dir, folder / BASE, CACHE, outtype="f32", vocab_pre="hunyuan")
+    lora_to_gguf(hunyuan_dir, lora_dir, folder / "lora.gguf", CACHE)
+    damaged = (folder / Q8).read_bytes()
+    (folder / BROKEN).write_bytes(damaged[: len(damaged) // 2])
+    presets = f'["{FINETUNE}"]\npath = "lora.gguf"\nbase = "{BASE}"\naliases = ["finetune"]\n'
+    presets += f'["{TORCH}"]\npath = "{hunyuan_dir}"\nkeep_alive = "1h"\n'  # a checkpoint, for PyTorch
+    (folder / "presets.toml").write_text(presets, encoding="utf-8")
+    return folder
+
+
+def env(library: Path, **settings: str) -> dict[str, str]:
+    """The configured model stays the embedded one, in its own folder, which the library lists too."""
+    folders = f"{library},{Path(embedded_model_path()).parent}"
+    base = {"HYCHAT_API_KEY": API_KEY, "HYCHAT_MODEL_DIRS": folders,
+            "HYCHAT_MODELS_PRESETS": str(library / "presets.toml")}  # fmt: skip
+    return base | {f"HYCHAT_{k.upper()}": v for k, v in settings.items()}
+
+
+def chat(url: str, model: str, **body) -> httpx.Response:
+    body = {"model": model, "messages": QUESTION, "max_tokens": 12, "temperature": 0, **body}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=300)
+
+
+def answer(url: str, model: str) -> str:
+    r = chat(url, model)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def models(url: str) -> dict[str, dict]:
+    return {m["id"]: m for m in httpx.get(f"{url}/v1/models", headers=HEADERS).json()["data"]}
+
+
+def loaded(url: str) -> list[str]:
+    return [m["name"] for m in httpx.get(f"{url}/api/ps", headers=HEADERS).json()["models"]]
+
+
+def rss_bytes(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=HEADERS).text
+    return float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M).group(1))
+
+
+def concurrently(ask, names: list[str]) -> list:
+    """`ask(name)` for every name at the same moment, each on a thread of its own; the results in order."""
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(ask, names))
+
+
+def until(condition, what: str, limit_s: float = 60):
+    """Polls until `condition()` holds (a bound for a server that never gets there, not a timing)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(start_server, library):
+    return start_server(env(library))
+
+
+def test_every_model_is_listed_loaded_or_not_and_a_damaged_one_with_its_problem(server):
+    listed = models(server.url)
+    assert listed[Q4]["status"]["value"] == "loaded" and listed[Q4]["status"]["expires_at"] is None
+    assert {listed[name]["status"]["value"] for name in (Q8, BASE, FINETUNE)} == {"unloaded"}
+    assert listed[FINETUNE]["aliases"] == ["finetune"]
+    assert listed[BROKEN]["status"]["value"] == "failed" and "truncated" in listed[BROKEN]["status"]["problem"]
+    tags = [m["name"] for m in httpx.get(f"{server.url}/api/tags", headers=HEADERS).json()["models"]]
+    assert tags[0] == Q4 and {Q8, BASE, FINETUNE} <= set(tags) and BROKEN not in tags
+    # Asked for, the damaged file is a 400 naming it, and nothing else changes.
+    r = chat(server.url, BROKEN)
+    assert r.status_code == 400 and BROKEN in r.json()["error"]["message"]
+    assert loaded(server.url) == [Q4] and answer(server.url, Q4)
+
+
+def test_requests_naming_each_model_load_it_and_are_answered_by_it(server):
+    solo = {name: answer(server.url, name) for name in (Q4, Q8)}
+    names = [Q4, Q8] * 3
+    for name, r in zip(names, concurrently(lambda name: chat(server.url, name), names), strict=True):
+        assert r.status_code == 200 and r.json()["model"] == name
+        assert r.json()["choices"][0]["message"]["content"] == solo[name]
+    assert set(loaded(server.url)) == {Q4, Q8}
+    ps = {m["name"]: m for m in httpx.get(f"{server.url}/api/ps", headers=HEADERS).json()["models"]}
+    assert ps[Q8]["size"] > (Path(embedded_model_path()).parent / Q4).stat().st_size  # the file and its KV cache
+
+
+def test_eight_simultaneous_requests_load_a_model_once(start_server, library, tmp_path):
+    log = tmp_path / "server.log"
+    server = start_server(env(library), log_path=log)
+    results = concurrently(lambda name: chat(server.url, name), [BASE] * 8)
+    assert [r.status_code for r in results] == [200] * 8
+    assert {r.json()["model"] for r in results} == {BASE}
+    assert log.read_text().count(f"llama.cpp loaded {library / BASE}") == 1
+
+
+def test_an_adapter_is_a_model_of_its_own_and_never_leaks_into_its_base(server):
+    solo = {name: answer(server.url, name) for name in (BASE, FINETUNE)}
+    assert solo[BASE] != solo[FINETUNE]  # the LoRA's weights are not zero
+    assert answer(server.url, "finetune") == solo[FINETUNE]  # its alias
+    names = [BASE, FINETUNE] * 3  # interleaved, all at once
+    assert concurrently(lambda name: answer(server.url, name), names) == [solo[name] for name in names]
+
+
+def test_keep_alive_zero_unloads_and_the_memory_falls_back(start_server, library):
+    server = start_server(env(library))
+    before = rss_bytes(server.url)
+    r = httpx.post(f"{server.url}/api/generate", headers=HEADERS, timeout=300,
+                   json={"model": Q8, "prompt": "长城", "stream": False, "keep_alive": 0,
+                         "options": {"num_predict": 4, "temperature": 0}})  # fmt: skip
+    assert r.status_code == 200 and r.json()["model"] == Q8
+    until(lambda: Q8 not in loaded(server.url), "keep_alive 0 unloads the model once its request ends")
+    after = rss_bytes(server.url)
+    assert after < before + 0.5 * (Path(library / Q8).stat().st_size)
+    # An empty request loads (Ollama's preload), and with keep_alive 0 unloads at once.
+    preload = httpx.post(f"{server.url}/api/generate", json={"model": Q8}, headers=HEADERS, timeout=300).json()
+    assert preload["done_reason"] == "load" and Q8 in loaded(server.url)
+    body = {"model": Q8, "keep_alive": 0}
+    assert httpx.post(f"{server.url}/api/generate", json=body, headers=HEADERS).json()["done_reason"] == "unload"
+    assert loaded(server.url) == [Q4]
+
+
+def test_one_model_at_a_time_the_idle_one_goes_and_a_busy_one_stays(start_server, library):
+    server = start_server(env(library, max_loaded_models="1"))
+    assert answer(server.url, Q8) and loaded(server.url) == [Q8]
+    assert answer(server.url, Q4) and loaded(server.url) == [Q4]
+    # A long answer keeps Q4 busy: Q8 cannot take its place meanwhile.
+    body = {"model": Q4, "messages": QUESTION, "max_tokens": 400, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=HEADERS, timeout=300) as r:
+        lines = r.iter_lines()  # held: a dropped iterator would close the stream
+        next(lines)
+        refused = chat(server.url, Q8)
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "answering requests" in refused.json()["error"]["message"]
+    until(lambda: chat(server.url, Q8).status_code == 200, "Q8 loads once Q4 is idle")
+    assert loaded(server.url) == [Q8]
+
+
+def test_a_budget_too_small_is_a_clear_503_and_the_server_stays_up(start_server, library):
+    server = start_server(env(library, models_memory_mib="200"))
+    r = chat(server.url, Q8)
+    assert r.status_code == 503 and "HYCHAT_MODELS_MEMORY_MIB" in r.json()["error"]["message"]
+    assert re.search(r"needs about \d+ MiB", r.json()["error"]["message"])
+    assert loaded(server.url) == [Q4] and answer(server.url, Q4)
+
+
+def test_a_checkpoint_folder_loads_on_demand_on_pytorch(server):
+    assert models(server.url)[TORCH]["backend"] == "pytorch"
+    r = chat(server.url, TORCH, max_tokens=4)
+    assert r.status_code == 200 and r.json()["model"] == TORCH
+    held = models(server.url)[TORCH]
+    assert held["backend"] == "pytorch" and held["status"]["value"] == "loaded"
+    assert held["status"]["expires_at"] > time.time() + 3000  # its keep_alive of 1h
+
+
+def test_load_and_unload_by_name_need_the_key(server):
+    body = {"model": "finetune"}
+    assert httpx.post(f"{server.url}/models/load", json=body).status_code == 401
+    r = httpx.post(f"{server.url}/models/load", json=body, headers=HEADERS, timeout=300)
+    assert r.status_code == 200 and r.json()["model"] == FINETUNE and FINETUNE in loaded(server.url)
+    r = httpx.post(f"{server.url}/models/unload", json=body, headers=HEADERS, timeout=300)
+    assert r.json() == {"success": True, "unloaded": True} and FINETUNE not in loaded(server.url)
+    assert models(server.url)[FINETUNE]["status"]["value"] == "unloaded"
+    missing = httpx.post(f"{server.url}/models/load", json={"model": "没有"}, headers=HEADERS)
+    assert missing.status_code == 404
+
+
+def test_the_library_leaves_the_configured_model_as_it_was(server):
+    """No model named: the configured one answers, as before the library."""
+    r = httpx.post(f"{server.url}/v1/chat/completions", headers=HEADERS, timeout=300,
+                   json={"messages": QUESTION, "max_tokens": 4})  # fmt: skip
+    assert r.status_code == 200 and r.json()["model"] == Q4
+
+
+def test_the_command_line_lists_loads_and_unloads(server):
+    def hychat(*args: str) -> str:
+        command = [sys.executable, "-m", "app", *args, "--url", server.url, "--api-key", API_KEY]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = hychat("models")
+    assert f"{Q4}  llamacpp  loaded" in listed and f"{FINETUNE}  llamacpp  unloaded  (also finetune)" in listed
+    assert re.search(rf"{BROKEN}  llamacpp  failed: .*truncated", listed)
+    assert "is loaded" in hychat("load", "finetune", "--keep-alive", "10m")
+    ps = hychat("ps")
+    assert re.search(rf"^{Q4} +\d+ MiB  unloaded or evicted$", ps, re.M)
+    assert re.search(rf"^{FINETUNE} +\d+ MiB  \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", ps, re.M)
+    assert hychat("unload", FINETUNE).strip() == f"{FINETUNE} is unloaded"
+    assert FINETUNE not in hychat("ps")
