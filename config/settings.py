@@ -37,7 +37,9 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-_DURATION = re.compile(r"^([-+]?)(0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)$")
+# A Go duration ("5m", "1h30m", "-1s", "0"), as Ollama's keep_alive takes it (its schema too).
+GO_DURATION = r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$"
+_DURATION = re.compile(GO_DURATION)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -49,10 +51,9 @@ def duration_s(value: object) -> float:
         try:
             seconds = float(text)
         except ValueError:
-            match = _DURATION.match(text)
-            if match is None:
+            if _DURATION.match(text) is None:
                 raise ValueError(f"{value!r} is neither seconds nor a duration such as 5m, 1h30m or -1") from None
-            sign = -1 if match.group(1) == "-" else 1
+            sign = -1 if text.startswith("-") else 1
             seconds = sign * sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
         value = seconds
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:

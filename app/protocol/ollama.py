@@ -35,12 +35,9 @@ from app.types import (
     Infill,
     SamplingParams,
 )
-from config.settings import duration_s
+from config.settings import GO_DURATION, duration_s
 
 log = logging.getLogger(__name__)
-
-# A Go duration ("5m", "1h30m", "-1s", "0") or a number of seconds, as Ollama's keep_alive takes it.
-GO_DURATION = r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+)$"
 
 
 # What the schema says of a field whose only served value is empty. Validation lets any value through,
