@@ -50,6 +50,10 @@ class SamplingParams:
     return_progress: bool = False
     # llama-server's cache_prompt: false: the whole prompt is read again, nothing a slot holds is reused.
     cache_prompt: bool = True
+    # The model's LoRA adapters this request runs with, llama-server's per-request `lora`: (adapter id,
+    # scale) pairs, the ids of `GET /lora-adapters`; an adapter not named gets scale 0. None: the
+    # served model's own (the configured adapter at its scale, or the adapter a model name stands for).
+    lora: tuple[tuple[int, float], ...] | None = None
 
 
 class SamplingKwargs(TypedDict, total=False):
@@ -130,6 +134,16 @@ class GenerationRequest:
     messages: list[dict[str, Any]] | None = None
     chat: ChatOptions = field(default_factory=ChatOptions)  # chats only: tools, thinking, truncation
     infill: Infill | None = None
+
+
+@dataclass(frozen=True)
+class LoraAdapterInfo:
+    """One of a model's LoRA adapters: its id (the `lora` field's), its file, its scale for requests
+    that name no adapters."""
+
+    id: int
+    path: str
+    scale: float
 
 
 @dataclass(frozen=True)

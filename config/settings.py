@@ -342,7 +342,8 @@ class Settings(BaseSettings):
         None,
         description="A TOML file of per-model settings, one [name] table each: path, aliases, base and "
         "lora_scale (an adapter), n_ctx, parallel, n_threads, n_gpu_layers, n_batch, kv_unified, chat_template, "
-        "chat_template_file, keep_alive (README: The model library).",
+        "chat_template_file, keep_alive, cache_type_k, cache_type_v; defaults of the requests naming the model: "
+        "temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens, think (README: The model library).",
     )
     max_loaded_models: int = Field(
         3,

@@ -9,6 +9,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
+K = TypeVar("K")
+
 
 class Waiting(Protocol):
     @property
@@ -70,3 +72,17 @@ def choose_slot(free: Sequence[int], cached: dict[int, Sequence[int]], prompt: S
         if n > best_len:
             best, best_len = slot, n
     return best, min(best_len, len(prompt) - 1)
+
+
+def next_turn(present: Sequence[K], current: K, turn_so_far_s: float, turn_s: float) -> K:
+    """Which group of requests decodes next when the running ones need different LoRA adapter sets (one
+    llama.cpp context applies one set to a whole batch). `present`: the groups with requests running,
+    `current`: the one whose set the context holds, for `turn_so_far_s` seconds so far. It keeps the
+    context for `turn_s`, since each change costs llama.cpp a graph reserve (a time, not a number of
+    steps: a small model's steps are short, a large one's long); then the turn passes to the next group
+    in a fixed order, so every group gets its turn and none waits on another's end."""
+    groups = sorted(set(present))  # type: ignore[type-var]  # the keys are tuples of numbers
+    if current in groups and (len(groups) == 1 or turn_so_far_s < turn_s):
+        return current
+    later = [group for group in groups if group > current]  # type: ignore[operator]
+    return later[0] if later else groups[0]

@@ -15,12 +15,17 @@ its sequences in ascending slot order, or llama.cpp cuts it into extra micro-bat
 than `n_batch` in a batch, or sampling a position without logits, abort the whole process, so both
 are prevented here. A slot keeps the tokens of its last request in its KV cells, so a follow-up
 that starts with them (the next turn of a chat) skips that prefix.
+
+LoRA adapters apply to a whole context, so one batch holds only requests of one adapter set. When
+requests of several sets run together, the sets take turns of `turn_s` (admission.next_turn),
+and a slot's cached prefix serves only a request of the set it was computed with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import logging
 import math
 import threading
@@ -33,7 +38,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from app.engine.admission import AdmissionQueue, choose_slot
+from app.engine.admission import AdmissionQueue, choose_slot, next_turn
 from app.engine.detokenize import TextAssembler
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
@@ -65,6 +70,18 @@ class Vocabulary:
     is_end: Callable[[int], bool]  # end of generation (EOS, EOT, ...)
 
 
+@dataclass(frozen=True)
+class AdapterSet:
+    """LoRA adapters and their scales, as llama_set_adapters_lora takes them. `key`: (adapter id, scale)
+    pairs by id, no zero scales: requests with equal keys decode in one batch."""
+
+    key: tuple[tuple[int, float], ...] = ()
+    adapters: tuple[Any, ...] = ()  # llama_adapter_lora_p, in key order
+
+
+NO_ADAPTERS = AdapterSet()
+
+
 @dataclass
 class Ticket:
     """One admitted request: its prompt, its sampler, and the line back to its reader."""
@@ -79,6 +96,7 @@ class Ticket:
     cache_prompt: bool = True  # false: the slot's cached prefix is not reused (llama-server's cache_prompt)
     post_sampling_probs: bool = False  # logprobs of what the sampler chain left, not of the model's distribution
     progress: bool = False  # also post PromptProgress events while the prompt is read
+    adapters: AdapterSet = NO_ADAPTERS
     cancelled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buffer: list[Any] = field(default_factory=list)
@@ -118,6 +136,7 @@ class Ticket:
 class _Slot:
     index: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV is in this slot's cells, in order
+    cached_with: tuple = ()  # the adapter set (its key) those cells were computed with
     ticket: Ticket | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, to be decoded in the next step
@@ -130,6 +149,8 @@ class _Slot:
 
 
 class BatchEngine(TokenSource[Ticket]):
+    turn_s = 0.1  # how long an adapter set keeps the context while others wait (docs/BENCHMARKS.md)
+
     def __init__(
         self,
         ctx: Any,  # llama_context_p, owned (freed) by the engine
@@ -152,6 +173,7 @@ class BatchEngine(TokenSource[Ticket]):
         self._closing = False
         self._on_state, self._on_decode = on_state, on_decode
         self._reported: tuple[int, int, int] | None = None
+        self._applied, self._turn_start = NO_ADAPTERS.key, 0.0  # the context's adapter set, and since when
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
         self._thread.start()
@@ -249,7 +271,8 @@ class BatchEngine(TokenSource[Ticket]):
         with self._wake:
             free = [s.index for s in self._slots if s.ticket is None]
             while free and (ticket := self._waiting.pop()) is not None:
-                index, reuse = choose_slot(free, {i: self._slots[i].cached for i in free}, ticket.prompt)
+                usable = {i: self._slots[i].cached for i in free if self._slots[i].cached_with == ticket.adapters.key}
+                index, reuse = choose_slot(free, usable, ticket.prompt)
                 free.remove(index)
                 self._assign(self._slots[index], ticket, reuse if ticket.cache_prompt else 0)
                 if ticket.progress:  # the request has started: its 0% (llama-server's first update)
@@ -259,6 +282,7 @@ class BatchEngine(TokenSource[Ticket]):
     def _assign(self, slot: _Slot, ticket: Ticket, reuse: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.index, reuse, -1)
         del slot.cached[reuse:]
+        slot.cached_with = ticket.adapters.key
         slot.ticket, slot.pending, slot.next_token = ticket, ticket.prompt[reuse:], None
         slot.text = TextAssembler(ticket.stop)
         slot.t_start = perf_counter()
@@ -290,7 +314,7 @@ class BatchEngine(TokenSource[Ticket]):
     def _plan(self) -> list[tuple[_Slot, list[int]]]:
         """Which tokens of which slot go into this step's batch, in slot order. Generating slots
         come first in the token budget, so a long prompt never stalls the running answers."""
-        active = [s for s in self._slots if s.ticket is not None]
+        active = self._turn([s for s in self._slots if s.ticket is not None])
         budget = self.n_batch - sum(s.generating for s in active)
         plan = []
         for slot in active:
@@ -301,6 +325,21 @@ class BatchEngine(TokenSource[Ticket]):
                 budget -= len(chunk)
                 plan.append((slot, chunk))
         return plan
+
+    def _turn(self, active: list[_Slot]) -> list[_Slot]:
+        """The slots of the adapter set whose turn it is; that set applied to the context."""
+        sets = {slot.ticket.adapters.key: slot.ticket.adapters for slot in active if slot.ticket is not None}
+        if not sets:
+            return active
+        key = next_turn(list(sets), self._applied, perf_counter() - self._turn_start, self.turn_s)
+        if key != self._applied:
+            chosen = sets[key]
+            n = len(chosen.adapters)
+            pointers = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*chosen.adapters)
+            scales = (ctypes.c_float * n)(*(scale for _, scale in key))
+            llama_cpp.llama_set_adapters_lora(self._ctx, pointers, n, scales)
+            self._applied, self._turn_start = key, perf_counter()
+        return [slot for slot in active if slot.ticket is not None and slot.ticket.adapters.key == key]
 
     def _fill_batch(self, plan: list[tuple[_Slot, list[int]]]) -> list[tuple[_Slot, int]]:
         b = self._batch

@@ -16,13 +16,24 @@ folder name. The presets file (TOML) holds one table per model; paths are relati
     ["SmolLM2-135M-Instruct.Q4_1.gguf"]     # sets this model's settings (a name with dots needs quotes)
     aliases = ["smol"]
     n_ctx = 4096
+    temperature = 0.2                        # for requests naming it that set none; also top_p,
+    max_tokens = 512                         # top_k, min_p, repetition_penalty, seed
+    think = false                            # its thinking default
 
     [smol-long]                              # a section with a path defines a model of its own name
     path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     n_ctx = 0
+    cache_type_k = "q8_0"                    # the KV cache's element types, llama-server's names: f32,
+    cache_type_v = "q8_0"                    # f16 (the default), bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1
 
 A file a section's path names is listed by the section's name only, unless a section names it too.
 A name or alias is one model's: a later model taking it is listed with a problem.
+
+The load settings (n_ctx, parallel, n_threads, n_gpu_layers, n_batch, kv_unified, chat_template or
+chat_template_file; cache_type_k/v, llama.cpp's only: a quantized V cache needs flash attention, which
+the llama.cpp backend turns on) apply when the model loads, keep_alive once it is idle. The request
+defaults (max_tokens, the sampling keys, think) take the place of the server's HYCHAT_DEFAULT_* and
+HYCHAT_THINK for the requests naming the model (an adapter's own over its base's).
 
 An adapter's base model: the preset's `base` (a name or alias); else a library model its own files
 name: a peft adapter's `base_model_name_or_path` (its last part: a checkpoint folder's name). A GGUF
@@ -37,17 +48,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from app.errors import InvalidParameterError, ModelFileError
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
-from config.settings import duration_s
+from app.modelfiles.presets import KV_CACHE_TYPES, Preset, cache_types, parse_presets
 
 Kind = Literal["gguf", "gguf_adapter", "checkpoint", "peft_adapter"]
 
@@ -61,41 +69,8 @@ SPLIT = re.compile(r"(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf")
 NO_BASE = "its base model is not known: name it in the presets file ([{name}] base = ...)"
 # The base each adapter kind runs on: llama.cpp applies GGUF adapters, peft applies its own.
 BASE_KIND: dict[str, str] = {"gguf_adapter": "gguf", "peft_adapter": "checkpoint"}
+BLOCKS = {number: (block, size) for number, block, size in KV_CACHE_TYPES.values()}  # ggml type: its layout
 LOAD_KEYS = ("n_ctx", "parallel", "n_threads", "n_gpu_layers", "n_batch", "kv_unified", "chat_template")
-
-
-class Preset(BaseModel):
-    """One [name] table of the presets file. Strict: TOML gives typed values, so `n_ctx = "4096"` is a
-    mistake to report, not a string to convert. Once parsed, `path` and `chat_template_file` are absolute."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    path: str | None = None  # a file or folder; None: the library model named like the section
-    aliases: list[str] = []  # other names requests may use
-    base: str | None = None  # an adapter's base model: its library name or alias
-    lora_scale: float = 1.0
-    n_ctx: int | None = Field(None, ge=0)  # 0: the model's training context
-    parallel: int | None = Field(None, ge=1, le=64)
-    n_threads: int | None = Field(None, ge=1)
-    n_gpu_layers: int | None = Field(None, ge=-1)
-    n_batch: int | None = Field(None, ge=1)
-    kv_unified: bool | None = None
-    chat_template: str | None = None  # a llama.cpp built-in template name or Jinja text
-    chat_template_file: str | None = None  # read as UTF-8 by load_options()
-    keep_alive: str | float | None = None  # seconds or a Go duration; negative: forever
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _a_duration(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            duration_s(value)  # a typo is refused when the file is read, not at the first load
-        return value
-
-    @model_validator(mode="after")
-    def _one_template(self) -> Preset:
-        if self.chat_template is not None and self.chat_template_file is not None:
-            raise ValueError("give either chat_template or chat_template_file")
-        return self
 
 
 @dataclass(frozen=True)
@@ -113,6 +88,7 @@ class LibraryEntry:
     quantization: str | None = None  # a GGUF's general.file_type as llama.cpp names it ("Q4_K_M")
     n_ctx_train: int | None = None
     kv_bytes_per_token: int | None = None  # f16 K and V of one token over all layers
+    k_bytes_per_token: int | None = None  # the K part of it (None: half)
 
     @property
     def backend(self) -> str:
@@ -180,7 +156,7 @@ class Library:
         except (OSError, UnicodeDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
             raise InvalidParameterError(f"{path}: cannot read the presets file ({reason})") from None
-        presets = _parse_presets(path, text)
+        presets = parse_presets(path, text)
         self._presets = (signature, presets)
         return presets
 
@@ -226,11 +202,18 @@ class Library:
 
 def load_options(entry: LibraryEntry) -> dict[str, Any]:
     """The preset's load keywords that are set, for a backend's `load_model`; a chat_template_file's
-    text as `chat_template`."""
+    text as `chat_template`; the KV cache types as llama.cpp's `type_k`, `type_v` (a PyTorch model
+    has no such setting: an error)."""
     preset = entry.preset
     if preset is None:
         return {}
     options = {key: getattr(preset, key) for key in LOAD_KEYS if getattr(preset, key) is not None}
+    if (types := cache_types(preset)) and entry.backend != "llamacpp":
+        raise InvalidParameterError(
+            f"[{entry.name}] cache_type_k and cache_type_v are llama.cpp's settings; {entry.name} "
+            "is a PyTorch model: leave them out of its preset"
+        )
+    options |= types
     if preset.chat_template_file is not None:
         file = Path(preset.chat_template_file)
         try:
@@ -241,16 +224,28 @@ def load_options(entry: LibraryEntry) -> dict[str, Any]:
     return options
 
 
-def estimate_bytes(entry: LibraryEntry, n_ctx_total: int) -> int:
+def estimate_bytes(entry: LibraryEntry, n_ctx_total: int, options: Mapping[str, Any] | None = None) -> int:
     """The memory `entry` takes once loaded with `n_ctx_total` KV cells (all sequences together), for
     deciding before loading whether it fits. An estimate that errs high, not a measurement: the weights
-    as on disk, an f16 KV cache for every cell (none where the architecture's numbers are unknown), and
-    an allowance for llama.cpp's compute buffers, which it sizes from the graph, batch and context
-    (SmolLM2 135M: 99 MiB at n_ctx 2048, 166 MiB at 8192). An adapter: its own size; its base counts apart."""
+    as on disk, a KV cache for every cell (none where the architecture's numbers are unknown) in the
+    types of `options` (load keywords: `type_k`, `type_v`; default: the entry's preset's; f16 where
+    none is given), and an allowance for llama.cpp's compute buffers, which it sizes from the graph,
+    batch and context (SmolLM2 135M: 99 MiB at n_ctx 2048, 166 MiB at 8192). An adapter: its own
+    size; its base counts apart."""
     if entry.is_adapter:
         return entry.size_bytes
-    kv_bytes = (entry.kv_bytes_per_token or 0) * max(n_ctx_total, 0)
-    return entry.size_bytes + kv_bytes + entry.size_bytes // 10 + COMPUTE_BYTES
+    types = (cache_types(entry.preset) if entry.preset else {}) if options is None else options
+    kv_f16 = entry.kv_bytes_per_token or 0
+    k_f16 = kv_f16 // 2 if entry.k_bytes_per_token is None else entry.k_bytes_per_token
+    per_token = _in_type(k_f16, types.get("type_k")) + _in_type(kv_f16 - k_f16, types.get("type_v"))
+    return entry.size_bytes + per_token * max(n_ctx_total, 0) + entry.size_bytes // 10 + COMPUTE_BYTES
+
+
+def _in_type(f16_bytes: int, ggml_type: int | None) -> int:
+    """What `f16_bytes` of f16 values take in the ggml type `ggml_type` (None: f16), whole blocks."""
+    block, size = BLOCKS.get(ggml_type, (1, F16_BYTES))
+    values = f16_bytes // F16_BYTES
+    return -(-values * size // block)
 
 
 # -- what is on disk ---------------------------------------------------------------------------------
@@ -317,15 +312,18 @@ def _read(blank: LibraryEntry, weights: list[Path]) -> _Read:
     n_ctx_train = header.arch_value("context_length")
     gguf = replace(blank, architecture=header.architecture, n_ctx_train=_int(n_ctx_train))
     if header.metadata.get("general.type") != "adapter":
-        return replace(gguf, quantization=quantization, kv_bytes_per_token=_gguf_kv_bytes(header)), ()
+        kv = _gguf_kv_bytes(header)
+        per_token = {"kv_bytes_per_token": sum(kv), "k_bytes_per_token": kv[0]} if kv else {}
+        return replace(gguf, quantization=quantization, **per_token), ()
     adapter_type = header.metadata.get("adapter.type")
     problem = None if adapter_type == "lora" else f"a GGUF adapter of type {adapter_type!r}, not a LoRA"
     return replace(gguf, kind="gguf_adapter", problem=problem), _gguf_base_names(header.metadata)
 
 
-def _gguf_kv_bytes(header: GGUFHeader) -> int | None:
-    """n_layer * n_head_kv * (key_length + value_length) * 2 bytes, with per-layer head counts summed;
-    key and value lengths default to embedding_length / head_count, as in llama.cpp."""
+def _gguf_kv_bytes(header: GGUFHeader) -> tuple[int, int] | None:
+    """f16 K and V of one token: n_layer * n_head_kv * key_length (value_length) * 2 bytes, with
+    per-layer head counts summed; key and value lengths default to embedding_length / head_count, as
+    in llama.cpp."""
     n_layer, n_embd = header.arch_value("block_count"), header.arch_value("embedding_length")
     heads = _per_layer(header.arch_value("attention.head_count"), n_layer)
     heads_kv = _per_layer(header.arch_value("attention.head_count_kv"), n_layer) or heads
@@ -336,7 +334,7 @@ def _gguf_kv_bytes(header: GGUFHeader) -> int | None:
     value_length = header.arch_value("attention.value_length") or head_dim
     if not isinstance(key_length, int) or not isinstance(value_length, int):
         return None
-    return sum(heads_kv) * (key_length + value_length) * F16_BYTES
+    return sum(heads_kv) * key_length * F16_BYTES, sum(heads_kv) * value_length * F16_BYTES
 
 
 def _per_layer(value: Any, n_layer: Any) -> list[int] | None:
@@ -449,46 +447,17 @@ def _with_base(
     else:
         base = entries[owner[named]]
         problem = None if base.kind == wanted else f"its base model {named!r} is a {base.kind}; it needs a {wanted}"
-    return replace(entry, base=base.name if base else None, problem=entry.problem or problem)
+    return replace(entry, base=base.name if base else None, problem=entry.problem or problem or _runs_on_base(entry))
 
 
-# -- the presets file ----------------------------------------------------------------------------
-
-
-def _parse_presets(path: Path, text: str) -> dict[str, Preset]:
-    try:
-        tables = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise InvalidParameterError(f"{path}: not valid TOML: {error}") from None
-    presets = {}
-    for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise InvalidParameterError(f"{path}: {name} = {table!r} is outside any [model] table")
-        try:
-            preset = Preset.model_validate(table)
-        except ValidationError as error:
-            raise InvalidParameterError(f"{path}: [{name}] {_explain(error, table)}") from None
-        presets[name] = _anchored(preset, path.parent)
-    return presets
-
-
-def _explain(error: ValidationError, table: dict[str, Any]) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(map(str, item["loc"])) or "the table"
-        if item["type"] != "extra_forbidden":
-            problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
-            continue
-        # `[name.gguf]` unquoted is a table "name" holding a table "gguf": say so, it is the usual slip.
-        dotted = ' (a model name with dots needs quotes: ["name.gguf"])' if isinstance(table.get(key), dict) else ""
-        problems.append(f"unknown key {key!r}{dotted}; known keys: {', '.join(Preset.model_fields)}")
-    return "; ".join(problems)
-
-
-def _anchored(preset: Preset, folder: Path) -> Preset:
-    """Relative paths of the presets file are relative to its folder, wherever the server runs."""
-    paths = {key: getattr(preset, key) for key in ("path", "chat_template_file")}
-    return preset.model_copy(update={k: str(folder / Path(v).expanduser()) for k, v in paths.items() if v})
+def _runs_on_base(entry: LibraryEntry) -> str | None:
+    """A GGUF adapter runs on its base as the base is loaded: load settings in its own section would
+    change nothing, so they are a mistake to report."""
+    keys = (*LOAD_KEYS, "chat_template_file", "cache_type_k", "cache_type_v", "keep_alive")
+    given = [key for key in keys if entry.kind == "gguf_adapter" and getattr(entry.preset, key, None) is not None]
+    if not given:
+        return None
+    return f"{', '.join(given)}: an adapter runs on its base model as that is loaded; set them in the base's section"
 
 
 def _template_problem(preset: Preset | None) -> str | None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.chat.grammar import json_schema_grammar
 from app.errors import HychatError, InvalidParameterError, PromptTooLongError
-from app.protocol.openai import MAX_CHOICES, LogitBias, logit_biases, max_new_tokens_within
+from app.protocol.openai import MAX_CHOICES, LogitBias, Lora, logit_biases, lora_scales, max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, over_defaults
 from app.protocol.strict import Strict
 from app.protocol.tokens import MAX_TOKEN_ID, MAX_TOKEN_IDS
@@ -78,11 +78,6 @@ class PromptObject(BaseModel):
 PromptField = (
     Text | PromptObject | Annotated[list[TokenId | Text | Mixed | PromptObject], Field(max_length=MAX_TOKEN_IDS)]
 )
-
-
-class LoraScale(BaseModel):
-    id: int
-    scale: float
 
 
 class CompletionRequest(Strict):
@@ -148,7 +143,7 @@ class CompletionRequest(Strict):
     mirostat_eta: float | None = Field(None, allow_inf_nan=False)
     adaptive_target: float | None = Field(None, allow_inf_nan=False)
     adaptive_decay: float | None = Field(None, ge=0, le=0.99)
-    lora: Annotated[list[LoraScale], Field(max_length=64)] | None = None
+    lora: Lora | None = None
     grammar_lazy: bool | None = None
 
 
@@ -217,7 +212,7 @@ def infill_problem(body: Any) -> str | None:
 
 
 def to_completion(body: CompletionRequest, max_tokens_limit: int, defaults: Mapping[str, Any]) -> Completion:
-    """`defaults`: the server's sampling defaults (`Settings.sampling_defaults()`)."""
+    """`defaults`: the sampling defaults of the model asked (`Registry.sampling_defaults`)."""
     params = to_sampling_params(body, max_tokens_limit, defaults)
     requests = [GenerationRequest(params, prompt=prompt) for prompt in prompts(body.prompt)]
     return _completion(body, requests)
@@ -290,6 +285,7 @@ def to_sampling_params(body: CompletionRequest, max_tokens_limit: int, defaults:
         ignore_eos=bool(body.ignore_eos),
         logit_bias=logit_biases(body.logit_bias),
         cache_prompt=body.cache_prompt,
+        lora=lora_scales(body.lora),
     )
     return replace(_in_chain(params, body, chain), infill="infill" in chain)
 
@@ -356,7 +352,6 @@ def _refuse_what_cannot_be_done(body: CompletionRequest, chain: list[str]) -> No
         and _first(body.xtc_threshold, 0.1) <= 0.5,
         "dynatemp_range": "temperature" in chain and (body.dynatemp_range or 0) > 0,
         "adaptive_target": "adaptive_p" in chain and _first(body.adaptive_target, -1.0) >= 0,
-        "lora": bool(body.lora),
         "grammar_lazy": bool(body.grammar_lazy),
     }
     if name := next((name for name, yes in acting.items() if yes), None):
@@ -365,8 +360,6 @@ def _refuse_what_cannot_be_done(body: CompletionRequest, chain: list[str]) -> No
         raise InvalidParameterError(
             "dry_sequence_breakers must be a non-empty array of strings", "dry_sequence_breakers"
         )
-    if body.lora is not None:
-        log.info("lora: an empty list changes nothing here (no per-request adapter scales)")
 
 
 _CANNOT = {
@@ -377,7 +370,6 @@ _CANNOT = {
     "xtc_probability": "hychat has no XTC sampler (0 turns it off)",
     "dynatemp_range": "hychat has no dynamic temperature (0 turns it off)",
     "adaptive_target": "hychat has no adaptive-p sampler (a negative target turns it off)",
-    "lora": "hychat applies its adapter as loaded, with no per-request scales",
     "grammar_lazy": "hychat has no lazy grammars (triggered by a word)",
 }
 

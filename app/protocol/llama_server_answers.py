@@ -22,7 +22,7 @@ from app.chat.format import ChatFormat
 from app.chat.output import Answer, ChatDelta
 from app.protocol.llama_server import CHAIN, RANDOM_SEED, Cutoff
 from app.protocol.openai_answers import PromptProgressBody, Timings, TimingsSoFar, progress_body, timings
-from app.types import SamplingParams, SlotState, TokenLogprob, TopLogprob
+from app.types import LoraAdapterInfo, SamplingParams, SlotState, TokenLogprob, TopLogprob
 
 StopType = Literal["none", "eos", "limit", "word"]
 
@@ -169,6 +169,16 @@ class NextToken(BaseModel):
     has_next_token: bool
     n_remain: int
     n_decoded: int
+
+
+class LoraAdapterResponse(BaseModel):
+    """One of the model's LoRA adapters (GET /lora-adapters), as llama-server lists them."""
+
+    id: int
+    path: str
+    scale: float  # for requests that name no adapters
+    task_name: str = ""  # llama-server's, from an adapter's metadata: none here
+    prompt_prefix: str = ""
 
 
 class SlotResponse(BaseModel):
@@ -422,6 +432,10 @@ def build_info() -> str:
     except importlib.metadata.PackageNotFoundError:
         llama = ""
     return f"hychat {importlib.metadata.version('hychat')}{llama}"
+
+
+def lora_adapters_response(adapters: Sequence[LoraAdapterInfo]) -> list[LoraAdapterResponse]:
+    return [LoraAdapterResponse(id=a.id, path=a.path, scale=a.scale) for a in adapters]
 
 
 def slots_response(slots: Sequence[SlotState], n_ctx: int) -> list[dict[str, Any]]:

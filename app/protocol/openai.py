@@ -187,6 +187,23 @@ LogitBias = (
     Annotated[dict[BiasKey, BiasValue], Field(max_length=1024)]
     | Annotated[list[tuple[int | BiasKey, BiasValue]], Field(max_length=1024)]
 )
+
+
+class LoraScale(BaseModel):
+    """One adapter of llama-server's per-request `lora`: its id (GET /lora-adapters) and scale."""
+
+    id: int = Field(ge=0)
+    scale: float = Field(allow_inf_nan=False)
+
+
+Lora = Annotated[list[LoraScale], Field(max_length=64)]
+
+
+def lora_scales(lora: list[LoraScale] | None) -> tuple[tuple[int, float], ...] | None:
+    """(id, scale) pairs; none or an empty list: the model's own adapters (llama-server's reading)."""
+    return tuple((item.id, item.scale) for item in lora) if lora else None
+
+
 # llama-server's and vLLM's request fields that change nothing here or that hychat does not have
 # (other samplers, slots, progress events, cache controls): accepted, dropped with a log line.
 IGNORED_EXTENSIONS = frozenset({
@@ -198,7 +215,7 @@ IGNORED_EXTENSIONS = frozenset({
     "mirostat_tau", "mirostat_eta", "adaptive_target", "adaptive_decay", "n_probs", "min_keep", "backend_sampling",
     "post_sampling_probs", "samplers", "grammar_lazy", "grammar_triggers", "preserved_tokens", "parse_tool_calls",
     "reasoning_budget_tokens", "thinking_budget_tokens", "reasoning_budget_message", "reasoning_control",
-    "response_fields", "lora",
+    "response_fields",
     # vLLM (entrypoints/openai/protocol.py)
     "best_of", "use_beam_search", "length_penalty", "stop_token_ids", "include_stop_str_in_output", "min_tokens",
     "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens", "prompt_logprobs",
@@ -249,6 +266,7 @@ class _GenerationFields(Strict):
     timings_per_token: bool = False
     return_progress: bool = False
     cache_prompt: bool = True  # false: the prompt is read whole again, no slot's cache reused
+    lora: Lora | None = None  # llama-server's: the model's adapters and scales for this request
     verbose: bool = False  # llama-server's `__verbose`: its own answer's fields beside OpenAI's
 
 
@@ -297,8 +315,8 @@ def to_chat_generation_request(
     truncate: bool = False,
     defaults: Mapping[str, Any] = NO_DEFAULTS,
 ) -> GenerationRequest:
-    """`think`, `reasoning_format`, `truncate` and the sampling `defaults` (`Settings.sampling_defaults`):
-    the server's defaults for what the request leaves unset."""
+    """`think`, `reasoning_format`, `truncate` and the sampling `defaults` (`Registry.chat_defaults`):
+    the server's defaults for what the request leaves unset, a library model's presets over them."""
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidParameterError("top_logprobs needs logprobs: true", "top_logprobs")
     default = defaults.get("max_new_tokens")
@@ -438,6 +456,7 @@ def _sampling_params(
         logit_bias=logit_biases(body.logit_bias),
         return_progress=body.return_progress and body.stream,
         cache_prompt=body.cache_prompt,
+        lora=lora_scales(body.lora),
         **over_defaults(given, defaults),
     )
 

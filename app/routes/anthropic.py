@@ -47,7 +47,8 @@ EVENTS = {event.model_fields["type"].default: (event,) for event in anthropic_an
     },
 )
 async def messages(body: MessagesRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
-    request = anthropic.to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    defaults = registry.chat_defaults(body.model)
+    request = anthropic.to_generation_request(body, settings.max_tokens_limit, **defaults)
     stream = start_chat(await registry.resolve(body.model), request)
     meta = anthropic_answers.message_meta(stream.model_name or body.model, stream.prompt_tokens)
     log.debug("%s: messages on %s", meta.id, stream.backend_name)
@@ -57,8 +58,8 @@ async def messages(body: MessagesRequest, settings: SettingsDep, registry: Regis
 
 
 @router.post("/messages/count_tokens", response_model=CountTokensResponse, responses=COUNT_ERRORS)
-async def count_tokens(body: CountTokensRequest, settings: SettingsDep, registry: RegistryDep) -> CountTokensResponse:
-    request = anthropic.to_prompt_request(body, **settings.chat_defaults())  # as /v1/messages renders it
+async def count_tokens(body: CountTokensRequest, registry: RegistryDep) -> CountTokensResponse:
+    request = anthropic.to_prompt_request(body, **registry.chat_defaults(body.model))  # as /v1/messages renders it
     return CountTokensResponse(input_tokens=len((await registry.resolve(body.model)).prompt(request).ids))
 
 

@@ -61,7 +61,7 @@ async def chat(body: ChatBody, settings: SettingsDep, registry: RegistryDep, cli
     the shape of the body's dialect."""
     if isinstance(body, OllamaChatRequest):
         return await ollama_routes.answer_chat(body, settings, registry, client)
-    request = to_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    request = to_generation_request(body, settings.max_tokens_limit, **registry.chat_defaults(body.backend))
     stream = start_chat(await registry.resolve(body.backend), request)
     if body.stream:
         return event_stream(_frames(stream), _error_frame)

@@ -1,6 +1,7 @@
 """llama-server's native API, for the editors and apps built on it (llama.vim, llama.vscode,
 Continue's and SillyTavern's llama.cpp providers): `POST /completion` (and `/completions`, its other
-name there; OpenAI's is `/v1/completions`), `POST /infill`, `GET /props`, `GET /slots`.
+name there; OpenAI's is `/v1/completions`), `POST /infill`, `GET /props`, `GET /slots`, `GET` and
+`POST /lora-adapters`.
 
 Each prompt is started on the chat path (a bad request fails before any response); the answer is
 JSON (a list with several prompts), or with `"stream": true` Server-Sent Events as llama-server sends
@@ -33,12 +34,15 @@ from app.protocol.llama_server_answers import (
     CompletionChunk,
     CompletionReader,
     CompletionResponse,
+    LoraAdapterResponse,
     PropsResponse,
     SelectedFields,
     SlotResponse,
+    lora_adapters_response,
     props_response,
     slots_response,
 )
+from app.protocol.openai import Lora, lora_scales
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
 from app.routes.streaming import all_of, event_stream, merged, unless_gone
@@ -64,7 +68,7 @@ Model = Annotated[str | None, Query(max_length=256, description="A model or back
 
 async def completion(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     """A completion of each prompt: one answer, or a list of them (several prompts, or `n_cmpl`)."""
-    asked = llama_server.to_completion(body, settings.max_tokens_limit, settings.sampling_defaults())
+    asked = llama_server.to_completion(body, settings.max_tokens_limit, registry.sampling_defaults(body.model))
     return await _answer(asked, body, registry, client)
 
 
@@ -85,7 +89,7 @@ async def _infill_checks(request: Request) -> None:
 @router.post("/infill", dependencies=[Depends(_infill_checks)], **COMPLETION)
 async def infill(body: InfillRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
     """The code between `input_prefix` and `input_suffix`, in the model's fill-in-the-middle tokens."""
-    asked = llama_server.to_infill(body, settings.max_tokens_limit, settings.sampling_defaults())
+    asked = llama_server.to_infill(body, settings.max_tokens_limit, registry.sampling_defaults(body.model))
     return await _answer(asked, body, registry, client)
 
 
@@ -94,7 +98,7 @@ async def infill(body: InfillRequest, settings: SettingsDep, registry: RegistryD
 )
 async def props(settings: SettingsDep, registry: RegistryDep, model: Model = None) -> PropsResponse:
     backend = await registry.resolve(model)
-    defaults = llama_server.default_params(settings.max_tokens_limit, settings.sampling_defaults())
+    defaults = llama_server.default_params(settings.max_tokens_limit, registry.sampling_defaults(model))
     name = backend.model_name or backend.name
     return props_response(
         backend.info(), backend.chat_format(), defaults, name, settings.endpoint_slots, settings.endpoint_metrics
@@ -125,6 +129,20 @@ async def slots(
     if fail_on_no_slot and states and all(state.busy for state in states):
         raise NoSlotAvailableError("no slot available")
     return slots_response(states, backend.info()["n_ctx"])
+
+
+@router.get("/lora-adapters", response_model=list[LoraAdapterResponse],
+            responses=error_responses(400, 404, 503, model=LlamaServerErrorResponse))  # fmt: skip
+async def lora_adapters(registry: RegistryDep, model: Model = None) -> list[LoraAdapterResponse]:
+    """The model's LoRA adapters: the ids a request's `lora` names, each one's scale for requests that name none."""
+    return lora_adapters_response((await registry.resolve(model)).lora_adapters())
+
+
+@router.post("/lora-adapters", responses=error_responses(400, 404, 503, model=LlamaServerErrorResponse))
+async def set_lora_adapters(body: Lora, registry: RegistryDep, model: Model = None) -> dict[str, bool]:
+    """The scales of requests that name no adapters: those given, the others 0 (llama-server's)."""
+    (await registry.resolve(model)).set_lora_scales(lora_scales(body) or ())
+    return {"success": True}
 
 
 async def _answer(asked: Completion, body: CompletionRequest, registry: Registry, client: Request) -> Any:

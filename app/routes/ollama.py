@@ -87,7 +87,8 @@ async def generate(
     if not body.prompt and not body.suffix:
         return _json(await _load_or_unload(registry, body, "generate"))
     backend = await ollama.backend_for(registry, body.model, body.keep_alive)
-    request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    defaults = registry.chat_defaults(ollama.model_name(body.model))
+    request = ollama.to_generate_generation_request(body, settings.max_tokens_limit, **defaults)
     return await _answer(body, request, registry, backend, client)
 
 
@@ -96,7 +97,8 @@ async def answer_chat(body: OllamaChatRequest, settings: Settings, registry: Reg
     if not body.messages:
         return _json(await _load_or_unload(registry, body, "chat"))
     backend = await ollama.backend_for(registry, body.model, body.keep_alive)
-    request = ollama.to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    defaults = registry.chat_defaults(ollama.model_name(body.model))
+    request = ollama.to_chat_generation_request(body, settings.max_tokens_limit, **defaults)
     return await _answer(body, request, registry, backend, client)
 
 
@@ -114,11 +116,12 @@ async def tags(registry: RegistryDep) -> OllamaTagsResponse:
     response_model_exclude_none=True,
     responses={**error_responses(400, 404, 503, model=OllamaError), **error_responses(413)},
 )
-async def show(body: OllamaShowRequest, settings: SettingsDep, registry: RegistryDep) -> OllamaShowResponse:
+async def show(body: OllamaShowRequest, registry: RegistryDep) -> OllamaShowResponse:
     name = body.model or body.name
     if not name:
         raise InvalidParameterError("model is required", "model")  # Ollama's words
-    defaults = SamplingParams(**settings.sampling_defaults())  # the parameters a request leaves unset get
+    # The parameters a request leaving them unset gets.
+    defaults = SamplingParams(**registry.sampling_defaults(ollama.model_name(name)))
     backend = await ollama.backend_for(registry, name)
     return show_response(_served(backend, files=True), defaults, body.verbose)
 

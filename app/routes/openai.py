@@ -72,14 +72,14 @@ DONE = ServerSentEvent("[DONE]")
 async def chat_completions(
     body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request
 ) -> Any:
-    request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    request = to_chat_generation_request(body, settings.max_tokens_limit, **registry.chat_defaults(body.model))
     return await _answer(body, request, registry, client, "chatcmpl", settings.log_level == "debug")
 
 
 @router.post("/chat/completions/input_tokens", response_model=InputTokens, responses=GENERATION_ERRORS)
 async def chat_input_tokens(body: ChatCompletionRequest, settings: SettingsDep, registry: RegistryDep) -> InputTokens:
     """llama-server's: the prompt's tokens, as /v1/chat/completions renders it."""
-    request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())
+    request = to_chat_generation_request(body, settings.max_tokens_limit, **registry.chat_defaults(body.model))
     return InputTokens(input_tokens=len((await registry.resolve(body.model)).prompt(request).ids))
 
 
@@ -96,7 +96,7 @@ async def chat_input_tokens(body: ChatCompletionRequest, settings: SettingsDep, 
     },
 )
 async def completions(body: CompletionRequest, settings: SettingsDep, registry: RegistryDep, client: Request) -> Any:
-    request = to_completion_generation_request(body, settings.max_tokens_limit, settings.sampling_defaults())
+    request = to_completion_generation_request(body, settings.max_tokens_limit, registry.sampling_defaults(body.model))
     return await _answer(body, request, registry, client, "cmpl", settings.log_level == "debug")
 
 

@@ -33,6 +33,7 @@ from app.protocol.responses_answers import (
 from app.routes.deps import RegistryDep, ResponseStoreDep, SettingsDep, behind_api_key
 from app.routes.streaming import event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
+from app.services.registry import Registry
 from app.services.response_store import ResponseNotFoundError, ResponseStore, StoredResponse
 from config.settings import Settings
 
@@ -65,7 +66,7 @@ async def create_response(
     store: ResponseStoreDep,
     client: Request,
 ) -> Any:
-    turn = _turn(body, settings, store)
+    turn = _turn(body, settings, registry, store)
     stream = start_chat(await registry.resolve(body.model), turn.request)
     head = response_head(body, turn.request, stream.model_name or body.model)
     log.debug("%s: responses on %s", head.id, stream.backend_name)
@@ -82,7 +83,7 @@ async def input_tokens(
     body: responses.ResponseRequest, settings: SettingsDep, registry: RegistryDep, store: ResponseStoreDep
 ) -> InputTokens:
     """OpenAI's: the prompt's tokens, as POST /v1/responses renders it."""
-    turn = _turn(body, settings, store)
+    turn = _turn(body, settings, registry, store)
     return InputTokens(input_tokens=len((await registry.resolve(body.model)).prompt(turn.request).ids))
 
 
@@ -98,9 +99,12 @@ def delete_response(response_id: str, store: ResponseStoreDep) -> DeletedRespons
     return DeletedResponse(id=response_id)
 
 
-def _turn(body: responses.ResponseRequest, settings: Settings, store: ResponseStore) -> responses.Turn:
+def _turn(
+    body: responses.ResponseRequest, settings: Settings, registry: Registry, store: ResponseStore
+) -> responses.Turn:
     history = _history(store, body.previous_response_id)
-    return responses.to_generation_request(body, history, settings.max_tokens_limit, **settings.chat_defaults())
+    defaults = registry.chat_defaults(body.model)
+    return responses.to_generation_request(body, history, settings.max_tokens_limit, **defaults)
 
 
 def _history(store: ResponseStore, previous_response_id: str | None) -> tuple[dict[str, Any], ...]:

@@ -45,5 +45,6 @@ async def detokenize(body: DetokenizeRequest, registry: RegistryDep) -> Detokeni
 async def apply_template(
     body: ApplyTemplateRequest, settings: SettingsDep, registry: RegistryDep
 ) -> ApplyTemplateResponse:
-    request = to_chat_generation_request(body, settings.max_tokens_limit, **settings.chat_defaults())  # as /v1's
+    defaults = registry.chat_defaults(body.model)
+    request = to_chat_generation_request(body, settings.max_tokens_limit, **defaults)  # as /v1's
     return ApplyTemplateResponse(prompt=(await registry.resolve(body.model)).prompt(request).text)

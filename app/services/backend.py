@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, closing
 from dataclasses import replace
+from pathlib import Path
 from time import monotonic, perf_counter
 from typing import Any, ClassVar, Protocol, Unpack
 
@@ -26,6 +27,7 @@ from app.services.checks import check_prompt_fits, checked, sampling_params
 from app.types import (
     Embeddings,
     GenerationRequest,
+    LoraAdapterInfo,
     Prompt,
     SamplingKwargs,
     SamplingParams,
@@ -109,13 +111,15 @@ class Backend(ABC):
     supports_logprobs: ClassVar[bool] = False
     supports_embeddings: ClassVar[bool] = False
     supports_infill_sampler: ClassVar[bool] = False
+    supports_lora: ClassVar[bool] = False  # LoRA adapters chosen per request (SamplingParams.lora)
 
     def __init__(self) -> None:
         self._model: Any = None
         self._worker: Worker | None = None
         self._running = 0  # generations started and not yet ended
         self._counted = threading.Lock()
-        self.idle_since = monotonic()  # when the last generation ended (keep_alive counts from here)
+        self._idle_since = monotonic()
+        self._owner = self  # the backend whose model this one serves (another: llama.cpp's with_adapter)
 
     def sibling(self) -> Backend:
         """An empty backend of the same kind, for another model (the model library loads one per model)."""
@@ -124,16 +128,27 @@ class Backend(ABC):
     @property
     def running(self) -> int:
         """Generations started and not ended: a model with any is never unloaded to make room."""
-        return self._running
+        return self._owner._running
+
+    @property
+    def idle_since(self) -> float:
+        """When the last generation ended (keep_alive counts from here)."""
+        return self._owner._idle_since
+
+    @idle_since.setter
+    def idle_since(self, when: float) -> None:
+        self._owner._idle_since = when
 
     def _generation_started(self) -> None:
-        with self._counted:
-            self._running += 1
+        owner = self._owner
+        with owner._counted:
+            owner._running += 1
 
     def _generation_ended(self) -> None:
-        with self._counted:
-            self._running -= 1
-            self.idle_since = monotonic()
+        owner = self._owner
+        with owner._counted:
+            owner._running -= 1
+            owner._idle_since = monotonic()
 
     @abstractmethod
     def load_model(self, model_path: str, **kwargs: Any) -> None: ...
@@ -148,6 +163,18 @@ class Backend(ABC):
     def chat_format(self) -> ChatFormat:
         """The loaded model's chat format: its template and the special tokens the template sees."""
         return self._require().chat_format
+
+    def lora_adapters(self) -> list[LoraAdapterInfo]:
+        """The loaded model's adapters that requests choose (backends with supports_lora)."""
+        return []
+
+    def set_lora_scales(self, scales: Sequence[tuple[int, float]]) -> None:
+        """The adapters' scales for requests that name none (backends with supports_lora)."""
+        raise InvalidParameterError(f"the {self.label} backend applies no adapter per request", "lora")
+
+    def with_adapter(self, name: str, path: str | Path, scale: float = 1.0) -> Backend:
+        """This model served as `name` with the adapter at `path` (backends with supports_lora)."""
+        raise InvalidParameterError(f"the {self.label} backend applies no adapter per request", "model")
 
     def slots(self) -> list[SlotState]:
         """A snapshot of the slots of a backend that decodes requests together (llama.cpp's); none
@@ -294,6 +321,8 @@ class Backend(ABC):
             raise InvalidParameterError(f"the infill sampler is not supported by the {self.label} backend", "samplers")
         if params.logprobs is not None and not self.supports_logprobs:
             raise InvalidParameterError(f"logprobs are not supported by the {self.label} backend")
+        if params.lora is not None and not self.supports_lora:
+            raise InvalidParameterError(f"per-request LoRA adapters are not served by the {self.label} backend", "lora")
 
     def _install(self, loaded: LoadedModel) -> None:
         self._model = loaded

@@ -90,12 +90,18 @@ def _checked_params(p: SamplingParams) -> SamplingParams:
     _check(isinstance(p.post_sampling_probs, bool), "post_sampling_probs must be true or false")
     _check(isinstance(p.infill, bool), "infill must be true or false")
     _check_logit_bias(p.logit_bias)
+    lora = None if p.lora is None else tuple(tuple(pair) for pair in p.lora)
+    _check(
+        lora is None or all(len(pair) == 2 and is_int_at_least(pair[0], 0) and _is_number(pair[1]) for pair in lora),
+        "lora: each entry is an adapter id (an integer >= 0) and a finite scale",
+    )
     stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
     _check(
         len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
         f"stop must be at most {MAX_STOP_SEQUENCES} non-empty strings",
     )
-    return replace(p, stop=stop, logit_bias=tuple((key, float(bias)) for key, bias in p.logit_bias))
+    logit_bias = tuple((key, float(bias)) for key, bias in p.logit_bias)
+    return replace(p, stop=stop, logit_bias=logit_bias, lora=lora)
 
 
 def _check_logit_bias(logit_bias: Any) -> None:

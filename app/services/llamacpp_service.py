@@ -5,7 +5,12 @@ llamacpp_service.load_model(model_path=path, n_ctx=2048, n_threads=8)
 text = llamacpp_service.generate(prompt="你好", max_new_tokens=256, temperature=0.7)
 
 Generations run in `app.engine.batch.BatchEngine`: `parallel` slots of `n_ctx` tokens each, decoded
-together. `llama_cpp.Llama` only loads the weights, the vocabulary and a LoRA adapter here.
+together. `llama_cpp.Llama` only loads the weights and the vocabulary here.
+
+LoRA adapters (GGUF) load once with their model and apply per request (`SamplingParams.lora`, ids in
+load order, llama-server's `--lora` and `lora: [{"id", "scale"}]`): the configured `lora_path` is
+adapter 0, applied at `lora_scale` to requests that name none; `lora_adapters` load beside it at
+scale 0. `with_adapter` serves the model with one of them as a model name of its own (vLLM's way).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from app import llama_build, metrics
@@ -36,12 +42,12 @@ from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
 from app.services import chat_templates
 from app.services.backend import Backend, Generation
 from app.services.checks import check_embedding_inputs, check_prompt_fits, is_int_at_least
-from app.types import Embeddings, GenerationRequest, SamplingParams, SlotState, UsageClock
+from app.types import Embeddings, GenerationRequest, LoraAdapterInfo, SamplingParams, SlotState, UsageClock
 
 try:
     import llama_cpp
 
-    from app.engine.batch import BatchEngine, Ticket, Vocabulary
+    from app.engine.batch import AdapterSet, BatchEngine, Ticket, Vocabulary
     from app.engine.embed import Embedder
     from app.engine.sampler import RequestSampler
 
@@ -56,8 +62,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Adapter:
+    path: Path
+    pointer: Any  # llama_adapter_lora_p, freed with the model's weights
+    scale: float  # its scale for requests that name no adapters
+
+
+@dataclass
 class _Loaded:
-    llm: Any  # llama_cpp.Llama: weights, vocabulary, adapter
+    llm: Any  # llama_cpp.Llama: weights, vocabulary
     header: GGUFHeader
     n_threads: int
     n_gpu_layers: int
@@ -75,6 +88,9 @@ class _Loaded:
     alias: str | None = None  # the name it is served by, in place of the file's
     template_override: bool = False  # chat_format is not from the GGUF's own template
     embeddings_only: bool = False  # a BERT-type model: no chat engine
+    adapters: list[_Adapter] = field(default_factory=list)  # ids are indices, as llama-server's --lora
+    own_lora: tuple[tuple[int, float], ...] | None = None  # a served adapter's (with_adapter); None: the scales
+    views: dict[tuple, Any] = field(default_factory=dict)  # with_adapter's backends
 
     def close(self) -> None:
         """The running generations finish on these weights, then the contexts are freed. Dropped here:
@@ -99,6 +115,7 @@ class LlamaCppBackend(Backend):
     supports_logprobs = True
     supports_embeddings = True
     supports_infill_sampler = True
+    supports_lora = True
     _model: _Loaded | None
 
     def __init__(
@@ -110,10 +127,36 @@ class LlamaCppBackend(Backend):
         self._on_state = on_state  # (queued, busy, slots) after every engine step, for metrics
         self._on_decode = on_decode  # the sequences of each llama_decode, for metrics
         self._embedder_made = threading.Lock()
+        self._adapters_changed = threading.Lock()
 
     def sibling(self) -> LlamaCppBackend:
         # The scheduler gauges stay the configured model's: several engines would overwrite each other.
         return LlamaCppBackend(on_decode=self._on_decode)
+
+    def with_adapter(self, name: str, path: str | Path, scale: float = 1.0) -> LlamaCppBackend:
+        """This model with its adapter at `path` (loaded now if it is not yet), served as `name`: a
+        backend sharing this one's engine, whose requests run with that adapter unless they name
+        others. Its generations count as this model's, which is never unloaded under them."""
+        m = self._require()
+        lora = ((self._adapter_index(m, Path(path)), scale),)
+        view = m.views.get((name, lora))  # the same one each time: listings compare backends
+        if view is None:
+            view = m.views[name, lora] = LlamaCppBackend(self._on_state, self._on_decode)
+            view._model, view._owner = replace(m, alias=name, own_lora=lora), self
+        return view
+
+    def lora_adapters(self) -> list[LoraAdapterInfo]:
+        """The loaded model's adapters (llama-server's GET /lora-adapters)."""
+        m = self._require()
+        return [LoraAdapterInfo(i, str(a.path), a.scale) for i, a in enumerate(m.adapters)]
+
+    def set_lora_scales(self, scales: Sequence[tuple[int, float]]) -> None:
+        """The scales of requests that name no adapters (llama-server's POST /lora-adapters): those
+        given, the others 0."""
+        m = self._require()
+        given = dict(_checked_lora(m, scales))
+        for i, adapter in enumerate(m.adapters):
+            adapter.scale = given.get(i, 0.0)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -132,6 +175,9 @@ class LlamaCppBackend(Backend):
         chat_template: str | None = None,
         jinja: bool = True,
         alias: str | None = None,
+        lora_path: str | None = None,
+        lora_scale: float = 1.0,
+        lora_adapters: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
@@ -146,7 +192,9 @@ class LlamaCppBackend(Backend):
         the releases so far (app.llama_build); off, they go to the other kernels.
         `chat_template`: a Jinja template or the name of a llama.cpp built-in one (chatml, llama3...)
         in place of the GGUF's; `jinja=False`: chats rendered by llama.cpp's built-in templates
-        (app.services.chat_templates). `alias`: the name the model is served by (default: the file's)."""
+        (app.services.chat_templates). `alias`: the name the model is served by (default: the file's).
+        `lora_path`: a GGUF adapter applied at `lora_scale` to requests that name no adapters (id 0);
+        `lora_adapters`: more, applied only to requests that name them (see the module's docstring)."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
@@ -154,8 +202,8 @@ class LlamaCppBackend(Backend):
             raise InvalidParameterError(f"n_batch must be an integer >= 1, got {n_batch!r}")
         chat_templates.check_served_as(chat_template, alias)
         header = read_gguf(model_path)
-        if kwargs.get("lora_path"):
-            read_gguf(kwargs["lora_path"])  # a damaged adapter gets the same clear error as a model
+        if lora_path:
+            read_gguf(lora_path)  # a damaged adapter gets the same clear error as a model
         n_threads = n_threads or physical_cores()
         # llama-server's default too. Measured here: ~15% faster decode, and prompt logits that do not
         # depend on how the prompt was split into batches, so a cached prefix gives the same answer.
@@ -170,6 +218,17 @@ class LlamaCppBackend(Backend):
             raise ModelFileError(header.path, f"llama.cpp could not load it ({error})") from None
         loaded = _Loaded(llm, header, n_threads, n_gpu_layers, _token_text(llm, llm.token_bos()), alias=alias)
         loaded.weight_buffers = buffers
+        if lora_path:
+            try:
+                self._adapter_index(loaded, Path(lora_path), lora_scale)
+            except ModelFileError:
+                llm.close()
+                raise
+        for path in lora_adapters:  # the library's: one that does not apply is refused when a request names it
+            try:
+                self._adapter_index(loaded, Path(path))
+            except ModelFileError as error:
+                log.warning("%s", error)
         loaded.n_batch = max(n_batch, parallel)  # every generating slot puts its next token in each step
         try:  # before the engine: a template that does not render frees only the weights
             loaded.chat_format = _chat_format(loaded, chat_template, jinja)
@@ -206,9 +265,6 @@ class LlamaCppBackend(Backend):
         ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not ctx:
             raise ModelFileError(m.header.path, f"llama.cpp could not make a context of {params.n_ctx} tokens")
-        if llm._lora_adapter:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
-            llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(llm.lora_scale))
         # Unified, a request may use every cell (llama_n_ctx_seq is all of them), up to what the model
         # was trained on, as llama-server's n_ctx_slot.
         n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
@@ -257,8 +313,7 @@ class LlamaCppBackend(Backend):
             "chat_template_override": m.template_override,  # --chat-template(-file), --no-jinja
             "chat_template_builtin": m.chat_format.template if m.chat_format.builtin else None,
             "infill": not self._fim_tokens(m).missing(),  # it has fill-in-the-middle tokens
-            "lora_path": m.llm.lora_path,
-            "lora_scale": m.llm.lora_scale if m.llm.lora_path else None,
+            "lora_adapters": [{"path": str(a.path), "scale": a.scale} for a in m.adapters],
         }
 
     # -- generation ----------------------------------------------------------------------------
@@ -299,6 +354,8 @@ class LlamaCppBackend(Backend):
         """Embeddings of texts or token ids (of length 1 with `normalize`), pooled as the model's file
         says (mean where it says nothing), on a context of their own: chats keep decoding meanwhile.
         An input longer than the context is an error, or is cut to fit with `truncate`."""
+        if self._owner is not self:  # a served adapter: the embedder applies no adapter, its base's serves
+            return self._owner.embed(inputs, truncate, normalize)
         m = self._require()
         check_embedding_inputs(inputs)
         ids = [self._embedding_ids(m, item, truncate, i) for i, item in enumerate(inputs)]
@@ -333,9 +390,30 @@ class LlamaCppBackend(Backend):
         add_bos = not (m.bos_text and text.startswith(m.bos_text))
         return _tokenize(m, text, add_bos=add_bos, special=True)
 
+    def _adapter_index(self, m: _Loaded, path: Path, scale: float = 0.0) -> int:
+        """The id of the adapter at `path` in `m`, loaded now if it is not yet (at `scale` for requests
+        that name none)."""
+        with self._adapters_changed:
+            path = path.resolve()
+            for i, adapter in enumerate(m.adapters):
+                if adapter.path == path:
+                    return i
+            pointer = llama_cpp.llama_adapter_lora_init(m.llm.model, str(path).encode())
+            if not pointer:
+                raise ModelFileError(path, f"llama.cpp could not apply it to {m.name} (an adapter of another model?)")
+            m.adapters.append(_Adapter(path, pointer, scale))
+            return len(m.adapters) - 1
+
+    def _adapter_set(self, m: _Loaded, lora: tuple[tuple[int, float], ...] | None) -> AdapterSet:
+        if lora is None:
+            lora = m.own_lora if m.own_lora is not None else tuple((i, a.scale) for i, a in enumerate(m.adapters))
+        key = tuple(sorted((i, scale) for i, scale in dict(_checked_lora(m, lora)).items() if scale != 0))
+        return AdapterSet(key, tuple(m.adapters[i].pointer for i, _ in key))
+
     def _submit(
         self, m: _Loaded, prompt_ids: list[int], params: SamplingParams, clock: UsageClock
     ) -> tuple[TokenSource[Ticket], Ticket]:
+        adapters = self._adapter_set(m, params.lora)  # before the sampler: a bad id leaks nothing
         ticket = Ticket(
             prompt=prompt_ids,
             sampler=RequestSampler(m.llm._model.vocab, m.llm.n_vocab(), params),
@@ -347,6 +425,7 @@ class LlamaCppBackend(Backend):
             progress=params.return_progress,
             post_sampling_probs=params.post_sampling_probs,
             cache_prompt=params.cache_prompt,
+            adapters=adapters,
         )
         engine = m.engine
         if engine is None:  # closed since this request looked: the model was unloaded or replaced
@@ -359,6 +438,15 @@ class LlamaCppBackend(Backend):
             vocab = m.llm._model.vocab
             m.eog = tuple(t for t in range(m.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
         return m.eog
+
+
+def _checked_lora(m: _Loaded, lora: Sequence[tuple[int, float]]) -> Sequence[tuple[int, float]]:
+    for i, _ in lora:
+        if not 0 <= i < len(m.adapters):
+            known = f"ids 0..{len(m.adapters) - 1}" if m.adapters else "none"
+            message = f"lora: {m.name} has no adapter {i} (its adapters: {known}; GET /lora-adapters)"
+            raise InvalidParameterError(message, "lora")
+    return lora
 
 
 def _tokenize(m: _Loaded, text: str, add_bos: bool, special: bool) -> list[int]:

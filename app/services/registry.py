@@ -4,7 +4,9 @@ A `Registry` holds a server's backends; `create_app` puts it on `app.state`. Its
 are by default the user's module-level `llamacpp_service` and `model_service` (tests hand in their
 own); every other model of the library (`app.modelfiles.library`: the model folders and the presets
 file) gets a backend of its own, loaded when a request names it and held in the `ModelPool`
-(`app.services.model_pool`), which also unloads idle models.
+(`app.services.model_pool`), which also unloads idle models. A GGUF adapter is no model of its own in
+memory: its base answers, with it applied (`LlamaCppBackend.with_adapter`), beside the base's own
+requests and the other adapters' in the one engine.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError, ModelNotFoundError
 from app.modelfiles.library import Library, LibraryEntry, estimate_bytes, load_options
+from app.modelfiles.presets import Preset, request_defaults
 from app.services.backend import Backend
 from app.services.chat_templates import configured_template
 from app.services.model_pool import Held, ModelPool
@@ -36,6 +39,7 @@ class _Plan:
     key: str
     estimate_bytes: int = 0
     load: Callable[[], Held] | None = None
+    adapter: LibraryEntry | None = None  # a GGUF adapter, served on the model under `key`
 
 
 def default_backends() -> dict[str, Backend]:
@@ -90,19 +94,23 @@ class Registry:
             held = self.pool.loaded(plan.key)
             assert held is not None  # _plan names only loaded models without a way to load them
             self.pool.use(held, keep_alive_s)
-            return held.backend
-        return (await self.pool.ensure(plan.key, plan.estimate_bytes, plan.load, keep_alive_s)).backend
+        else:
+            held = await self.pool.ensure(plan.key, plan.estimate_bytes, plan.load, keep_alive_s)
+        return _served(held.backend, plan.adapter)
 
     def for_model(self, model: str | None) -> Backend:
         """`resolve` without loading: the backend answering `model` if it is loaded (503 if not)."""
-        held = self.pool.loaded(self._plan(model).key)
+        plan = self._plan(model)
+        held = self.pool.loaded(plan.key)
         if held is None:
             raise BackendUnavailableError(f"{model or 'the default model'} is not loaded")
-        return held.backend
+        return _served(held.backend, plan.adapter)
 
     def name_of(self, model: str | None) -> str:
         """The name `model` is served by (answers report it), loaded or not."""
         plan = self._plan(model, load=False)
+        if plan.adapter is not None:
+            return plan.adapter.name
         held = self.pool.loaded(plan.key)
         if held is not None:
             return held.backend.model_name or plan.key
@@ -119,16 +127,18 @@ class Registry:
         """What answers `model`: "default" (or none), a backend's name ("llamacpp", "pytorch": its
         configured model), a loaded model's name or alias (the default backend's first), a library
         model's; anything else is a 404, or the default model with the `unknown_model` setting
-        "default". A library file with a problem is a 400 naming it."""
+        "default". A library file with a problem is a 400 naming it; a GGUF adapter, its base's plan."""
         self._adopt_configured()
         if not model or model == "default":
             return self._configured(self.default_name())
         if model in self.backends:
             return self._configured(model)
-        for held in self.held():
+        for held in self._loaded():
             if model in held.names() | set(self.aliases(held.backend)[0]):
                 return _Plan(held.key)
         entry = self.library.find(model)
+        if entry is not None and entry.kind == "gguf_adapter" and entry.problem is None:
+            return replace(self._plan(self._base(entry).name, load), adapter=entry)
         if (configured := self._configured_as(model, entry)) is not None:
             return self._configured(configured)
         if entry is None:
@@ -185,11 +195,34 @@ class Registry:
         if backend is self.backends.get(backend.name):  # the configured model, unless another was reloaded in
             configured = backend.model_name == settings.alias[0] if settings.alias else backend.name == default
             return (list(settings.alias), list(settings.model_tags)) if configured else ([], [])
-        held = next((h for h in self.pool.held.values() if h.backend is backend), None)
+        pool = self.pool.held.values()  # first: the served adapters take a scan of the library
+        held = next((h for h in pool if h.backend is backend), None) or next(
+            (h for h in self.held() if h.backend is backend), None
+        )
         return (list(held.aliases) if held else []), []
 
     def held(self) -> list[Held]:
-        """The loaded models, the default one first."""
+        """The loaded models, the default one first, then the GGUF adapters loaded on them: each
+        served as a model of its own, in its base's memory and for its base's time."""
+        bases = self._loaded()
+        adapters = {e.path: e for e in self.library.entries() if e.kind == "gguf_adapter" and e.problem is None}
+        served = [
+            Held(
+                entry.name,
+                _served(base.backend, entry),
+                entry.size_bytes,
+                base.keep_alive_s,
+                entry.aliases,
+                base.loaded_at,
+            )
+            for base in bases
+            for adapter in base.backend.lora_adapters()
+            if (entry := adapters.get(Path(adapter.path))) is not None
+        ]
+        return bases + served
+
+    def _loaded(self) -> list[Held]:
+        """The models in memory, the default one first."""
         self._adopt_configured()
         default = self.default_name()
         held = sorted(self.pool.held.values(), key=lambda h: h.key != default)
@@ -205,6 +238,35 @@ class Registry:
         paths = {Path(str(h.backend.info().get("path"))).resolve() for h in held}
         names = {name for h in held for name in h.names()}
         return [e for e in self.library.entries() if e.path not in paths and e.name not in names]
+
+    def chat_defaults(self, model: str | None) -> dict[str, Any]:
+        """What a chat request naming `model` leaves unset takes (the converters' keyword arguments):
+        `Settings.chat_defaults()`, with a library model's presets over them (an adapter's own over its
+        base's): its sampling defaults and max_tokens (within the limit), its thinking default."""
+        given = self.settings.chat_defaults()
+        for preset in self._presets(model):
+            given["defaults"] = given["defaults"] | request_defaults(preset)
+            given["think"] = given["think"] if preset.think is None else preset.think
+        limit = self.settings.max_tokens_limit  # the settings' own default is checked against it at start-up
+        if given["defaults"].get("max_new_tokens", 0) > limit:
+            given["defaults"]["max_new_tokens"] = limit
+        return given
+
+    def sampling_defaults(self, model: str | None) -> dict[str, Any]:
+        """The sampling defaults of a request naming `model`, as `SamplingParams` keywords: `chat_defaults`'."""
+        return self.chat_defaults(model)["defaults"]
+
+    def _presets(self, model: str | None) -> list[Preset]:
+        """The presets of the library model `model` names, an adapter's base's first; none for the
+        configured models ("default", a backend's name) and for names the library does not know."""
+        if not model or model == "default" or model in self.backends:
+            return []
+        try:
+            entry = self.library.find(model)
+        except InvalidParameterError:  # a presets file that does not parse: resolve() says so where it matters
+            return []
+        base = self.library.find(entry.base) if entry is not None and entry.is_adapter and entry.base else None
+        return [e.preset for e in (base, entry) if e is not None and e.preset is not None]
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -236,15 +298,12 @@ class Registry:
         return Held(name, backend, self._estimate(entry) if entry else _size(path), math.inf)
 
     def _load_entry(self, entry: LibraryEntry) -> Held:
-        """A library model in a backend of its own (an adapter: its base with it)."""
+        """A library model in a backend of its own (a peft adapter: its base with it)."""
         backend = self.named(entry.backend).sibling()
         base = self._base(entry)
         options = load_options(base) | load_options(entry) if base else load_options(entry)
         if base is not None:
-            adapter = {"lora_path": str(entry.path)}
-            if entry.backend == "llamacpp":
-                adapter["lora_scale"] = entry.preset.lora_scale if entry.preset else 1.0
-            options |= adapter
+            options |= {"lora_path": str(entry.path)}
         self.load(backend, str((base or entry).path), with_lora=False, options=options, alias=entry.name)
         preset = entry.preset.keep_alive if entry.preset else None
         keep_alive_s = self.settings.keep_alive if preset is None else duration_s(preset)
@@ -267,7 +326,7 @@ class Registry:
         n_ctx = options.get("n_ctx", self.settings.llamacpp_n_ctx if llama else self.settings.torch_n_ctx)
         n_ctx = n_ctx or (base or entry).n_ctx_train or 4096
         parallel = options.get("parallel", self.settings.parallel) if llama else 1
-        return estimate_bytes(base or entry, n_ctx * parallel) + (entry.size_bytes if base else 0)
+        return estimate_bytes(base or entry, n_ctx * parallel, options) + (entry.size_bytes if base else 0)
 
     def load(
         self,
@@ -296,6 +355,7 @@ class Registry:
                 "allow_amx": config["allow_amx"],
                 "n_batch": config["n_batch"],
                 **(lora if with_lora and config["lora_path"] else {}),
+                "lora_adapters": self._adapters_of(model_path),
             }
         else:
             config = self.settings.torch_config()
@@ -303,9 +363,16 @@ class Registry:
                 "n_ctx": config["n_ctx"],
                 "n_threads": config["n_threads"],
                 "dtype": config["dtype"],
-                **({"lora_path": config["lora_path"], "merge_lora": config["merge_lora"]} if with_lora else {}),
+                "merge_lora": config["merge_lora"],  # a library adapter's too
+                **({"lora_path": config["lora_path"]} if with_lora else {}),
             }
         backend.load_model(model_path=model_path, **(keywords | served_as | options))
+
+    def _adapters_of(self, model_path: str) -> list[str]:
+        """The library's GGUF adapters whose base is the model at `model_path`: they load with it."""
+        path, library = Path(model_path).resolve(), self.library
+        adapters = [e for e in library.entries() if e.kind == "gguf_adapter" and e.problem is None]
+        return [str(e.path) for e in adapters if (base := library.find(e.base or "")) is not None and base.path == path]
 
     def _served_as(self, backend: Backend, configured: bool) -> dict[str, Any]:
         """`load_model` keywords, only those the settings give: rendering without Jinja, and for the
@@ -320,6 +387,13 @@ class Registry:
 
 
 MIB = 1 << 20
+
+
+def _served(backend: Backend, adapter: LibraryEntry | None) -> Backend:
+    """`backend`, or with `adapter` applied: the backend its requests go to."""
+    if adapter is None:
+        return backend
+    return backend.with_adapter(adapter.name, adapter.path, adapter.preset.lora_scale if adapter.preset else 1.0)
 
 
 def _memory_bytes() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.engine.admission import AdmissionQueue, choose_slot, common_prefix
+from app.engine.admission import AdmissionQueue, choose_slot, common_prefix, next_turn
 
 
 @dataclass
@@ -44,3 +44,22 @@ def test_the_slot_holding_the_longest_prefix_wins_else_the_lowest_free_one():
     assert choose_slot([3, 1, 0], cached, [5, 6]) == (0, 0)
     # A prompt entirely cached still evaluates its last token: its logits give the first answer token.
     assert choose_slot([2], cached, [1, 2, 3, 4, 5]) == (2, 4)
+
+
+def test_adapter_sets_take_turns_in_a_fixed_order():
+    a, b, c = ((0, 1.0),), ((1, 1.0),), ((0, 0.5), (1, 0.5))
+    none = ()
+    assert next_turn([a], none, 0.0, 0.1) == a  # the only set running gets the context at once
+    assert next_turn([a], a, 99.0, 0.1) == a  # and keeps it, with nobody waiting
+    assert next_turn([a, b], a, 0.05, 0.1) == a  # its turn is not over
+    assert next_turn([a, b], a, 0.1, 0.1) == b  # now it is
+    assert next_turn([a, b, c], b, 0.2, 0.1) == c  # the order is fixed (by set), so every set comes round
+    assert next_turn([a, b, c], c, 0.2, 0.1) == a
+    assert next_turn([b, none], a, 0.0, 0.1) == b  # the set the context holds has no request left
+    turns, current, since = [], none, 0.0
+    for step in range(12):  # three sets, steps of 0.04 s, turns of 0.1 s: each gets 3 steps in turn
+        key = next_turn([a, b, none], current, step * 0.04 - since, 0.1)
+        if key != current:
+            current, since = key, step * 0.04
+        turns.append(key)
+    assert turns == [none] * 3 + [a] * 3 + [b] * 3 + [none] * 3  # the context starts with no adapter

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidParameterError
-from app.modelfiles.gguf import read_gguf
+from app.modelfiles.gguf import _type_table, read_gguf
 from app.modelfiles.library import MIB, Library, estimate_bytes, load_options
+from app.modelfiles.presets import KV_CACHE_TYPES, CacheType, Preset, request_defaults
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZE = 98362432  # the embedded GGUF
@@ -194,6 +195,13 @@ def test_a_section_with_a_path_lists_the_file_under_its_name_only(folder, tmp_pa
         ('["a.gguf"]\nchat_template = "chatml"\nchat_template_file = "t.jinja"\n', "either chat_template or"),
         ("n_ctx = 4096\n", "n_ctx = 4096 is outside any [model] table"),
         ("[a.gguf]\nn_ctx = 1\n", "unknown key 'gguf' (a model name with dots needs quotes: [\"name.gguf\"])"),
+        ('["a.gguf"]\ntemperature = "hot"\n', "[a.gguf] temperature: Input should be a valid number"),
+        ('["a.gguf"]\ntop_p = 0.0\n', "[a.gguf] top_p: Input should be greater than 0"),
+        ('["a.gguf"]\nmin_p = 1.5\n', "[a.gguf] min_p: Input should be less than or equal to 1"),
+        ('["a.gguf"]\nseed = 4294967296\n', "[a.gguf] seed: Input should be less than 4294967296"),
+        ('["a.gguf"]\nmax_tokens = 0\n', "[a.gguf] max_tokens: Input should be greater than or equal to 1"),
+        ('["a.gguf"]\nthink = "no"\n', "[a.gguf] think: Input should be a valid boolean"),
+        ('["a.gguf"]\ncache_type_k = "q3"\n', "[a.gguf] cache_type_k: Input should be 'f32', 'f16', 'bf16', 'q8_0'"),
     ],
 )
 def test_a_bad_presets_file_is_an_error_naming_it_and_the_problem(folder, tmp_path, text, said):
@@ -209,6 +217,7 @@ def test_a_bad_presets_file_is_an_error_naming_it_and_the_problem(folder, tmp_pa
 def test_adapters_get_their_base_from_the_presets_or_their_own_files(folder, tmp_path):
     gguf_adapter(folder / "named.gguf")
     gguf_adapter(folder / "orphan.gguf")
+    gguf_adapter(folder / "loaded-so.gguf")
     gguf_adapter(folder / "carded.gguf", "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct")
     gguf_adapter(folder / "misplaced.gguf")
     checkpoint(folder, "SmolLM2-135M-Instruct")
@@ -224,6 +233,10 @@ def test_adapters_get_their_base_from_the_presets_or_their_own_files(folder, tmp
         lora_scale = 0.5
         ["misplaced.gguf"]
         base = "SmolLM2-135M-Instruct"
+        ["loaded-so.gguf"]
+        base = "{SMOL}"
+        n_ctx = 4096
+        keep_alive = "1h"
         """,
     )
 
@@ -247,6 +260,10 @@ def test_adapters_get_their_base_from_the_presets_or_their_own_files(folder, tmp
     assert (entries["carded.gguf"].base, entries["carded.gguf"].problem) == (SMOL, None)
     assert (
         entries["misplaced.gguf"].problem == "its base model 'SmolLM2-135M-Instruct' is a checkpoint; it needs a gguf"
+    )
+    # A GGUF adapter runs on its base as loaded: load settings of its own would change nothing.
+    assert entries["loaded-so.gguf"].problem == (
+        "n_ctx, keep_alive: an adapter runs on its base model as that is loaded; set them in the base's section"
     )
     lora = entries["peft-lora"]
     assert (lora.kind, lora.backend, lora.base, lora.problem) == (
@@ -326,3 +343,70 @@ def test_a_missing_template_file_is_a_problem_and_an_error_at_load(folder, tmp_p
     assert smol.problem == f"its chat_template_file {tmp_path / 'gone.jinja'} does not exist"
     with pytest.raises(InvalidParameterError, match=r"gone\.jinja: cannot read \[.*\] chat_template_file"):
         load_options(smol)
+
+
+def test_presets_give_request_defaults_and_kv_cache_types(folder, tmp_path):
+    path = presets(
+        tmp_path,
+        f"""
+        ["{SMOL}"]
+        temperature = 0
+        top_p = 0.9
+        top_k = 20
+        min_p = 0.05
+        repetition_penalty = 1.1
+        seed = 7
+        max_tokens = 64
+        think = false
+        cache_type_k = "q8_0"
+        cache_type_v = "q4_0"
+        """,
+    )
+
+    smol = Library([folder], path).find(SMOL)
+
+    assert (smol.preset.think, smol.preset.cache_type_k, smol.preset.cache_type_v) == (False, "q8_0", "q4_0")
+    assert request_defaults(smol.preset) == {
+        "max_new_tokens": 64,
+        "temperature": 0.0,
+        "top_k": 20,
+        "top_p": 0.9,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "seed": 7,
+    }
+    # llama-cpp-python's Llama(type_k=..., type_v=...) take ggml.h's numbers: GGML_TYPE_Q8_0, _Q4_0.
+    assert load_options(smol) == {"type_k": 8, "type_v": 2}
+    assert request_defaults(Preset(n_ctx=4096, think=True)) == {}
+
+
+def test_the_kv_cache_types_are_ggmls_own():
+    """The table the presets use, against the ggml library llama.cpp loads: the type numbers and blocks."""
+    assert set(KV_CACHE_TYPES) == set(CacheType.__args__)
+    ggml = _type_table()
+    for name, (number, block, size) in KV_CACHE_TYPES.items():
+        assert ggml[number] == (block, size, name.upper()), name
+
+
+def test_a_quantized_kv_cache_shrinks_the_estimate(folder, tmp_path):
+    path = presets(tmp_path, f'["{SMOL}"]\ncache_type_k = "q8_0"\ncache_type_v = "q8_0"\n')
+    f16, q8 = by_name(Library([folder]))[SMOL], Library([folder], path).find(SMOL)
+
+    # SmolLM2: 30 layers x 3 KV heads x 64 values for K and for V; f16 2 bytes each, q8_0 34 bytes per 32.
+    assert q8.kv_bytes_per_token == f16.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
+    assert q8.k_bytes_per_token == 30 * 3 * 64 * 2
+    assert estimate_bytes(f16, 8192) - estimate_bytes(q8, 8192) == 8192 * 2 * 30 * 3 * 64 * (2 - 34 / 32)
+    # The load keywords decide when given (an adapter's over its base's preset): here f16 K, q4_0 V.
+    mixed = estimate_bytes(q8, 8192, {"type_v": 2})
+    assert estimate_bytes(f16, 8192) - mixed == 8192 * 30 * 3 * 64 * (2 - 18 / 32)
+
+
+def test_kv_cache_types_on_a_pytorch_model_are_an_error_at_load(folder, tmp_path):
+    checkpoint(folder, "ckpt")
+    library = Library([folder], presets(tmp_path, '[ckpt]\ncache_type_v = "q8_0"\ntemperature = 0.5\n'))
+
+    ckpt = library.find("ckpt")
+
+    assert ckpt.problem is None and request_defaults(ckpt.preset) == {"temperature": 0.5}
+    with pytest.raises(InvalidParameterError, match=r"^\[ckpt\] cache_type_k and cache_type_v are llama\.cpp's"):
+        load_options(ckpt)

@@ -83,7 +83,7 @@ def test_runtime_gguf_lora_equals_the_merged_model(built):
     assert report.top1_agreement == 1.0 and report.max_abs_logit_diff < 1e-2
     backend = LlamaCppBackend()
     backend.load_model(str(built["base_gguf"]), lora_path=str(built["lora_gguf"]))
-    assert backend.info()["lora_path"] == str(built["lora_gguf"])
+    assert backend.info()["lora_adapters"] == [{"path": str(Path(built["lora_gguf"]).resolve()), "scale": 1.0}]
     assert _generates(backend)
 
 

@@ -189,7 +189,6 @@ def test_hychat_applies_its_samplers_in_its_own_order_only():
         ({"top_n_sigma": 1.0}, "top_n_sigma"),
         ({"dynatemp_range": 0.5}, "dynatemp_range"),
         ({"samplers": ["top_k", "adaptive_p"], "adaptive_target": 0.3}, "adaptive_target"),
-        ({"lora": [{"id": 0, "scale": 0.5}]}, "lora"),
         ({"grammar_lazy": True}, "grammar_lazy"),
         ({"min_keep": 5}, "min_keep"),
     ],
@@ -198,6 +197,11 @@ def test_what_would_change_the_answer_and_cannot_be_done_is_refused_by_name(fiel
     with pytest.raises(InvalidParameterError) as raised:
         params(**fields)
     assert raised.value.param == name
+
+
+def test_lora_names_the_models_adapters_for_this_request_and_an_empty_list_leaves_its_own():
+    assert params(lora=[{"id": 1, "scale": 0.5}, {"id": 0, "scale": 0}]).lora == ((1, 0.5), (0, 0.0))
+    assert params(lora=[]).lora is None and params().lora is None  # llama-server's: the server's scales
 
 
 def test_llama_vims_fim_chain_takes_the_infill_sampler():

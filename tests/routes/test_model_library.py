@@ -4,10 +4,13 @@ memory budget needs room (the least recently used idle model first), or when ask
 
 The library: the embedded SmolLM2 Q4_1 (the configured model), a Q8_0 of it the pipeline quantizes,
 a tiny random HunYuan as an F32 GGUF with a LoRA the pipeline converts to a GGUF adapter (served as a
-model of its own, "混元-微调", by the presets file), and a damaged copy of the Q8_0."""
+model of its own, "混元-微调", by the presets file), and a damaged copy of the Q8_0. The presets file
+also turns the HunYuan's thinking off, and serves the Q8_0 file (a second name of it, in a folder the
+library does not scan) as "smol-preset", with its own request defaults and a q8_0 KV cache."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +32,7 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 Q4 = Path(embedded_model_path()).name
 Q8 = "SmolLM2-135M-Instruct.Q8_0.gguf"
 BASE, FINETUNE, BROKEN, TORCH = "混元-base.f32.gguf", "混元-微调", "损坏.gguf", "混元-torch"
+PRESET = "smol-preset"
 QUESTION = [{"role": "user", "content": "请用一句话介绍长城。"}]
 CACHE = Path(Settings().cache_dir)
 
@@ -43,6 +47,12 @@ def library(tmp_path_factory, hunyuan_dir, lora_dir) -> Path:
     (folder / BROKEN).write_bytes(damaged[: len(damaged) // 2])
     presets = f'["{FINETUNE}"]\npath = "lora.gguf"\nbase = "{BASE}"\naliases = ["finetune"]\n'
     presets += f'["{TORCH}"]\npath = "{hunyuan_dir}"\nkeep_alive = "1h"\n'  # a checkpoint, for PyTorch
+    presets += f'["{BASE}"]\nthink = false\n'  # a section named like the file: its settings, same name
+    # A hard link, not a symlink: the library resolves paths, and the Q8_0 file itself stays listed.
+    (folder / "elsewhere").mkdir()
+    os.link(folder / Q8, folder / "elsewhere" / f"{PRESET}.gguf")
+    presets += f'["{PRESET}"]\npath = "elsewhere/{PRESET}.gguf"\nmax_tokens = 3\ntemperature = 0.0\n'
+    presets += 'cache_type_k = "q8_0"\ncache_type_v = "q8_0"\n'
     (folder / "presets.toml").write_text(presets, encoding="utf-8")
     return folder
 
@@ -226,3 +236,55 @@ def test_the_command_line_lists_loads_and_unloads(server):
     assert re.search(rf"^{FINETUNE} +\d+ MiB  \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", ps, re.M)
     assert hychat("unload", FINETUNE).strip() == f"{FINETUNE} is unloaded"
     assert FINETUNE not in hychat("ps")
+
+
+def test_a_models_presets_set_its_request_defaults_and_its_kv_cache_type(server):
+    """smol-preset: max_tokens 3 and temperature 0 for the requests that set none, on every dialect."""
+    body = {"model": PRESET, "messages": QUESTION}
+    first = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=HEADERS, timeout=300)
+    assert first.status_code == 200, first.text
+    choice = first.json()["choices"][0]
+    assert (first.json()["usage"]["completion_tokens"], choice["finish_reason"]) == (3, "length")
+    text = choice["message"]["content"]
+    assert text  # answered with its q8_0 K and V
+    longer = httpx.post(f"{server.url}/v1/chat/completions", json=body | {"max_tokens": 5}, headers=HEADERS,
+                        timeout=300).json()  # fmt: skip
+    assert longer["usage"]["completion_tokens"] == 5 and longer["choices"][0]["message"]["content"].startswith(text)
+    ollama = {**body, "stream": False}
+    r = httpx.post(f"{server.url}/api/chat", json=ollama, headers=HEADERS, timeout=300).json()
+    assert (r["eval_count"], r["done_reason"], r["message"]["content"]) == (3, "length", text)  # greedy: the same
+    r = httpx.post(f"{server.url}/api/chat", json=ollama | {"options": {"num_predict": 5}}, headers=HEADERS,
+                   timeout=300).json()  # fmt: skip
+    assert (r["eval_count"], r["done_reason"]) == (5, "length")
+    # What a request gets unset, as llama-server's /props and Ollama's /api/show tell it.
+    props = httpx.get(f"{server.url}/props", params={"model": PRESET}, headers=HEADERS).json()
+    assert {k: props["default_generation_settings"]["params"][k] for k in ("n_predict", "temperature")} == {
+        "n_predict": 3,
+        "temperature": 0.0,
+    }
+    show = httpx.post(f"{server.url}/api/show", json={"model": PRESET}, headers=HEADERS).json()
+    assert "temperature                    0\n" in show["parameters"]
+    # The configured model keeps the server's defaults.
+    plain = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": QUESTION}, headers=HEADERS, timeout=300)
+    assert plain.json()["usage"]["completion_tokens"] > 3
+    # The same file with f16 K and V is estimated larger by what q8_0 saves: a K and a V of 30 layers x
+    # 3 heads x 64 values for every cell, 2 bytes a value in f16, 34 bytes per 32 in q8_0.
+    assert answer(server.url, Q8)
+    ps = {m["name"]: m["size"] for m in httpx.get(f"{server.url}/api/ps", headers=HEADERS).json()["models"]}
+    cells = props["default_generation_settings"]["n_ctx"] * props["total_slots"]
+    assert ps[Q8] - ps[PRESET] == cells * 2 * 30 * 3 * 64 * (2 * 32 - 34) // 32
+
+
+def test_a_models_presets_set_its_thinking_default_and_its_adapters(server):
+    """BASE's preset turns thinking off: its Hunyuan-7B template then starts the user turn with /no_think,
+    as HYCHAT_THINK=false would; the adapter on it (no preset of its own for it) inherits it."""
+
+    def prompt(model: str, **body) -> str:
+        r = httpx.post(f"{server.url}/apply-template", json={"model": model, "messages": QUESTION, **body},
+                       headers=HEADERS, timeout=300)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return r.json()["prompt"]
+
+    off = prompt(BASE)
+    assert "/no_think " in off and off == prompt(BASE, think=False) == prompt(FINETUNE)
+    assert "/no_think" not in prompt(BASE, think=True) and "/no_think" not in prompt(FINETUNE, think=True)
