@@ -46,6 +46,15 @@ GENERATION_TOKENS = Counter("hychat_generation_tokens_total", "Tokens generated.
 PROMPT_CACHED_TOKENS = Counter(
     "hychat_prompt_cached_tokens_total", "Prompt tokens whose KV cache was reused.", ["backend"], registry=REGISTRY
 )
+HOST_CACHE_RESTORES = Counter(
+    "hychat_prompt_cache_restores_total", "Prompt states restored from the host-memory cache.", registry=REGISTRY
+)
+HOST_CACHE_TOKENS = Counter(
+    "hychat_prompt_cache_restored_tokens_total", "Prompt tokens restored from the host-memory cache.", registry=REGISTRY
+)
+HOST_CACHE_BYTES = Gauge(
+    "hychat_prompt_cache_bytes", "Bytes of prompt states the host-memory cache holds.", registry=REGISTRY
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "hychat_time_to_first_token_seconds",
     "Request start to first sampled token, prompt processing included.",
@@ -103,6 +112,15 @@ def record_generation(backend: str, usage: Usage) -> None:
 def record_decode(n_sequences: int) -> None:
     """One llama_decode of the llama.cpp engine, over `n_sequences` requests."""
     LLAMA_SERVER.add_decode(n_sequences)
+
+
+def record_host_cache(restored_tokens: int, bytes_change: int) -> None:
+    """The host-memory prompt cache (llama-server's --cache-ram): a state restored (its tokens), and the
+    change in the bytes it holds."""
+    if restored_tokens:
+        HOST_CACHE_RESTORES.inc()
+        HOST_CACHE_TOKENS.inc(restored_tokens)
+    HOST_CACHE_BYTES.inc(bytes_change)
 
 
 def set_scheduler_state(backend: str, queued: int, busy: int, total: int) -> None:

@@ -6,7 +6,7 @@ sharing the weights (the alternative the engine does not take), with the cores s
 not; and, as a control, no adapter in those two contexts with the cores split. Modes alternate
 within each round, so they share the machine's state.
 
-    .venv/bin/python benchmarks/adapters.py [--model PATH] [--tokens 128] [--rounds 3] [--chart PNG]
+    .venv/bin/python -m benchmarks.adapters [--model PATH] [--tokens 128] [--rounds 3] [--chart PNG]
 
 The adapters are random, rank 16 on attention's four projections (benchmarks/random_lora.py).
 Writes benchmarks/results/adapters.json; docs/BENCHMARKS.md gives the figures.
@@ -30,6 +30,7 @@ from pathlib import Path
 from app.cpu import physical_cores
 from app.pipeline.llama_converter import converter_dir
 from app.services.llamacpp_service import LlamaCppBackend
+from benchmarks.charts import horizontal_bars
 from config.settings import Settings, embedded_model_path
 
 RESULTS = Path(__file__).parent / "results" / "adapters.json"
@@ -121,23 +122,8 @@ def main() -> None:
 
 
 def chart(summary: dict[str, dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    names = list(summary)[::-1]
-    values = [summary[name]["median_tokens_per_s"] for name in names]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bars = ax.barh(names, values, color="#4c72b0")
-    for bar, name in zip(bars, names, strict=True):
-        ratio = summary[name]["ratio_to_no_adapter"]
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {ratio:.2f}x", va="center")
-    ax.set_xlabel("aggregate tokens/s (median)")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(0, max(values) * 1.15)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    bars = {name: (s["median_tokens_per_s"], f"{s['ratio_to_no_adapter']:.2f}x") for name, s in summary.items()}
+    horizontal_bars(path, bars, "aggregate tokens/s (median)", title)
 
 
 if __name__ == "__main__":

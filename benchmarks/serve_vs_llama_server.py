@@ -27,15 +27,17 @@ from config.settings import embedded_model_path
 RESULTS = Path(__file__).parent / "results" / "serve_vs_llama_server.json"
 
 
-def start_hychat(model: str, port: int, threads: int, slots: int, n_ctx: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--model", model]
+def start_hychat(model: str, port: int, threads: int, slots: int, n_ctx: int, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "app", "serve", "--port", str(port), "--model", model, *flags]
     command += ["--threads", str(threads), "--parallel", str(slots), "--n-ctx", str(n_ctx)]
     env = {**os.environ, "HYCHAT_LOG_LEVEL": "warning"}
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_llama_server(binary: str, model: str, port: int, threads: int, slots: int, n_ctx: int) -> subprocess.Popen:
-    command = [binary, "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads)]
+def start_llama_server(
+    binary: str, model: str, port: int, threads: int, slots: int, n_ctx: int, *flags: str
+) -> subprocess.Popen:
+    command = [binary, "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads), *flags]
     command += ["-np", str(slots), "-c", str(n_ctx * slots), "--no-webui"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

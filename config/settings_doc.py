@@ -79,6 +79,9 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "parallel",
             "kv_unified",
             "queue_size",
+            "cache_type_k",
+            "cache_type_v",
+            "cache_ram_mib",
         ),
     ),
     (
@@ -149,6 +152,8 @@ it (second column), so a llama-server command line runs as it is where hychat ha
 | `--parallel` (serve) | `-np` | `HYCHAT_PARALLEL` |
 | `--kv-unified` / `--no-kv-unified` (serve) | `-kvu` / `-no-kvu` | `HYCHAT_KV_UNIFIED` |
 | `--batch-size` (serve) | `-b` | `HYCHAT_LLAMACPP_N_BATCH` |
+| `--cache-type-k`, `--cache-type-v` (serve) | `-ctk`, `-ctv` | `HYCHAT_CACHE_TYPE_K`, `_V` |
+| `--cache-ram` (serve) | `-cram` | `HYCHAT_CACHE_RAM_MIB` |
 | `--metrics` / `--no-metrics` (serve) | `--metrics` | `HYCHAT_ENDPOINT_METRICS` |
 | `--alias` (serve) | `-a` | `HYCHAT_ALIAS` |
 | `--chat-template` (serve) | `--chat-template` | `HYCHAT_CHAT_TEMPLATE` |

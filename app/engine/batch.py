@@ -19,6 +19,10 @@ that starts with them (the next turn of a chat) skips that prefix.
 LoRA adapters apply to a whole context, so one batch holds only requests of one adapter set. When
 requests of several sets run together, the sets take turns of `turn_s` (admission.next_turn),
 and a slot's cached prefix serves only a request of the set it was computed with.
+
+With a host cache (`prompt_cache.PromptCache`, llama-server's --cache-ram), what a slot holds is
+saved to RAM before a request of another conversation overwrites it, and a request whose prompt
+shares more with a saved state than with any free slot gets that state restored into its slot.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import atexit
 import ctypes
 import logging
 import math
+import mmap
 import threading
 import weakref
 from collections.abc import Callable
@@ -40,6 +45,7 @@ import numpy as np
 
 from app.engine.admission import AdmissionQueue, choose_slot, next_turn
 from app.engine.detokenize import TextAssembler
+from app.engine.prompt_cache import PromptCache, SavedState
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
 from app.errors import EngineClosedError, HychatError, QueueFullError
@@ -150,6 +156,9 @@ class _Slot:
 
 class BatchEngine(TokenSource[Ticket]):
     turn_s = 0.1  # how long an adapter set keeps the context while others wait (docs/BENCHMARKS.md)
+    # The host cache saves slots holding at least this many tokens, and restores a state that saves at
+    # least this many more than the slot's own: copying a state costs more than reading a few tokens.
+    host_cache_min_tokens = 32
 
     def __init__(
         self,
@@ -162,6 +171,9 @@ class BatchEngine(TokenSource[Ticket]):
         on_state: Callable[[int, int, int], None],  # (queued, busy, slots), for metrics
         kv_unified: bool = False,  # the context's cells are one pool for all slots
         on_decode: Callable[[int], None] = lambda n_sequences: None,  # after each llama_decode, for metrics
+        prompt_cache: PromptCache | None = None,  # slots' states kept in RAM (None: none)
+        # For metrics: a state restored from it (its tokens), and the change in the bytes it holds.
+        on_host_cache: Callable[[int, int], None] = lambda restored_tokens, bytes_change: None,
     ):
         self._ctx, self._vocab = ctx, vocab
         self._memory = llama_cpp.llama_get_memory(ctx)
@@ -171,7 +183,8 @@ class BatchEngine(TokenSource[Ticket]):
         self._waiting: AdmissionQueue[Ticket] = AdmissionQueue(max_waiting, on_drop=lambda t: t.sampler.free())
         self._wake = threading.Condition()
         self._closing = False
-        self._on_state, self._on_decode = on_state, on_decode
+        self._on_state, self._on_decode, self._on_host_cache = on_state, on_decode, on_host_cache
+        self.prompt_cache = prompt_cache
         self._reported: tuple[int, int, int] | None = None
         self._applied, self._turn_start = NO_ADAPTERS.key, 0.0  # the context's adapter set, and since when
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -250,6 +263,9 @@ class BatchEngine(TokenSource[Ticket]):
         finally:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
+            if self.prompt_cache is not None:  # its states go with the context
+                self._on_host_cache(0, -self.prompt_cache.used_bytes)
+                self.prompt_cache = None
 
     def _wait_for_work(self) -> bool:
         with self._wake:
@@ -274,10 +290,50 @@ class BatchEngine(TokenSource[Ticket]):
                 usable = {i: self._slots[i].cached for i in free if self._slots[i].cached_with == ticket.adapters.key}
                 index, reuse = choose_slot(free, usable, ticket.prompt)
                 free.remove(index)
-                self._assign(self._slots[index], ticket, reuse if ticket.cache_prompt else 0)
+                reuse = self._from_host(self._slots[index], ticket, reuse if ticket.cache_prompt else 0)
+                self._assign(self._slots[index], ticket, reuse)
                 if ticket.progress:  # the request has started: its 0% (llama-server's first update)
                     outbox.append((ticket, self._progress(self._slots[index])))
             self._report()  # a ticket moves from the line to a slot: never seen in neither
+
+    def _from_host(self, slot: _Slot, ticket: Ticket, reuse: int) -> int:
+        """How much of the prompt `slot` holds for `ticket`: a state from the host cache, restored in
+        it when that holds more; what the slot held goes to the cache first."""
+        cache = self.prompt_cache
+        if cache is None:
+            return reuse
+        saved, shared = cache.best(ticket.prompt, ticket.adapters.key) if ticket.cache_prompt else (None, 0)
+        shared = min(shared, len(ticket.prompt) - 1)  # the last prompt token is read again: its logits
+        if saved is None or shared < reuse + self.host_cache_min_tokens:
+            if reuse < len(slot.cached):
+                self._save(slot)
+            return reuse
+        self._save(slot)
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+        slot.cached.clear()
+        data = (ctypes.c_ubyte * len(saved.data)).from_buffer(saved.data)  # read in place, not copied
+        if llama_cpp.llama_state_seq_set_data(self._ctx, data, len(saved.data), slot.index) == 0:
+            log.warning("a saved prompt state did not restore; the prompt is read whole")
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.index, -1, -1)
+            return 0
+        slot.cached, slot.cached_with = list(saved.tokens), saved.adapters
+        self._on_host_cache(shared, 0)
+        return shared
+
+    def _save(self, slot: _Slot) -> None:
+        if self.prompt_cache is None or len(slot.cached) < self.host_cache_min_tokens:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, slot.index)
+        # A mapping of its own, which llama.cpp writes into: dropped from the cache, its memory goes back
+        # to the system at once (in the heap, megabytes freed among live objects stay in the process).
+        data = mmap.mmap(-1, size)
+        written = llama_cpp.llama_state_seq_get_data(
+            self._ctx, (ctypes.c_ubyte * size).from_buffer(data), size, slot.index
+        )
+        if written:
+            before = self.prompt_cache.used_bytes
+            self.prompt_cache.put(SavedState(tuple(slot.cached), slot.cached_with, data))
+            self._on_host_cache(0, self.prompt_cache.used_bytes - before)
 
     def _assign(self, slot: _Slot, ticket: Ticket, reuse: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot.index, reuse, -1)

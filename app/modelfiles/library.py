@@ -241,6 +241,13 @@ def estimate_bytes(entry: LibraryEntry, n_ctx_total: int, options: Mapping[str, 
     return entry.size_bytes + per_token * max(n_ctx_total, 0) + entry.size_bytes // 10 + COMPUTE_BYTES
 
 
+def kv_bytes_per_token(header: GGUFHeader, type_k: int | None = None, type_v: int | None = None) -> int | None:
+    """What one token's K and V take over all layers, in the ggml types given (None: f16); None where
+    the architecture's numbers are unknown."""
+    kv = _gguf_kv_bytes(header)
+    return None if kv is None else _in_type(kv[0], type_k) + _in_type(kv[1], type_v)
+
+
 def _in_type(f16_bytes: int, ggml_type: int | None) -> int:
     """What `f16_bytes` of f16 values take in the ggml type `ggml_type` (None: f16), whole blocks."""
     block, size = BLOCKS.get(ggml_type, (1, F16_BYTES))

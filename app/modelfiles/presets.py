@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import InvalidParameterError
-from config.settings import duration_s
+from config.settings import CacheType, duration_s
 
-CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]  # llama-server's names
 # Each KV cache type as ggml knows it: (its number in ggml.h's `enum ggml_type`, which llama.cpp's
 # `type_k`/`type_v` take; values per block; bytes per block). Written here rather than asked of the
 # ggml library: presets are read where llama.cpp is not installed (tests check these against ggml's).
@@ -95,8 +94,18 @@ def request_defaults(preset: Preset) -> dict[str, Any]:
 
 def cache_types(preset: Preset) -> dict[str, int]:
     """The KV cache types `preset` sets, as llama-cpp-python's `Llama` keywords (`type_k`, `type_v`)."""
-    given = {"type_k": preset.cache_type_k, "type_v": preset.cache_type_v}
+    return cache_type_keywords(preset.cache_type_k, preset.cache_type_v)
+
+
+def cache_type_keywords(type_k: str | None, type_v: str | None) -> dict[str, int]:
+    """KV cache type names as llama-cpp-python's `Llama` keywords (`type_k`, `type_v`); None: unset."""
+    given = {"type_k": type_k, "type_v": type_v}
     return {keyword: KV_CACHE_TYPES[name][0] for keyword, name in given.items() if name is not None}
+
+
+def cache_type_name(ggml_type: int) -> str:
+    """A ggml type number's name, as llama-server's -ctk takes it."""
+    return next((name for name, (number, _, _) in KV_CACHE_TYPES.items() if number == ggml_type), str(ggml_type))
 
 
 def parse_presets(path: Path, text: str) -> dict[str, Preset]:

@@ -39,6 +39,8 @@ from app.errors import (
     ModelFileError,
 )
 from app.modelfiles.gguf import GGUFHeader, file_type_name, read_gguf
+from app.modelfiles.library import kv_bytes_per_token
+from app.modelfiles.presets import cache_type_name
 from app.services import chat_templates
 from app.services.backend import Backend, Generation
 from app.services.checks import check_embedding_inputs, check_prompt_fits, is_int_at_least
@@ -49,6 +51,7 @@ try:
 
     from app.engine.batch import AdapterSet, BatchEngine, Ticket, Vocabulary
     from app.engine.embed import Embedder
+    from app.engine.prompt_cache import PromptCache
     from app.engine.sampler import RequestSampler
 
     LLAMACPP_AVAILABLE = True
@@ -178,6 +181,7 @@ class LlamaCppBackend(Backend):
         lora_path: str | None = None,
         lora_scale: float = 1.0,
         lora_adapters: Sequence[str] = (),
+        cache_ram_mib: int = 0,
         **kwargs: Any,
     ) -> None:
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
@@ -194,12 +198,16 @@ class LlamaCppBackend(Backend):
         in place of the GGUF's; `jinja=False`: chats rendered by llama.cpp's built-in templates
         (app.services.chat_templates). `alias`: the name the model is served by (default: the file's).
         `lora_path`: a GGUF adapter applied at `lora_scale` to requests that name no adapters (id 0);
-        `lora_adapters`: more, applied only to requests that name them (see the module's docstring)."""
+        `lora_adapters`: more, applied only to requests that name them (see the module's docstring).
+        `cache_ram_mib`: RAM for slots' KV states kept after their slot moves on, restored when their
+        conversation returns (llama-server's --cache-ram; 0: none)."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
         if not is_int_at_least(n_batch, 1):
             raise InvalidParameterError(f"n_batch must be an integer >= 1, got {n_batch!r}")
+        if not is_int_at_least(cache_ram_mib, 0):
+            raise InvalidParameterError(f"cache_ram_mib must be an integer >= 0, got {cache_ram_mib!r}")
         chat_templates.check_served_as(chat_template, alias)
         header = read_gguf(model_path)
         if lora_path:
@@ -240,7 +248,7 @@ class LlamaCppBackend(Backend):
         # A file that names its pooling is an embedding model (BERT-type): it gets no chat engine, and
         # inputs no longer than it was trained on (its positions end there).
         if header.arch_value("pooling_type") is None:
-            loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified)
+            loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified, cache_ram_mib)
         else:
             loaded.embeddings_only = True
             loaded.n_ctx = loaded.n_ctx_total = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
@@ -248,12 +256,14 @@ class LlamaCppBackend(Backend):
         if old is not None:
             old.close()
         log.info(
-            "llama.cpp loaded %s: %s of %d tokens (the context of each request), %d threads, weights in %s",
+            "llama.cpp loaded %s: %s of %d tokens (the context of each request), %d threads, weights in %s%s",
             header.path, f"{parallel} slots" if loaded.engine else "embeddings only", loaded.n_ctx, n_threads,
-            ", ".join(f"{name} {mib:.0f} MiB" for name, mib in buffers.items()),
+            ", ".join(f"{name} {mib:.0f} MiB" for name, mib in buffers.items()), _kv_cache_text(loaded),
         )  # fmt: skip
 
-    def _engine(self, m: _Loaded, parallel: int, max_waiting: int, kv_unified: bool) -> BatchEngine:
+    def _engine(
+        self, m: _Loaded, parallel: int, max_waiting: int, kv_unified: bool, cache_ram_mib: int = 0
+    ) -> BatchEngine:
         llm = m.llm
         params = llm.context_params  # the load options (flash attention, KV types...) carry over
         params.n_ctx = m.n_ctx * parallel
@@ -275,9 +285,9 @@ class LlamaCppBackend(Backend):
             piece=lambda token: _piece(m, token),
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
         )
-        return BatchEngine(
-            ctx, vocab, parallel, m.n_ctx, m.n_batch, max_waiting, self._on_state, kv_unified, self._on_decode
-        )
+        host_cache = PromptCache(cache_ram_mib << 20) if cache_ram_mib else None
+        return BatchEngine(ctx, vocab, parallel, m.n_ctx, m.n_batch, max_waiting, self._on_state, kv_unified,
+                           self._on_decode, host_cache, metrics.record_host_cache)  # fmt: skip
 
     def unload(self) -> None:
         m, self._model = self._model, None
@@ -289,6 +299,7 @@ class LlamaCppBackend(Backend):
         if m is None:
             return {"backend": self.name, "available": self.available, "loaded": False}
         h = m.header
+        host_cache = m.engine.prompt_cache if m.engine else None
         return {
             "backend": self.name,
             "available": True,
@@ -314,6 +325,9 @@ class LlamaCppBackend(Backend):
             "chat_template_builtin": m.chat_format.template if m.chat_format.builtin else None,
             "infill": not self._fim_tokens(m).missing(),  # it has fill-in-the-middle tokens
             "lora_adapters": [{"path": str(a.path), "scale": a.scale} for a in m.adapters],
+            **_kv_cache(m),
+            # The host-memory prompt cache's bound (llama-server's --cache-ram); what it holds: /metrics.
+            "host_cache_bytes": host_cache.budget_bytes if host_cache is not None else 0,
         }
 
     # -- generation ----------------------------------------------------------------------------
@@ -438,6 +452,26 @@ class LlamaCppBackend(Backend):
             vocab = m.llm._model.vocab
             m.eog = tuple(t for t in range(m.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
         return m.eog
+
+
+def _kv_cache(m: _Loaded) -> dict[str, Any]:
+    """The KV cache's types and the memory its cells take (all slots; one slot's share): computed from
+    the GGUF's numbers, as llama.cpp sizes it (None where the architecture's are unknown)."""
+    params = m.llm.context_params
+    per_token = kv_bytes_per_token(m.header, params.type_k, params.type_v) if not m.embeddings_only else None
+    total = None if per_token is None else per_token * m.n_ctx_total
+    slots = m.engine.n_slots if m.engine else 1
+    return {"cache_type_k": cache_type_name(params.type_k), "cache_type_v": cache_type_name(params.type_v),
+            "kv_cache_bytes": total, "kv_cache_bytes_per_slot": None if total is None else total // slots}  # fmt: skip
+
+
+def _kv_cache_text(m: _Loaded) -> str:
+    kv = _kv_cache(m)
+    if kv["kv_cache_bytes"] is None:
+        return ""
+    mib = 1 << 20
+    return (f"; KV cache {kv['cache_type_k']}/{kv['cache_type_v']} {kv['kv_cache_bytes'] / mib:.0f} MiB, "
+            f"{kv['kv_cache_bytes_per_slot'] / mib:.1f} MiB per slot")  # fmt: skip
 
 
 def _checked_lora(m: _Loaded, lora: Sequence[tuple[int, float]]) -> Sequence[tuple[int, float]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.errors import BackendUnavailableError, InvalidParameterError, ModelFileError, ModelNotFoundError
 from app.modelfiles.library import Library, LibraryEntry, estimate_bytes, load_options
-from app.modelfiles.presets import Preset, request_defaults
+from app.modelfiles.presets import Preset, cache_type_keywords, request_defaults
 from app.services.backend import Backend
 from app.services.chat_templates import configured_template
 from app.services.model_pool import Held, ModelPool
@@ -321,12 +321,13 @@ class Registry:
     def _estimate(self, entry: LibraryEntry) -> int:
         """The memory `entry` would take with the settings it would load with (an adapter: its base too)."""
         base = self._base(entry)
-        options = load_options(base or entry) | load_options(entry)
         llama = entry.backend == "llamacpp"
+        options = (self._kv_types() if llama else {}) | load_options(base or entry) | load_options(entry)
         n_ctx = options.get("n_ctx", self.settings.llamacpp_n_ctx if llama else self.settings.torch_n_ctx)
         n_ctx = n_ctx or (base or entry).n_ctx_train or 4096
         parallel = options.get("parallel", self.settings.parallel) if llama else 1
-        return estimate_bytes(base or entry, n_ctx * parallel, options) + (entry.size_bytes if base else 0)
+        host_cache = self.settings.cache_ram_mib * MIB if llama else 0  # its bound: it fills as conversations move
+        return estimate_bytes(base or entry, n_ctx * parallel, options) + (entry.size_bytes if base else 0) + host_cache
 
     def load(
         self,
@@ -356,6 +357,8 @@ class Registry:
                 "n_batch": config["n_batch"],
                 **(lora if with_lora and config["lora_path"] else {}),
                 "lora_adapters": self._adapters_of(model_path),
+                "cache_ram_mib": config["cache_ram_mib"],
+                **self._kv_types(),
             }
         else:
             config = self.settings.torch_config()
@@ -367,6 +370,9 @@ class Registry:
                 **({"lora_path": config["lora_path"]} if with_lora else {}),
             }
         backend.load_model(model_path=model_path, **(keywords | served_as | options))
+
+    def _kv_types(self) -> dict[str, int]:
+        return cache_type_keywords(self.settings.cache_type_k, self.settings.cache_type_v)
 
     def _adapters_of(self, model_path: str) -> list[str]:
         """The library's GGUF adapters whose base is the model at `model_path`: they load with it."""

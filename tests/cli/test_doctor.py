@@ -14,6 +14,7 @@ import llama_cpp
 from app import llama_build
 from app.bench import canary, doctor
 from app.cpu import physical_cores
+from app.modelfiles.gguf import read_gguf
 from app.pipeline.inspect import inspect_gguf
 from tests.conftest import REPO
 
@@ -109,6 +110,18 @@ def test_memory_verdicts():
     assert doctor.check_memory(7 * gib, 8 * gib).status == "warn"
     too_big = doctor.check_memory(9 * gib, 8 * gib)
     assert too_big.status == "fail" and "smaller quantization" in too_big.advice
+
+
+def test_the_kv_cache_of_the_slots_in_its_types(model_path):
+    """SmolLM2-135M: 30 layers of 3 K and 3 V heads of 64 values, 2 bytes each in f16 (llama.cpp's own
+    log says 45 MiB for 2048 tokens)."""
+    header = read_gguf(model_path)
+    f16 = doctor.check_kv_cache(header, doctor.KvCache(2048, 4))
+    assert f16.detail == "f16/f16: 45.0 MiB per slot of 2048 tokens, 180 MiB for 4 slots"
+    assert "-ctk q8_0 -ctv q8_0" in f16.advice and "96 MiB" in f16.advice  # 34 bytes per 32 values
+    q8 = doctor.check_kv_cache(header, doctor.KvCache(2048, 4, "q8_0", "q8_0"))
+    assert q8.detail.startswith("q8_0/q8_0: 23.9 MiB per slot") and q8.advice is None
+    assert doctor.kv_cache_bytes(header, doctor.KvCache(2048, 4, "q4_0", "f16")) == 2048 * 4 * 30 * 192 * (18 / 32 + 2)
 
 
 def test_cpu_load_names_the_busy_processes():

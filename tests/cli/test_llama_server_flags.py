@@ -112,6 +112,20 @@ def test_context_slots_and_threads(start_server):
     assert (info["n_ctx"], info["n_ctx_total"], info["parallel"], info["n_threads"]) == (1024, 2048, 2, 2)
 
 
+def test_a_quantized_kv_cache_takes_its_share_and_answers(start_server, tmp_path):
+    """SmolLM2-135M's K and V: 11520 values a token; q8_0 stores 32 of them in 34 bytes, f16 in 64."""
+    log = tmp_path / "server.log"
+    server = start_server({}, "-c", "4096", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0", log_path=log)
+    info = httpx.get(f"{server.url}/api/info").json()["backends"]["llamacpp"]
+    assert (info["cache_type_k"], info["cache_type_v"]) == ("q8_0", "q8_0")
+    per_slot = 2048 * 11520 * 34 // 32
+    assert (info["kv_cache_bytes_per_slot"], info["kv_cache_bytes"]) == (per_slot, 2 * per_slot)
+    assert "KV cache q8_0/q8_0 48 MiB, 23.9 MiB per slot" in log.read_text()  # the start-up log says it too
+    body = {"messages": [{"role": "user", "content": "请用一句话介绍长城。"}], "max_tokens": 8, "temperature": 0}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0
+
+
 def test_several_hosts_are_all_bound(start_server):
     other = "::1" if ipv6_loopback() else "127.0.0.2"
     server = start_server({}, "--host", "127.0.0.1", "--host", other)
@@ -165,6 +179,8 @@ def test_server_flags_become_settings():
     assert (parsed("-v").log_level, parsed().log_level) == ("debug", "info")
     assert parsed("--gpu-layers", "3").llamacpp_n_gpu_layers == 3
     assert parsed("--jinja").jinja is True and parsed().jinja is True
+    quantized = parsed("-ctk", "q8_0", "-ctv", "q4_0")
+    assert (quantized.cache_type_k, quantized.cache_type_v, parsed().cache_type_k) == ("q8_0", "q4_0", "f16")
 
 
 def test_the_same_settings_come_from_the_environment(monkeypatch):
@@ -189,6 +205,7 @@ def test_the_same_settings_come_from_the_environment(monkeypatch):
         (["--reasoning-format", "deepseek-legacy"], "Invalid value for '--reasoning-format': 'deepseek-legacy'"),
         (["--host", ","], "Invalid value for '--host': ',': give at least one address"),
         (["--flash-attn"], "No such option '--flash-attn'"),
+        (["-ctk", "q3"], "Invalid value for '--cache-type-k' / '-ctk': 'q3' is not one of"),
     ],
 )
 def test_a_bad_flag_is_a_usage_error_naming_it(args, message):

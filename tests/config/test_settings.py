@@ -28,6 +28,9 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "parallel": 4,
         "kv_unified": False,
         "queue_size": 32,
+        "cache_type_k": "f16",
+        "cache_type_v": "f16",
+        "cache_ram_mib": 512,
     }
     assert config["model_path"].endswith(EMBEDDED_MODEL_FILE)
 
@@ -53,6 +56,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_PARALLEL": "8",
         "HYCHAT_KV_UNIFIED": "true",
         "HYCHAT_QUEUE_SIZE": "0",
+        "HYCHAT_CACHE_TYPE_K": "q8_0",
+        "HYCHAT_CACHE_TYPE_V": "q4_0",
+        "HYCHAT_CACHE_RAM_MIB": "0",
         "HYCHAT_BACKEND": "pytorch",
         "HYCHAT_TORCH_ENABLED": "true",
         "HYCHAT_TORCH_MODEL_PATH": str(tmp_path / "hf"),
@@ -113,6 +119,9 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "parallel": 8,
         "kv_unified": True,
         "queue_size": 0,
+        "cache_type_k": "q8_0",
+        "cache_type_v": "q4_0",
+        "cache_ram_mib": 0,
     }
     assert s.backend == "pytorch"
     assert s.chat_defaults() == {

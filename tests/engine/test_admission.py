@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.engine.admission import AdmissionQueue, choose_slot, common_prefix, next_turn
+from app.engine.prompt_cache import PromptCache, SavedState
 
 
 @dataclass
@@ -63,3 +64,23 @@ def test_adapter_sets_take_turns_in_a_fixed_order():
             current, since = key, step * 0.04
         turns.append(key)
     assert turns == [none] * 3 + [a] * 3 + [b] * 3 + [none] * 3  # the context starts with no adapter
+
+
+def state(tokens: list[int], size: int, adapters: tuple = ()) -> SavedState:
+    return SavedState(tuple(tokens), adapters, bytearray(size))
+
+
+def test_the_prompt_cache_keeps_the_longest_match_within_its_bound_dropping_the_least_recently_used():
+    cache = PromptCache(budget_bytes=100)
+    cache.put(state([1, 2, 3], 40))
+    cache.put(state([7, 8], 40))
+    assert cache.best([1, 2, 3, 4], ()) == (state([1, 2, 3], 40), 3)
+    assert cache.best([1, 2, 3, 4], ((0, 1.0),)) == (None, 0)  # computed with another adapter set: no use
+    cache.put(state([5, 6], 40))  # over the bound: [7, 8] goes, the least recently used ([1, 2, 3] was just used)
+    assert cache.best([7, 8], ()) == (None, 0) and cache.best([5], ())[1] == 1
+    assert cache.used_bytes == 80 <= cache.budget_bytes and len(cache) == 2
+    cache.put(state([1, 2, 3, 4, 5], 30))  # the same conversation, further on: it replaces the earlier state
+    assert len(cache) == 2 and cache.used_bytes == 70
+    assert cache.best([1, 2, 3, 9], ()) == (state([1, 2, 3, 4, 5], 30), 3)
+    cache.put(state([9], 101))  # larger than the whole budget: not kept, nothing dropped for it
+    assert len(cache) == 2 and cache.used_bytes == 70
