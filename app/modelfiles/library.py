@@ -120,6 +120,10 @@ class Library:
         """The entry `name` names or aliases (of two, the one that kept the name)."""
         return self._listing()[1].get(name)
 
+    def gguf_adapters(self) -> list[LibraryEntry]:
+        """The GGUF adapters that can load (llama.cpp applies them on their base, per request)."""
+        return [e for e in self.entries() if e.kind == "gguf_adapter" and e.problem is None]
+
     def at(self, path: Path) -> LibraryEntry | None:
         """The entry of the file or folder `path` (one without preset first: the file as it is)."""
         path = Path(path).resolve()

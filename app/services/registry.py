@@ -205,7 +205,7 @@ class Registry:
         """The loaded models, the default one first, then the GGUF adapters loaded on them: each
         served as a model of its own, in its base's memory and for its base's time."""
         bases = self._loaded()
-        adapters = {e.path: e for e in self.library.entries() if e.kind == "gguf_adapter" and e.problem is None}
+        adapters = {e.path: e for e in self.library.gguf_adapters()}
         served = [
             Held(
                 entry.name,
@@ -377,8 +377,8 @@ class Registry:
     def _adapters_of(self, model_path: str) -> list[str]:
         """The library's GGUF adapters whose base is the model at `model_path`: they load with it."""
         path, library = Path(model_path).resolve(), self.library
-        adapters = [e for e in library.entries() if e.kind == "gguf_adapter" and e.problem is None]
-        return [str(e.path) for e in adapters if (base := library.find(e.base or "")) is not None and base.path == path]
+        bases = {e.path: library.find(e.base or "") for e in library.gguf_adapters()}
+        return [str(adapter) for adapter, base in bases.items() if base is not None and base.path == path]
 
     def _served_as(self, backend: Backend, configured: bool) -> dict[str, Any]:
         """`load_model` keywords, only those the settings give: rendering without Jinja, and for the
