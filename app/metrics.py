@@ -163,7 +163,8 @@ class LlamaServerSeries:
     so that what reads a llama-server reads hychat's llama.cpp backend alike. Times are hychat's
     timings' (an answer's prompt time up to its first token, then its generation). Written by hand:
     prometheus_client names a counter's TYPE line without `_total`, and llama-server's readers look
-    up each sample's own name there. There is no speculative decoding: its counters stay 0."""
+    up each sample's own name there. The speculative decoding counters sum the answers' drafts
+    (`Usage.drafted_tokens`, `accepted_tokens`, `drafts`)."""
 
     prompt: _Bucket = field(default_factory=_Bucket)  # since the start: processed prompt tokens, not cached ones
     predict: _Bucket = field(default_factory=_Bucket)
@@ -173,6 +174,9 @@ class LlamaServerSeries:
     n_tokens_max: int = 0  # the longest sequence, prompt and answer
     n_decode: int = 0
     n_busy_slots: int = 0  # summed over the decodes
+    n_draft_tokens: int = 0  # speculative decoding: tokens drafted and verified
+    n_draft_accepted: int = 0
+    n_drafts: int = 0  # verification steps with a draft
     processing: int = 0
     deferred: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,6 +191,9 @@ class LlamaServerSeries:
                 predict.add(usage.completion_tokens, steps, predicted_s)
             self.n_prompt_cached += usage.cached_tokens
             self.n_tokens_max = max(self.n_tokens_max, usage.prompt_tokens + usage.completion_tokens)
+            self.n_draft_tokens += usage.drafted_tokens
+            self.n_draft_accepted += usage.accepted_tokens
+            self.n_drafts += usage.drafts
 
     def add_decode(self, n_sequences: int) -> None:
         with self._lock:
@@ -203,9 +210,9 @@ class LlamaServerSeries:
                 "tokens_predicted_seconds_total": self.predict.time_s,
                 "n_decode_total": self.n_decode,
                 "n_tokens_max": self.n_tokens_max,
-                "spec_decode_num_draft_tokens_total": 0,
-                "spec_decode_num_accepted_tokens_total": 0,
-                "spec_decode_num_drafts_total": 0,
+                "spec_decode_num_draft_tokens_total": self.n_draft_tokens,
+                "spec_decode_num_accepted_tokens_total": self.n_draft_accepted,
+                "spec_decode_num_drafts_total": self.n_drafts,
                 "prompt_tokens_seconds": self.prompt_window.rate(),
                 "predicted_tokens_seconds": self.predict_window.rate(),
                 "requests_processing": self.processing,

@@ -21,6 +21,26 @@ MAX_EMBEDDING_INPUTS = 512  # texts (or token lists) in one embeddings request
 ToolChoice = Literal["auto", "none", "required"] | str  # or the name of one function
 
 
+SpecType = Literal["none", "ngram", "draft"]
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding (llama.cpp backend): tokens drafted from the request's own prompt and output
+    (ngram, prompt lookup: what followed an earlier occurrence of its last `ngram_size_n` tokens) or by
+    the model's draft model (draft; a model without one drafts by ngram), verified together in one
+    decode step. The output is the same as without: each position is sampled from the model as
+    always, and a draft token counts only where it equals that sample. How many tokens are drafted
+    adapts to the acceptance measured and to what a longer step costs, up to `n_max`."""
+
+    type: SpecType = "ngram"  # "none": no drafting
+    n_max: int = 64  # most draft tokens verified in one step (llama-server's --spec-draft-n-max)
+    n_min: int = 0  # a shorter draft is not verified (--spec-draft-n-min)
+    ngram_size_n: int = 3  # tokens matched to find a draft (--spec-ngram-size-n)
+    ngram_min_hits: int = 1  # times they must have occurred before (--spec-ngram-min-hits)
+    p_min: float = 0.0  # a draft model's draft stops at a token it gives less (--spec-draft-p-min)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 256
@@ -54,6 +74,8 @@ class SamplingParams:
     # scale) pairs, the ids of `GET /lora-adapters`; an adapter not named gets scale 0. None: the
     # served model's own (the configured adapter at its scale, or the adapter a model name stands for).
     lora: tuple[tuple[int, float], ...] | None = None
+    # Speculative decoding of this request (llama-server's `speculative.*`); None: the model's default.
+    speculative: Speculation | None = None
 
 
 class SamplingKwargs(TypedDict, total=False):
@@ -177,6 +199,9 @@ class Usage:
     decode_tokens_per_s: float  # tokens after the first, over the time after the first
     total_ms: float
     cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted and verified
+    accepted_tokens: int = 0  # of them, those that were the model's own next tokens
+    drafts: int = 0  # the steps that verified a draft
 
 
 class UsageClock:
@@ -187,6 +212,7 @@ class UsageClock:
         self.t_first: float | None = None
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.drafted_tokens = self.accepted_tokens = self.drafts = 0
 
     def sampled(self) -> None:
         """A token was sampled (an end-of-generation token too: it ends the wait for the first token)."""
@@ -203,6 +229,9 @@ class UsageClock:
             decode_tokens_per_s=(n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
             total_ms=(t_end - self.t_start) * 1000,
             cached_tokens=self.cached_tokens,
+            drafted_tokens=self.drafted_tokens,
+            accepted_tokens=self.accepted_tokens,
+            drafts=self.drafts,
         )
 
 
@@ -265,6 +294,7 @@ class SlotState:
     n_prompt_cached: int = 0  # of them, reused from the slot's cells
     n_decoded: int = 0  # tokens generated so far
     max_new_tokens: int = 0  # the running request's bound
+    speculative: bool = False  # the running request drafts (speculative decoding)
 
 
 @dataclass(frozen=True)

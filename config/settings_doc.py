@@ -82,6 +82,13 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "cache_type_k",
             "cache_type_v",
             "cache_ram_mib",
+            "spec_type",
+            "spec_draft_n_max",
+            "spec_draft_n_min",
+            "spec_ngram_size_n",
+            "spec_ngram_min_hits",
+            "spec_draft_model",
+            "spec_draft_p_min",
         ),
     ),
     (
@@ -154,6 +161,13 @@ it (second column), so a llama-server command line runs as it is where hychat ha
 | `--batch-size` (serve) | `-b` | `HYCHAT_LLAMACPP_N_BATCH` |
 | `--cache-type-k`, `--cache-type-v` (serve) | `-ctk`, `-ctv` | `HYCHAT_CACHE_TYPE_K`, `_V` |
 | `--cache-ram` (serve) | `-cram` | `HYCHAT_CACHE_RAM_MIB` |
+| `--spec-type none/ngram/draft` (serve) | the same; `ngram-*`: `ngram`, `draft-simple`: `draft` | `HYCHAT_SPEC_TYPE` |
+| `--spec-draft-n-max` (serve) | the same, `--draft-max`, `--draft-n`, `--draft` | `HYCHAT_SPEC_DRAFT_N_MAX` |
+| `--spec-draft-n-min` (serve) | the same, `--draft-min`, `--draft-n-min` | `HYCHAT_SPEC_DRAFT_N_MIN` |
+| `--spec-ngram-size-n` (serve) | the same, `--spec-ngram-simple-size-n` | `HYCHAT_SPEC_NGRAM_SIZE_N` |
+| `--spec-ngram-min-hits` (serve) | the same, `--spec-ngram-simple-min-hits` | `HYCHAT_SPEC_NGRAM_MIN_HITS` |
+| `--spec-draft-model` (serve) | `-md`, `--model-draft` | `HYCHAT_SPEC_DRAFT_MODEL` |
+| `--spec-draft-p-min` (serve) | the same, `--draft-p-min` | `HYCHAT_SPEC_DRAFT_P_MIN` |
 | `--metrics` / `--no-metrics` (serve) | `--metrics` | `HYCHAT_ENDPOINT_METRICS` |
 | `--alias` (serve) | `-a` | `HYCHAT_ALIAS` |
 | `--chat-template` (serve) | `--chat-template` | `HYCHAT_CHAT_TEMPLATE` |
@@ -193,6 +207,13 @@ settings one line (exit 1); neither is a traceback. Where the two programs diffe
   an IPv6 address is bound for IPv6 only, as llama-server does.
 - `--reasoning-format deepseek` is hychat's `auto`; llama-server's `deepseek-legacy` is not offered.
 - `/metrics` is served unless `--no-metrics`; llama-server serves it only with `--metrics`.
+- `--spec-type` takes one type, and hychat has two kinds of speculative decoding: drafts looked up in
+  the request's own prompt and answer (`ngram`), which each of llama-server's `ngram-*` types stands
+  for here, and a draft model's (`draft`, llama-server's `draft-simple`; its other `draft-*` types
+  are not offered). `--spec-draft-model` (`-md`) is the configured model's draft model; with it and
+  no `--spec-type` the type is `draft`, as there. A model without a draft model (a library model)
+  drafts by `ngram` where `draft` is asked. Requests set their own with llama-server's
+  `speculative.*` fields.
 - `--alias`, `--chat-template` and `--chat-template-file` are the configured model's: a model that
   `POST /admin/reload` loads is served by its own name and template (`--no-jinja` still holds).
 

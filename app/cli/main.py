@@ -13,7 +13,7 @@ import click
 from pydantic import ValidationError
 
 from app.errors import HychatError
-from config.settings import DTYPES, CacheType, Settings
+from config.settings import DTYPES, CacheType, Settings, SpecTypeName
 
 if TYPE_CHECKING:
     from app.services.registry import Registry
@@ -59,6 +59,21 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="The same for V."),
         click.option("--cache-ram", "-cram", "cache_ram_mib", type=int,
                      help="MiB of RAM keeping slots' prompt states for returning conversations (512; 0: none)."),
+        click.option("--spec-type", "spec_type", type=click.Choice(get_args(SpecTypeName)),
+                     help="Speculative decoding of llama.cpp requests (ngram; llama-server's ngram-* names are ngram; "
+                     "draft, draft-simple: the draft model's; none: off)."),
+        click.option("--spec-draft-model", "-md", "--model-draft", "spec_draft_model",
+                     help="GGUF draft model of the configured model (same vocabulary); --spec-type defaults to draft."),
+        click.option("--spec-draft-p-min", "--draft-p-min", "spec_draft_p_min", type=float,
+                     help="A draft model's draft stops at a token it gives less probability (0)."),
+        click.option("--spec-draft-n-max", "--draft-max", "--draft-n", "--draft", "spec_draft_n_max", type=int,
+                     help="Most draft tokens verified in one step (64)."),
+        click.option("--spec-draft-n-min", "--draft-min", "--draft-n-min", "spec_draft_n_min", type=int,
+                     help="A shorter draft is not verified (0)."),
+        click.option("--spec-ngram-size-n", "--spec-ngram-simple-size-n", "spec_ngram_size_n", type=int,
+                     help="Tokens matched to find a draft (3)."),
+        click.option("--spec-ngram-min-hits", "--spec-ngram-simple-min-hits", "spec_ngram_min_hits", type=int,
+                     help="Times they must have occurred before (1)."),
         click.option("--batch-size", "-b", "llamacpp_n_batch", type=int,
                      help="Tokens llama.cpp decodes in one step (512): a longer prompt is read in several."),
         click.option("--alias", "-a", "alias",

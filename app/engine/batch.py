@@ -23,6 +23,13 @@ and a slot's cached prefix serves only a request of the set it was computed with
 With a host cache (`prompt_cache.PromptCache`, llama-server's --cache-ram), what a slot holds is
 saved to RAM before a request of another conversation overwrites it, and a request whose prompt
 shares more with a saved state than with any free slot gets that state restored into its slot.
+
+Speculative decoding (`speculation.py`, the policy; `draft.py`, a draft model): a generating slot may
+put draft tokens after its next token in the batch, all with logits; `_verify` samples them in order
+as far as the draft holds and drops the cells of the rejected ones, so the answer is the one a step
+per token gives (within a slot's first 256 cells llama.cpp computes a few tokens of one sequence
+exactly as one; beyond, its attention takes another path that rounds differently, as a prompt read
+in other batches does).
 """
 
 from __future__ import annotations
@@ -45,11 +52,13 @@ import numpy as np
 
 from app.engine.admission import AdmissionQueue, choose_slot, next_turn
 from app.engine.detokenize import TextAssembler
+from app.engine.draft import DraftModel, DraftRequest
 from app.engine.prompt_cache import PromptCache, SavedState
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
+from app.engine.speculation import MODEL, Candidate, SlotSpec, StepCosts, acceptance_figures, draft_lengths, verify
 from app.errors import EngineClosedError, HychatError, QueueFullError
-from app.types import PromptProgress, SlotState, TokenEvent, TokenLogprob, TopLogprob, UsageClock
+from app.types import PromptProgress, SlotState, Speculation, TokenEvent, TokenLogprob, TopLogprob, UsageClock
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +112,7 @@ class Ticket:
     post_sampling_probs: bool = False  # logprobs of what the sampler chain left, not of the model's distribution
     progress: bool = False  # also post PromptProgress events while the prompt is read
     adapters: AdapterSet = NO_ADAPTERS
+    speculation: Speculation | None = None  # None or type "none": no drafts
     cancelled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buffer: list[Any] = field(default_factory=list)
@@ -148,6 +158,8 @@ class _Slot:
     next_token: int | None = None  # sampled, to be decoded in the next step
     text: TextAssembler | None = None
     t_start: float = 0.0  # when its request got it
+    spec: SlotSpec | None = None  # its request drafts (speculative decoding)
+    draft: list[int] = field(default_factory=list)  # draft tokens decoded after next_token this step
 
     @property
     def generating(self) -> bool:
@@ -174,6 +186,7 @@ class BatchEngine(TokenSource[Ticket]):
         prompt_cache: PromptCache | None = None,  # slots' states kept in RAM (None: none)
         # For metrics: a state restored from it (its tokens), and the change in the bytes it holds.
         on_host_cache: Callable[[int, int], None] = lambda restored_tokens, bytes_change: None,
+        draft_model: DraftModel | None = None,  # for requests of speculative type draft; owned (freed) here
     ):
         self._ctx, self._vocab = ctx, vocab
         self._memory = llama_cpp.llama_get_memory(ctx)
@@ -187,6 +200,9 @@ class BatchEngine(TokenSource[Ticket]):
         self.prompt_cache = prompt_cache
         self._reported: tuple[int, int, int] | None = None
         self._applied, self._turn_start = NO_ADAPTERS.key, 0.0  # the context's adapter set, and since when
+        self._costs = StepCosts()  # seconds per decode step by its tokens, for the draft lengths
+        self._acceptance = acceptance_figures()  # over all requests, by kind of draft: a new request's start
+        self._draft_model = draft_model
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
         self._thread.start()
@@ -263,6 +279,8 @@ class BatchEngine(TokenSource[Ticket]):
         finally:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
+            if self._draft_model is not None:
+                self._draft_model.close()
             if self.prompt_cache is not None:  # its states go with the context
                 self._on_host_cache(0, -self.prompt_cache.used_bytes)
                 self.prompt_cache = None
@@ -343,18 +361,23 @@ class BatchEngine(TokenSource[Ticket]):
         slot.text = TextAssembler(ticket.stop)
         slot.t_start = perf_counter()
         ticket.clock.cached_tokens = reuse
+        slot.spec, slot.draft = SlotSpec.of(ticket.speculation, ticket.prompt, self._draft_model is not None), []
 
     def _step(self, outbox: list) -> None:
         plan = self._plan()
         if not plan:
             return
         outputs = self._fill_batch(plan)
+        reads_prompt = not all(slot.generating for slot, _ in plan)
+        t_decode = perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == 1 and self.kv_unified and self._purge_idle():  # 1: no room in the cells (nothing decoded)
             status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             self._decode_failed(plan, status, outbox)
             return
+        if not reads_prompt:
+            self._costs.observe(self._batch.n_tokens, perf_counter() - t_decode)
         self._on_decode(len(plan))
         for slot, tokens in plan:
             slot.cached.extend(tokens)
@@ -365,11 +388,12 @@ class BatchEngine(TokenSource[Ticket]):
                 if slot.ticket is not None and slot.ticket.progress:  # a batch of its prompt: before any token
                     outbox.append((slot.ticket, self._progress(slot)))
         for slot, index in outputs:
-            self._sample(slot, index, outbox)
+            self._verify(slot, index, outbox) if slot.draft else self._sample(slot, index, len(slot.cached), outbox)
 
     def _plan(self) -> list[tuple[_Slot, list[int]]]:
         """Which tokens of which slot go into this step's batch, in slot order. Generating slots
-        come first in the token budget, so a long prompt never stalls the running answers."""
+        come first in the token budget, so a long prompt never stalls the running answers; drafts
+        take what the prompts leave."""
         active = self._turn([s for s in self._slots if s.ticket is not None])
         budget = self.n_batch - sum(s.generating for s in active)
         plan = []
@@ -380,7 +404,70 @@ class BatchEngine(TokenSource[Ticket]):
                 chunk = slot.pending[:budget]
                 budget -= len(chunk)
                 plan.append((slot, chunk))
+        if budget > 0:
+            self._draft(plan, budget)
         return plan
+
+    def _draft(self, plan: list[tuple[_Slot, list[int]]], budget: int) -> None:
+        """Adds to the generating slots' tokens the draft tokens worth verifying (speculation.py):
+        prompt lookup's drafts are at hand; the draft model makes its drafts once their lengths are
+        chosen, since making them costs."""
+        drafting = [(slot, tokens) for slot, tokens in plan if slot.spec is not None and slot.generating]
+        rooms = [self._room(slot, budget) for slot, _ in drafting]
+        specs = [slot.spec for slot, _ in drafting if slot.spec is not None]
+        drafts: list[list[int] | None] = []
+        for spec, room in zip(specs, rooms, strict=True):
+            draft, spec.kind = spec.drafter.draft(room) if spec.drafter is not None else (None, MODEL)
+            drafts.append(draft)
+        if not any(room if draft is None else draft for draft, room in zip(drafts, rooms, strict=True)):
+            return
+        candidates = [
+            self._candidate(slot, spec, room, draft)
+            for (slot, _), spec, room, draft in zip(drafting, specs, rooms, drafts, strict=True)
+        ]
+        outputs = sum(slot.generating for slot, _ in plan)
+        lengths = draft_lengths(candidates, sum(len(tokens) for _, tokens in plan), outputs, self._costs)
+        for i, n in enumerate(lengths):
+            lengths[i] = n = min(n, budget)
+            budget -= n
+        self._from_model([slot for slot, _ in drafting], specs, lengths, drafts)
+        for (slot, tokens), spec, draft, n in zip(drafting, specs, drafts, lengths, strict=True):
+            verified = (draft or [])[:n]
+            if len(verified) < spec.params.n_min:  # a draft model's may stop short
+                verified = []
+            if verified:
+                spec.shadow = []  # the tokens of this step are checked by verify
+            elif draft and spec.drafter is not None:
+                spec.unverified(draft, spec.kind)
+            slot.draft = verified
+            tokens.extend(verified)
+
+    def _room(self, slot: _Slot, budget: int) -> int:
+        """The longest draft the slot's request may use: its tokens, the cells of its context."""
+        ticket, spec = slot.ticket, slot.spec
+        assert ticket is not None and spec is not None
+        left = ticket.max_new_tokens - ticket.clock.completion_tokens - 1
+        return max(0, min(spec.params.n_max, budget, left, self.n_ctx_slot - 2 - len(slot.cached)))
+
+    def _candidate(self, slot: _Slot, spec: SlotSpec, room: int, draft: list[int] | None) -> Candidate:
+        if spec.drafter is not None:
+            return spec.candidate(len(draft or ()), spec.kind, self._acceptance)
+        model = self._draft_model
+        assert model is not None
+        reading = model.catch_up_seconds(slot.index, [*slot.cached, slot.next_token])
+        return spec.candidate(room, MODEL, self._acceptance, model.seconds_per_token(), reading)
+
+    def _from_model(self, slots: list[_Slot], specs: list[SlotSpec], lengths: list[int], drafts: list) -> None:
+        """The draft model's drafts, in `drafts`, for the slots it drafts for and `lengths` chose."""
+        chosen = [i for i, (spec, n) in enumerate(zip(specs, lengths, strict=True)) if spec.drafter is None and n]
+        if not chosen or self._draft_model is None:
+            return
+        requests = [
+            DraftRequest(slots[i].index, [*slots[i].cached, slots[i].next_token], lengths[i], specs[i].params.p_min)
+            for i in chosen
+        ]
+        for i, draft in zip(chosen, self._draft_model.draft(requests), strict=True):
+            drafts[i] = draft
 
     def _turn(self, active: list[_Slot]) -> list[_Slot]:
         """The slots of the adapter set whose turn it is; that set applied to the context."""
@@ -402,15 +489,16 @@ class BatchEngine(TokenSource[Ticket]):
         n, outputs = 0, []
         for slot, tokens in plan:
             wants_logits = slot.generating or len(tokens) == len(slot.pending)
+            first_output = len(tokens) - 1 - len(slot.draft)  # a draft's every token is checked
             for offset, token in enumerate(tokens):
                 b.token[n] = token
                 b.pos[n] = len(slot.cached) + offset
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = slot.index
-                b.logits[n] = wants_logits and offset == len(tokens) - 1
+                b.logits[n] = wants_logits and offset >= first_output
                 n += 1
             if wants_logits:
-                outputs.append((slot, n - 1))
+                outputs.append((slot, n - 1 - len(slot.draft)))
         b.n_tokens = n
         return outputs
 
@@ -421,7 +509,25 @@ class BatchEngine(TokenSource[Ticket]):
         progress = PromptProgress(len(ticket.prompt), ticket.clock.cached_tokens, len(slot.cached), elapsed_ms)
         return TokenEvent("", progress=progress)
 
-    def _sample(self, slot: _Slot, index: int, outbox: list) -> None:
+    def _verify(self, slot: _Slot, index: int, outbox: list) -> None:
+        """Samples the positions of next_token and of the draft after it as far as the draft holds
+        (speculation.verify); the cells of the rejected draft tokens are dropped."""
+        ticket, spec, draft = slot.ticket, slot.spec, slot.draft
+        assert ticket is not None and spec is not None
+        start = len(slot.cached) - len(draft)  # the cells up to next_token's
+        accepted, rejected = verify(draft, lambda i: self._sample(slot, index + i, start + i, outbox))
+        del slot.cached[start + accepted :]
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.index, len(slot.cached), -1)
+        slot.draft = []
+        clock = ticket.clock
+        clock.drafted_tokens += len(draft)
+        clock.accepted_tokens += accepted
+        clock.drafts += 1
+        spec.verified(accepted, rejected, self._acceptance)
+
+    def _sample(self, slot: _Slot, index: int, n_cached: int, outbox: list) -> int | None:
+        """Samples the token after the slot's first `n_cached` tokens from the logits at `index` and
+        hands it on; the token, or None when the request ended there."""
         ticket, text = slot.ticket, slot.text
         assert ticket is not None and text is not None
         # Read before sampling: the logits of the model's own distribution, before any filter.
@@ -430,7 +536,8 @@ class BatchEngine(TokenSource[Ticket]):
         token = ticket.sampler.sample(self._ctx, index)
         ticket.clock.sampled()
         if self._vocab.is_end(token) and not ticket.ignore_eos:
-            return self._finish(slot, "stop", outbox)
+            self._finish(slot, "stop", outbox)
+            return None
         ticket.clock.completion_tokens += 1
         logprob = None
         if logprobs is not None:
@@ -439,11 +546,18 @@ class BatchEngine(TokenSource[Ticket]):
             logprob = self._post_sampling_logprob(ticket, token)
         outbox.append((ticket, TokenEvent(text.push(self._vocab.piece(token)), token, logprob=logprob)))
         if text.stopped:
-            return self._finish(slot, "stop", outbox)
-        # The sampled token is decoded next step at position len(cached): it must fit in the slot.
-        if ticket.clock.completion_tokens >= ticket.max_new_tokens or len(slot.cached) + 1 >= self.n_ctx_slot:
-            return self._finish(slot, "length", outbox)
+            self._finish(slot, "stop", outbox)
+            return None
+        # The sampled token is decoded next step at position n_cached: it must fit in the slot.
+        if ticket.clock.completion_tokens >= ticket.max_new_tokens or n_cached + 1 >= self.n_ctx_slot:
+            self._finish(slot, "length", outbox)
+            return None
+        if slot.spec is not None and slot.spec.drafter is not None:
+            slot.spec.drafter.extend((token,))
+            if not slot.draft:
+                slot.spec.sampled(token, self._acceptance)
         slot.next_token = token
+        return token
 
     def _log_softmax(self, index: int) -> np.ndarray:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), (self._vocab.n_vocab,))
@@ -480,7 +594,7 @@ class BatchEngine(TokenSource[Ticket]):
     def _release(self, slot: _Slot) -> None:
         if slot.ticket is not None:
             slot.ticket.sampler.free()
-        slot.ticket, slot.pending, slot.next_token, slot.text = None, [], None, None
+        slot.ticket, slot.pending, slot.next_token, slot.text, slot.spec, slot.draft = None, [], None, None, None, []
 
     def _purge_idle(self) -> bool:
         """Drops the cells that idle slots keep for a follow-up (llama-server's try_clear_idle_slots);
@@ -546,6 +660,7 @@ def _slot_state(slot: _Slot) -> SlotState:
         n_prompt_cached=ticket.clock.cached_tokens,
         n_decoded=ticket.clock.completion_tokens,
         max_new_tokens=ticket.max_new_tokens,
+        speculative=slot.spec is not None,
     )
 
 

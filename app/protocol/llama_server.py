@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.chat.grammar import json_schema_grammar
 from app.errors import HychatError, InvalidParameterError, PromptTooLongError
-from app.protocol.openai import MAX_CHOICES, LogitBias, Lora, logit_biases, lora_scales, max_new_tokens_within
+from app.protocol.openai import (
+    MAX_CHOICES,
+    LogitBias,
+    Lora,
+    SpeculativeFields,
+    logit_biases,
+    lora_scales,
+    max_new_tokens_within,
+    speculation,
+)
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, over_defaults
 from app.protocol.strict import Strict
 from app.protocol.tokens import MAX_TOKEN_ID, MAX_TOKEN_IDS
@@ -80,8 +89,9 @@ PromptField = (
 )
 
 
-class CompletionRequest(Strict):
-    """`POST /completion`'s body: llama-server's fields (tools/server/server-schema.cpp)."""
+class CompletionRequest(Strict, SpeculativeFields):
+    """`POST /completion`'s body: llama-server's fields (tools/server/server-schema.cpp); its
+    `speculative.*` ones come from SpeculativeFields."""
 
     ignored = IGNORED
 
@@ -286,6 +296,7 @@ def to_sampling_params(body: CompletionRequest, max_tokens_limit: int, defaults:
         logit_bias=logit_biases(body.logit_bias),
         cache_prompt=body.cache_prompt,
         lora=lora_scales(body.lora),
+        speculative=speculation(body, defaults),
     )
     return replace(_in_chain(params, body, chain), infill="infill" in chain)
 

@@ -454,4 +454,5 @@ def _slot(slot: SlotState, n_ctx: int) -> SlotResponse:
         n_prompt_tokens_cache=slot.n_prompt_cached,
         next_token=[next_token],
         n_cached=slot.n_cached,
+        speculative=slot.speculative,
     )

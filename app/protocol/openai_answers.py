@@ -19,12 +19,20 @@ from app.types import PromptProgress, TokenLogprob, TopLogprob, Usage
 # -- wire types ---------------------------------------------------------------------------------
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int
 
 
 class CompletionTokensDetails(BaseModel):
-    reasoning_tokens: int
+    reasoning_tokens: int | None = Field(None, exclude_if=_unset)  # chats
+    # Speculative decoding's draft tokens (llama.cpp backend), in OpenAI's Predicted Outputs fields:
+    # those that were the model's own next tokens, and the others. Only where there was a draft.
+    accepted_prediction_tokens: int | None = Field(None, exclude_if=_unset)
+    rejected_prediction_tokens: int | None = Field(None, exclude_if=_unset)
 
 
 class CompletionUsage(BaseModel):
@@ -32,7 +40,7 @@ class CompletionUsage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
-    completion_tokens_details: CompletionTokensDetails | None = None  # chats
+    completion_tokens_details: CompletionTokensDetails | None = None  # chats, and answers with a draft
 
     @model_serializer(mode="wrap")
     def _without_unset_details(self, handler: Any) -> dict[str, Any]:
@@ -51,6 +59,10 @@ class Timings(BaseModel):
     predicted_ms: float  # after the first token
     predicted_per_token_ms: float
     predicted_per_second: float
+    # Speculative decoding: tokens drafted and of them accepted; only where there was a draft, as
+    # llama-server's server_slot_stats::to_json.
+    draft_n: int | None = Field(None, exclude_if=_unset)
+    draft_n_accepted: int | None = Field(None, exclude_if=_unset)
 
 
 class TopLogprobBody(BaseModel):
@@ -250,8 +262,12 @@ def response_meta(prefix: str, model: str, truncated: int = 0) -> ResponseMeta:
 
 
 def usage_body(usage: Usage, reasoning_tokens: int | None = None) -> CompletionUsage:
-    """`reasoning_tokens`: for chats, how many of the completion's tokens were reasoning."""
-    details = CompletionTokensDetails(reasoning_tokens=reasoning_tokens) if reasoning_tokens is not None else None
+    """`reasoning_tokens`: for chats, how many of the completion's tokens were reasoning. Drafted
+    tokens (speculative decoding) show as the accepted and rejected prediction tokens."""
+    drafted = _prediction_tokens(usage) if usage.drafted_tokens > 0 else {}
+    details = None
+    if reasoning_tokens is not None or drafted:
+        details = CompletionTokensDetails(reasoning_tokens=reasoning_tokens, **drafted)
     return CompletionUsage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -259,6 +275,13 @@ def usage_body(usage: Usage, reasoning_tokens: int | None = None) -> CompletionU
         prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
         completion_tokens_details=details,
     )
+
+
+def _prediction_tokens(usage: Usage) -> dict[str, int]:
+    return {
+        "accepted_prediction_tokens": usage.accepted_tokens,
+        "rejected_prediction_tokens": usage.drafted_tokens - usage.accepted_tokens,
+    }
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChoiceLogprobs:
@@ -330,11 +353,16 @@ def completion_response(answers: Sequence[Answer], meta: ResponseMeta, with_logp
     return CompletionResponse(**meta.head(), choices=choices, usage=usage, timings=timings(answers[0].usage))
 
 
+# What the choices of one request add up to: their answers' tokens and drafts.
+SUMMED_USAGE = ("completion_tokens", "drafted_tokens", "accepted_tokens", "drafts")
+
+
 def total_usage(usages: Sequence[Usage], reasoning_tokens: int | None = None) -> CompletionUsage:
     """The usage of a request's choices: its prompt once (each choice's is the same), their answers'
-    tokens added up."""
+    tokens (and drafts) added up."""
     first = usages[0]
-    return usage_body(replace(first, completion_tokens=sum(u.completion_tokens for u in usages)), reasoning_tokens)
+    summed = {name: sum(getattr(u, name) for u in usages) for name in SUMMED_USAGE}
+    return usage_body(replace(first, **summed), reasoning_tokens)
 
 
 class ChatChunks:
@@ -453,7 +481,10 @@ def _top_logprob(lp: TopLogprob) -> TopLogprobBody:
 
 def timings(usage: Usage) -> Timings:
     prompt_n, predicted_ms = usage.prompt_tokens - usage.cached_tokens, max(usage.total_ms - usage.ttft_ms, 0.0)
-    return rates(usage.cached_tokens, prompt_n, usage.ttft_ms, usage.completion_tokens, predicted_ms)
+    measured = rates(usage.cached_tokens, prompt_n, usage.ttft_ms, usage.completion_tokens, predicted_ms)
+    if usage.drafted_tokens == 0:
+        return measured
+    return measured.model_copy(update={"draft_n": usage.drafted_tokens, "draft_n_accepted": usage.accepted_tokens})
 
 
 class TimingsSoFar:

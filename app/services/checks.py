@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
 from app.chat.format import RESERVED_TEMPLATE_VARIABLES, tool_name
 from app.errors import InvalidParameterError, PromptTooLongError
@@ -21,7 +21,10 @@ from app.types import (
     GenerationRequest,
     Infill,
     SamplingParams,
+    SpecType,
+    Speculation,
 )
+from config.settings import MAX_DRAFT_TOKENS, MAX_NGRAM_SIZE
 
 
 def checked(request: GenerationRequest) -> GenerationRequest:
@@ -95,6 +98,8 @@ def _checked_params(p: SamplingParams) -> SamplingParams:
         lora is None or all(len(pair) == 2 and is_int_at_least(pair[0], 0) and _is_number(pair[1]) for pair in lora),
         "lora: each entry is an adapter id (an integer >= 0) and a finite scale",
     )
+    if p.speculative is not None:
+        _check_speculation(p.speculative)
     stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
     _check(
         len(stop) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) and s for s in stop),
@@ -102,6 +107,30 @@ def _checked_params(p: SamplingParams) -> SamplingParams:
     )
     logit_bias = tuple((key, float(bias)) for key, bias in p.logit_bias)
     return replace(p, stop=stop, logit_bias=logit_bias, lora=lora)
+
+
+def _check_speculation(s: Any) -> None:
+    """A request's speculative decoding, each value named as llama-server's request field."""
+    if not isinstance(s, Speculation):
+        raise InvalidParameterError("speculative must be a Speculation", "speculative")
+    types = get_args(SpecType)
+    ranges = {
+        "n_max": (
+            is_int_at_least(s.n_max, 0) and s.n_max <= MAX_DRAFT_TOKENS,
+            f"an integer in [0, {MAX_DRAFT_TOKENS}]",
+        ),
+        "n_min": (is_int_at_least(s.n_min, 0), "an integer >= 0"),
+        "ngram_size_n": (
+            is_int_at_least(s.ngram_size_n, 1) and s.ngram_size_n <= MAX_NGRAM_SIZE,
+            f"an integer in [1, {MAX_NGRAM_SIZE}]",
+        ),
+        "ngram_min_hits": (is_int_at_least(s.ngram_min_hits, 1), "an integer >= 1"),
+        "p_min": (_is_number(s.p_min) and 0 <= s.p_min <= 1, "a number in [0, 1]"),
+        "type": (s.type in types, "one of " + ", ".join(types)),
+    }
+    for name, (ok, what) in ranges.items():
+        if not ok:
+            raise InvalidParameterError(f"speculative.{name} must be {what}", f"speculative.{name}")
 
 
 def _check_logit_bias(logit_bias: Any) -> None:

@@ -44,12 +44,21 @@ from app.modelfiles.presets import cache_type_name
 from app.services import chat_templates
 from app.services.backend import Backend, Generation
 from app.services.checks import check_embedding_inputs, check_prompt_fits, is_int_at_least
-from app.types import Embeddings, GenerationRequest, LoraAdapterInfo, SamplingParams, SlotState, UsageClock
+from app.types import (
+    Embeddings,
+    GenerationRequest,
+    LoraAdapterInfo,
+    SamplingParams,
+    SlotState,
+    Speculation,
+    UsageClock,
+)
 
 try:
     import llama_cpp
 
     from app.engine.batch import AdapterSet, BatchEngine, Ticket, Vocabulary
+    from app.engine.draft import DraftModel
     from app.engine.embed import Embedder
     from app.engine.prompt_cache import PromptCache
     from app.engine.sampler import RequestSampler
@@ -94,6 +103,7 @@ class _Loaded:
     adapters: list[_Adapter] = field(default_factory=list)  # ids are indices, as llama-server's --lora
     own_lora: tuple[tuple[int, float], ...] | None = None  # a served adapter's (with_adapter); None: the scales
     views: dict[tuple, Any] = field(default_factory=dict)  # with_adapter's backends
+    draft: Any = None  # llama_cpp.Llama: the draft model's weights (speculative decoding), if any
 
     def close(self) -> None:
         """The running generations finish on these weights, then the contexts are freed. Dropped here:
@@ -182,6 +192,7 @@ class LlamaCppBackend(Backend):
         lora_scale: float = 1.0,
         lora_adapters: Sequence[str] = (),
         cache_ram_mib: int = 0,
+        draft_model_path: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Loads a GGUF file, replacing the model loaded before (which finishes its running
@@ -200,7 +211,9 @@ class LlamaCppBackend(Backend):
         `lora_path`: a GGUF adapter applied at `lora_scale` to requests that name no adapters (id 0);
         `lora_adapters`: more, applied only to requests that name them (see the module's docstring).
         `cache_ram_mib`: RAM for slots' KV states kept after their slot moves on, restored when their
-        conversation returns (llama-server's --cache-ram; 0: none)."""
+        conversation returns (llama-server's --cache-ram; 0: none).
+        `draft_model_path`: a smaller GGUF with the same vocabulary that drafts tokens for requests of
+        speculative type draft (llama-server's -md), in a context of its own beside the model's."""
         if not LLAMACPP_AVAILABLE:
             raise BackendUnavailableError("llama-cpp-python is not installed (pip install llama-cpp-python)")
         _check_load_args(n_ctx, n_threads, n_gpu_layers, parallel, max_waiting, kwargs)
@@ -212,6 +225,8 @@ class LlamaCppBackend(Backend):
         header = read_gguf(model_path)
         if lora_path:
             read_gguf(lora_path)  # a damaged adapter gets the same clear error as a model
+        if draft_model_path:
+            read_gguf(draft_model_path)
         n_threads = n_threads or physical_cores()
         # llama-server's default too. Measured here: ~15% faster decode, and prompt logits that do not
         # depend on how the prompt was split into batches, so a cached prefix gives the same answer.
@@ -237,6 +252,12 @@ class LlamaCppBackend(Backend):
                 self._adapter_index(loaded, Path(path))
             except ModelFileError as error:
                 log.warning("%s", error)
+        if draft_model_path:
+            try:
+                loaded.draft = _draft_weights(llm, Path(draft_model_path), n_gpu_layers, kwargs)
+            except ModelFileError:
+                llm.close()
+                raise
         loaded.n_batch = max(n_batch, parallel)  # every generating slot puts its next token in each step
         try:  # before the engine: a template that does not render frees only the weights
             loaded.chat_format = _chat_format(loaded, chat_template, jinja)
@@ -286,8 +307,9 @@ class LlamaCppBackend(Backend):
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
         )
         host_cache = PromptCache(cache_ram_mib << 20) if cache_ram_mib else None
+        draft = _draft_model(m, parallel) if m.draft is not None else None
         return BatchEngine(ctx, vocab, parallel, m.n_ctx, m.n_batch, max_waiting, self._on_state, kv_unified,
-                           self._on_decode, host_cache, metrics.record_host_cache)  # fmt: skip
+                           self._on_decode, host_cache, metrics.record_host_cache, draft)  # fmt: skip
 
     def unload(self) -> None:
         m, self._model = self._model, None
@@ -325,6 +347,7 @@ class LlamaCppBackend(Backend):
             "chat_template_builtin": m.chat_format.template if m.chat_format.builtin else None,
             "infill": not self._fim_tokens(m).missing(),  # it has fill-in-the-middle tokens
             "lora_adapters": [{"path": str(a.path), "scale": a.scale} for a in m.adapters],
+            "draft_model": m.draft.model_path if m.draft is not None else None,
             **_kv_cache(m),
             # The host-memory prompt cache's bound (llama-server's --cache-ram); what it holds: /metrics.
             "host_cache_bytes": host_cache.budget_bytes if host_cache is not None else 0,
@@ -440,6 +463,7 @@ class LlamaCppBackend(Backend):
             post_sampling_probs=params.post_sampling_probs,
             cache_prompt=params.cache_prompt,
             adapters=adapters,
+            speculation=params.speculative if params.speculative is not None else Speculation(),
         )
         engine = m.engine
         if engine is None:  # closed since this request looked: the model was unloaded or replaced
@@ -452,6 +476,35 @@ class LlamaCppBackend(Backend):
             vocab = m.llm._model.vocab
             m.eog = tuple(t for t in range(m.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
         return m.eog
+
+
+def _draft_weights(llm: Any, path: Path, n_gpu_layers: int, kwargs: dict[str, Any]) -> Any:
+    """A draft model's weights, checked to share the model's vocabulary (their token ids must mean
+    the same, or every draft is rejected)."""
+    try:
+        draft = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_gpu_layers=n_gpu_layers, verbose=False, **kwargs)
+    except ValueError as error:
+        raise ModelFileError(path, f"llama.cpp could not load it as a draft model ({error})") from None
+    probe = range(0, llm.n_vocab(), max(llm.n_vocab() // 512, 1))
+    same = draft.n_vocab() == llm.n_vocab() and all(
+        _token_text(draft, t) == _token_text(llm, t) for t in (*probe, llm.token_eos())
+    )
+    if not same:
+        draft.close()
+        raise ModelFileError(path, "its vocabulary is not the model's, so it cannot draft for it")
+    return draft
+
+
+def _draft_model(m: _Loaded, parallel: int) -> DraftModel:
+    """The draft model's context: a sequence per slot, each with the slot's n_ctx."""
+    params = m.draft.context_params
+    params.n_ctx, params.n_seq_max, params.kv_unified = m.n_ctx * parallel, parallel, False
+    params.n_batch = params.n_ubatch = m.n_batch
+    params.n_threads = params.n_threads_batch = m.n_threads
+    ctx = llama_cpp.llama_init_from_model(m.draft.model, params)
+    if not ctx:
+        raise ModelFileError(m.header.path, f"llama.cpp could not make the draft model a context of {params.n_ctx}")
+    return DraftModel(ctx, m.draft.n_vocab(), parallel, m.n_batch)
 
 
 def _kv_cache(m: _Loaded) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from app.modelfiles.presets import Preset, cache_type_keywords, request_defaults
 from app.services.backend import Backend
 from app.services.chat_templates import configured_template
 from app.services.model_pool import Held, ModelPool
+from app.types import Speculation
 from config.settings import Settings, duration_s
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,7 @@ class Registry:
         if not self._enabled(name):
             raise BackendUnavailableError(f"the {backend.name} backend has no model loaded")
         path = self._configured_path(name)
-        entry = self.library.at(Path(path))
-        return _Plan(name, self._estimate(entry) if entry else _size(path), partial(self._load_configured, name))
+        return _Plan(name, self._configured_estimate(name, path), partial(self._load_configured, name))
 
     def _configured_as(self, model: str, entry: LibraryEntry | None) -> str | None:
         """The configured backend that answers `model`: one whose model, unloaded now, it names (the
@@ -241,9 +241,12 @@ class Registry:
 
     def chat_defaults(self, model: str | None) -> dict[str, Any]:
         """What a chat request naming `model` leaves unset takes (the converters' keyword arguments):
-        `Settings.chat_defaults()`, with a library model's presets over them (an adapter's own over its
-        base's): its sampling defaults and max_tokens (within the limit), its thinking default."""
+        `Settings.chat_defaults()` and the server's speculative decoding (`speculative`, always there),
+        with a library model's presets over them (an adapter's own over its base's): its sampling
+        defaults and max_tokens (within the limit), its thinking default."""
         given = self.settings.chat_defaults()
+        # Built here: config.settings is a leaf and knows no app type.
+        given["defaults"]["speculative"] = Speculation(**self.settings.speculation())
         for preset in self._presets(model):
             given["defaults"] = given["defaults"] | request_defaults(preset)
             given["think"] = given["think"] if preset.think is None else preset.think
@@ -294,8 +297,23 @@ class Registry:
     def _held(self, name: str, backend: Backend) -> Held:
         """A configured backend's model, kept until unloaded (its aliases: `aliases`)."""
         path = str(backend.info().get("path") or self._configured_path(name))
+        return Held(name, backend, self._configured_estimate(name, path), math.inf)
+
+    def _configured_estimate(self, name: str, path: str) -> int:
+        """The memory of backend `name`'s model at `path`: its library entry's estimate (else its file's
+        size), with the draft model's file where it loads with one (`_draft_model`)."""
         entry = self.library.at(Path(path))
-        return Held(name, backend, self._estimate(entry) if entry else _size(path), math.inf)
+        draft = self._draft_model(name, path)
+        return (self._estimate(entry) if entry else _size(path)) + (_size(draft) if draft else 0)
+
+    def _draft_model(self, name: str, path: str) -> str | None:
+        """The draft model (spec_draft_model) that backend `name`'s model at `path` loads with: the
+        configured llama.cpp model's only (`load` with `with_lora`), never a library model's."""
+        config = self.settings.llamacpp_config()
+        draft, configured = config["spec_draft_model"], config["model_path"]
+        if name != "llamacpp" or not draft or not configured:
+            return None
+        return draft if Path(path).resolve() == Path(configured).resolve() else None
 
     def _load_entry(self, entry: LibraryEntry) -> Held:
         """A library model in a backend of its own (a peft adapter: its base with it)."""
@@ -339,13 +357,15 @@ class Registry:
     ) -> None:
         """Loads `model_path` into `backend` with the configured load options, `options` (a library
         model's presets) over them; `with_lora=False` (another file than the configured one) leaves out
-        what was configured for the configured model: its adapter, the chat template given in place of
-        its own and its alias (the default backend's). `alias`: the name it is served by."""
+        what was configured for the configured model: its adapter, its draft model (llama.cpp), the chat
+        template given in place of its own and its alias (the default backend's). `alias`: the name it
+        is served by."""
         served_as = self._served_as(backend, configured=with_lora) | ({"alias": alias} if alias else {})
         options = dict(options or {})
         if backend.name == "llamacpp":
             config = self.settings.llamacpp_config()
             lora = {"lora_path": config["lora_path"], "lora_scale": config["lora_scale"]}
+            draft = {"draft_model_path": config["spec_draft_model"]}  # -md: the configured model's, as its adapter
             keywords = {
                 "n_ctx": config["n_ctx"],
                 "n_threads": config["n_threads"],
@@ -359,6 +379,7 @@ class Registry:
                 "lora_adapters": self._adapters_of(model_path),
                 "cache_ram_mib": config["cache_ram_mib"],
                 **self._kv_types(),
+                **(draft if with_lora and config["spec_draft_model"] else {}),
             }
         else:
             config = self.settings.torch_config()

@@ -57,7 +57,10 @@ def test_help_shows_llama_servers_names_beside_hychats():
              "--reasoning-format", "-n, --n-predict", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
              "-s, --seed", "-m, --model", "--n-ctx", "-c, --ctx-size", "-t, --threads",
              "-ngl, --n-gpu-layers, --gpu-layers", "--host", "--port", "--api-key", "-rea, --reasoning", "--tags",
-             "-v, --verbose", "--slots / --no-slots")  # fmt: skip
+             "-v, --verbose", "--slots / --no-slots", "--spec-type", "--spec-ngram-size-n, --spec-ngram-simple-size-n",
+             "--spec-draft-n-max, --draft-max, --draft-n, --draft", "--spec-draft-n-min, --draft-min, --draft-n-min",
+             "--spec-ngram-min-hits, --spec-ngram-simple-min-hits",
+             "-md, --spec-draft-model, --model-draft", "--spec-draft-p-min, --draft-p-min")  # fmt: skip
     assert [names for names in shown if names not in result.stdout] == []
 
 
@@ -183,6 +186,37 @@ def test_server_flags_become_settings():
     assert (quantized.cache_type_k, quantized.cache_type_v, parsed().cache_type_k) == ("q8_0", "q4_0", "f16")
 
 
+def test_speculative_decoding_flags_by_hychats_names_and_llama_servers():
+    default = {"type": "ngram", "n_max": 64, "n_min": 0, "ngram_size_n": 3, "ngram_min_hits": 1, "p_min": 0.0}
+    assert parsed().speculation() == default and parsed().spec_draft_model is None
+    ours = parsed("--spec-type", "none", "--spec-draft-n-max", "8", "--spec-draft-n-min", "2", "--spec-ngram-size-n",
+                  "4", "--spec-ngram-min-hits", "2", "--spec-draft-p-min", "0.5")  # fmt: skip
+    assert ours.speculation() == {
+        "type": "none", "n_max": 8, "n_min": 2, "ngram_size_n": 4, "ngram_min_hits": 2, "p_min": 0.5
+    }  # fmt: skip
+    assert parsed("--draft-p-min", "0.25").spec_draft_p_min == 0.25
+    for n_max in ("--draft-max", "--draft-n", "--draft"):
+        assert parsed(n_max, "5").spec_draft_n_max == 5
+    for n_min in ("--draft-min", "--draft-n-min"):
+        assert parsed(n_min, "1").spec_draft_n_min == 1
+    theirs = parsed("--spec-ngram-simple-size-n", "6", "--spec-ngram-simple-min-hits", "3")
+    assert (theirs.spec_ngram_size_n, theirs.spec_ngram_min_hits) == (6, 3)
+    for name in ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache"):  # all hychat's ngram
+        assert parsed("--spec-type", name).spec_type == "ngram"
+    for name in ("draft", "draft-simple"):  # llama-server's draft-simple is hychat's draft
+        assert parsed("--spec-type", name).spec_type == "draft"
+
+
+def test_a_draft_model_flag_turns_draft_speculation_on_as_in_llama_server(monkeypatch):
+    monkeypatch.delenv("HYCHAT_SPEC_TYPE", raising=False)
+    for flag in ("--spec-draft-model", "-md", "--model-draft"):
+        settings = parsed(flag, "小模型.gguf")
+        assert (settings.spec_draft_model, settings.spec_type) == ("小模型.gguf", "draft")
+        assert settings.llamacpp_config()["spec_draft_model"] == "小模型.gguf"
+    assert parsed("-md", "d.gguf", "--spec-type", "ngram-simple").spec_type == "ngram"  # a type given wins
+    assert parsed("--spec-type", "none", "-md", "d.gguf").spec_type == "none"
+
+
 def test_the_same_settings_come_from_the_environment(monkeypatch):
     for name, value in {"TEMPERATURE": "0", "SEED": "7", "MAX_TOKENS": "5"}.items():
         monkeypatch.setenv(f"HYCHAT_DEFAULT_{name}", value)
@@ -206,6 +240,16 @@ def test_the_same_settings_come_from_the_environment(monkeypatch):
         (["--host", ","], "Invalid value for '--host': ',': give at least one address"),
         (["--flash-attn"], "No such option '--flash-attn'"),
         (["-ctk", "q3"], "Invalid value for '--cache-type-k' / '-ctk': 'q3' is not one of"),
+        (
+            ["--draft-max", "300"],
+            "Invalid value for '--spec-draft-n-max' / '--draft-max' / '--draft-n' / '--draft': "
+            "300: Input should be less than or equal to 256",
+        ),
+        (["--spec-type", "draft-mtp"], "Invalid value for '--spec-type': 'draft-mtp' is not one of"),
+        (
+            ["--draft-p-min", "2"],
+            "Invalid value for '--spec-draft-p-min' / '--draft-p-min': 2.0: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_a_bad_flag_is_a_usage_error_naming_it(args, message):

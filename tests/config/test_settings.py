@@ -1,9 +1,12 @@
 import math
+from dataclasses import asdict
+from typing import get_args
 
 import pytest
 
+from app import types
 from app.cpu import physical_cores
-from config.settings import EMBEDDED_MODEL_FILE, Settings, duration_s, embedded_model_path
+from config.settings import EMBEDDED_MODEL_FILE, Settings, SpecType, duration_s, embedded_model_path
 
 
 def test_defaults_bind_to_localhost_without_an_api_key(monkeypatch):
@@ -31,6 +34,13 @@ def test_llamacpp_config_has_the_users_keys_and_defaults():
         "cache_type_k": "f16",
         "cache_type_v": "f16",
         "cache_ram_mib": 512,
+        "spec_type": "ngram",
+        "spec_draft_n_max": 64,
+        "spec_draft_n_min": 0,
+        "spec_ngram_size_n": 3,
+        "spec_ngram_min_hits": 1,
+        "spec_draft_model": None,
+        "spec_draft_p_min": 0.0,
     }
     assert config["model_path"].endswith(EMBEDDED_MODEL_FILE)
 
@@ -59,6 +69,13 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_CACHE_TYPE_K": "q8_0",
         "HYCHAT_CACHE_TYPE_V": "q4_0",
         "HYCHAT_CACHE_RAM_MIB": "0",
+        "HYCHAT_SPEC_TYPE": "ngram-mod",
+        "HYCHAT_SPEC_DRAFT_N_MAX": "8",
+        "HYCHAT_SPEC_DRAFT_N_MIN": "2",
+        "HYCHAT_SPEC_NGRAM_SIZE_N": "4",
+        "HYCHAT_SPEC_NGRAM_MIN_HITS": "2",
+        "HYCHAT_SPEC_DRAFT_MODEL": str(tmp_path / "draft.gguf"),
+        "HYCHAT_SPEC_DRAFT_P_MIN": "0.75",
         "HYCHAT_BACKEND": "pytorch",
         "HYCHAT_TORCH_ENABLED": "true",
         "HYCHAT_TORCH_MODEL_PATH": str(tmp_path / "hf"),
@@ -122,7 +139,17 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "cache_type_k": "q8_0",
         "cache_type_v": "q4_0",
         "cache_ram_mib": 0,
+        "spec_type": "ngram",  # llama-server's ngram-mod is hychat's ngram; given, a draft model does not change it
+        "spec_draft_n_max": 8,
+        "spec_draft_n_min": 2,
+        "spec_ngram_size_n": 4,
+        "spec_ngram_min_hits": 2,
+        "spec_draft_model": str(tmp_path / "draft.gguf"),
+        "spec_draft_p_min": 0.75,
     }
+    assert s.speculation() == {
+        "type": "ngram", "n_max": 8, "n_min": 2, "ngram_size_n": 4, "ngram_min_hits": 2, "p_min": 0.75
+    }  # fmt: skip
     assert s.backend == "pytorch"
     assert s.chat_defaults() == {
         "think": False, "reasoning_format": "none", "truncate": True, "defaults": s.sampling_defaults()
@@ -167,10 +194,48 @@ def test_llama_server_settings(monkeypatch, tmp_path):
         ({"default_top_p": 0}, "greater than 0"),
         ({"default_seed": 2**32}, "less than 4294967296"),
         ({"reasoning_format": "deepseek-legacy"}, "Input should be 'auto' or 'none'"),
+        ({"spec_type": "draft-mtp"}, "Input should be 'none', 'ngram' or 'draft'"),
+        ({"spec_draft_p_min": -0.1}, "greater than or equal to 0"),
+        ({"spec_draft_p_min": 1.5}, "less than or equal to 1"),
+        ({"spec_draft_p_min": math.nan}, "spec_draft_p_min"),
+        ({"spec_draft_n_max": 257}, "less than or equal to 256"),
+        ({"spec_draft_n_min": -1}, "greater than or equal to 0"),
+        ({"spec_ngram_size_n": 0}, "greater than or equal to 1"),
+        ({"spec_ngram_size_n": 65}, "less than or equal to 64"),
+        ({"spec_ngram_min_hits": 0}, "greater than or equal to 1"),
     ]:
         with pytest.raises(ValueError) as caught:
             Settings(_env_file=None, **bad)
         assert problem in str(caught.value)
+
+
+def test_the_speculative_types_are_app_types_and_llama_servers_names_are_hychats():
+    assert get_args(SpecType) == get_args(types.SpecType)  # config is a leaf: it keeps its own copy
+    assert Settings(_env_file=None).speculation() == asdict(types.Speculation())  # the same defaults
+    for name in ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache"):
+        assert Settings(_env_file=None, spec_type=name).spec_type == "ngram"
+    for name in ("draft", "draft-simple"):
+        assert Settings(_env_file=None, spec_type=name).speculation()["type"] == "draft"  # no draft model: allowed
+    assert Settings(_env_file=None, spec_type="none").speculation()["type"] == "none"
+    assert Settings(_env_file=None, spec_draft_p_min=0.5).speculation()["p_min"] == 0.5
+
+
+def test_a_draft_model_makes_draft_the_type_unless_one_is_given(monkeypatch, tmp_path):
+    """llama-server: -md turns draft speculation on; an explicit --spec-type still wins."""
+    for name in ("HYCHAT_SPEC_TYPE", "HYCHAT_SPEC_DRAFT_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    draft = str(tmp_path / "draft.gguf")
+    s = Settings(_env_file=None, spec_draft_model=draft)
+    assert (s.spec_type, s.speculation()["type"], s.llamacpp_config()["spec_draft_model"]) == ("draft", "draft", draft)
+    for given, kept in (("none", "none"), ("ngram", "ngram"), ("ngram-mod", "ngram"), ("draft-simple", "draft")):
+        assert Settings(_env_file=None, spec_draft_model=draft, spec_type=given).spec_type == kept
+    monkeypatch.setenv("HYCHAT_SPEC_DRAFT_MODEL", draft)  # from the environment too
+    assert Settings(_env_file=None).spec_type == "draft"
+    monkeypatch.setenv("HYCHAT_SPEC_TYPE", "none")
+    assert Settings(_env_file=None).spec_type == "none"
+    monkeypatch.setenv("HYCHAT_SPEC_DRAFT_MODEL", "")  # empty: none
+    monkeypatch.delenv("HYCHAT_SPEC_TYPE")
+    assert (Settings(_env_file=None).spec_draft_model, Settings(_env_file=None).spec_type) == (None, "ngram")
 
 
 def test_vertex_ai_variables_turn_gcp_compat_on_over_flags_as_in_llama_server(monkeypatch):

@@ -276,6 +276,7 @@ def test_slots_show_the_requests_they_run_and_fail_on_no_slot(client):
         assert [s["id"] for s in slots] == [0, 1] and all(s["is_processing"] for s in slots)
         assert {s["n_prompt_tokens"] for s in slots} == evaluated and all(s["n_ctx"] == N_CTX for s in slots)
         assert all(s["next_token"][0]["n_decoded"] >= 1 for s in slots)
+        assert all(s["speculative"] for s in slots)  # drafting is on by default
         busy = client.get("/slots", params={"fail_on_no_slot": "1"})
         assert error_of(busy, 503, "unavailable_error")["message"] == "no slot available"
     deadline = time.monotonic() + 120  # bounds a hang: the streams closed, their slots free at the next step

@@ -60,7 +60,8 @@ def events(client: TestClient, **body) -> list[dict]:
 
 def test_the_llama_server_series_count_what_the_answers_report(client):
     before = series(client)
-    answers = [client.post("/completion", json={"prompt": PROMPT, "n_predict": 4, **GREEDY}).json() for _ in range(2)]
+    body = {"prompt": PROMPT, "n_predict": 4, "speculative.type": "none", **GREEDY}  # a decode per token
+    answers = [client.post("/completion", json=body).json() for _ in range(2)]
     after = series(client)
     delta = {name: after[name] - before[name] for name in after}
     timings = [answer["timings"] for answer in answers]
@@ -113,3 +114,18 @@ def test_progress_is_sent_in_streams_only(client):
     body = {"prompt": PROMPT, "n_predict": 2, "return_progress": True, "timings_per_token": True, **GREEDY}
     answer = client.post("/completion", json=body).json()
     assert "prompt_progress" not in answer and answer["timings"]["predicted_n"] == 2
+
+
+def test_the_speculative_series_count_the_drafts_the_answers_report(client):
+    before = series(client)
+    answers = [client.post("/completion", json={"prompt": PROMPT, "n_predict": 48, **GREEDY}).json() for _ in range(3)]
+    after = series(client)
+    timings = [answer["timings"] for answer in answers]
+    drafted = sum(t.get("draft_n", 0) for t in timings)
+    accepted = sum(t.get("draft_n_accepted", 0) for t in timings)
+    assert drafted > 0  # the prompt repeats itself: its drafts are taken (on by default)
+    assert after["spec_decode_num_draft_tokens_total"] - before["spec_decode_num_draft_tokens_total"] == drafted
+    assert after["spec_decode_num_accepted_tokens_total"] - before["spec_decode_num_accepted_tokens_total"] == accepted
+    assert 0 < after["spec_decode_num_drafts_total"] - before["spec_decode_num_drafts_total"] <= drafted
+    off = client.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "speculative.type": "none", **GREEDY})
+    assert "draft_n" not in off.json()["timings"] and off.json()["content"] == answers[0]["content"]

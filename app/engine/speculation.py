@@ -1,0 +1,269 @@
+"""Speculative decoding's policy, as plain data and functions: where drafts come from, what a step
+of n tokens costs, how much of a draft is accepted, and how many draft tokens each slot verifies.
+
+No llama.cpp here (the engine, `batch.BatchEngine`, decodes and samples), so the policy is tested on
+its own (tests/engine/test_speculation.py).
+
+Why the depth is chosen and not fixed: on a CPU a decode step is compute-bound, so each verified
+token costs time whether accepted or not. Measured here (2 cores, SmolLM2-135M Q4_1): a step of 2
+tokens of one sequence takes 1.9x a step of 1, a step of 9 takes 5.6x. A draft pays only where
+enough of it is accepted, and how much that is depends on the request (quoting a text back accepts
+nearly all, free chat little) and on the machine and model. So the engine measures both as it runs
+and verifies, each step, the draft tokens that make the most tokens per second: none where none pay.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from app.types import Speculation
+
+# Kinds of draft, each with acceptance figures of its own: prompt lookup's found by a short match, by
+# a long one (LONG_MATCH tokens or more: a copy of earlier text, nearly always right), a draft model's.
+SHORT, LONG, MODEL = 0, 1, 2
+LONG_MATCH = 8
+FIRST_ACCEPTANCE = 0.8  # an engine's figure for a kind before any draft of it was checked
+
+
+def acceptance_figures() -> dict[int, Acceptance]:
+    return {kind: Acceptance() for kind in (SHORT, LONG, MODEL)}
+
+
+class NgramDrafter:
+    """Prompt lookup (vLLM's n-gram, llama-server's ngram-simple): the tokens that followed the most
+    recent earlier occurrence of the history's last `n` tokens. An index from each n-gram to where
+    it last ended is kept as tokens arrive, so a lookup costs one dict access."""
+
+    def __init__(self, tokens: Sequence[int], n: int, min_hits: int = 1):
+        self.n, self.min_hits = n, min_hits
+        self.tokens: list[int] = []
+        self._follows: dict[tuple[int, ...], int] = {}  # n-gram -> index of the token after its latest occurrence
+        self._hits: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            # The n-gram ending at the last token is indexed now that its follower is known.
+            if len(self.tokens) >= self.n:
+                key = tuple(self.tokens[-self.n :])
+                self._follows[key] = len(self.tokens)
+                self._hits[key] = self._hits.get(key, 0) + 1
+            self.tokens.append(token)
+
+    def draft(self, k: int) -> tuple[list[int], int]:
+        """Up to `k` tokens that may come next ([] when the last n tokens never occurred before), and
+        their kind: LONG where the tokens before match for LONG_MATCH tokens at least, else SHORT."""
+        tokens = self.tokens
+        if k <= 0 or len(tokens) < self.n:
+            return [], SHORT
+        key = tuple(tokens[-self.n :])
+        start = self._follows.get(key)
+        if start is None or self._hits[key] < self.min_hits:
+            return [], SHORT
+        matched = self.n
+        while matched < LONG_MATCH and matched < start and tokens[start - 1 - matched] == tokens[-1 - matched]:
+            matched += 1
+        # Past the end of the history the draft goes on as the text it follows went on: its own first
+        # tokens, so a stretch that repeats every few tokens drafts as far as asked.
+        draft = tokens[start : start + k]
+        while len(draft) < k:
+            draft.append(draft[len(draft) - (len(tokens) - start)])
+        return draft, LONG if matched >= LONG_MATCH else SHORT
+
+
+class StepCosts:
+    """What a decode step of n tokens takes here, measured as the engine runs: the steps that read no
+    prompt (every token of them gives logits, as a draft's do; a prompt's are cheaper), an average
+    per size. A size not measured is interpolated between measured ones; beyond the largest, each
+    more token costs what the last two measured sizes say, or with one, half a token's share of it."""
+
+    decay = 0.9  # weight of the average so far against a new measurement
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, float] = {}
+        self._sizes: list[int] = []  # the measured sizes, sorted (prompts bring many)
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        old = self._seconds.get(n_tokens)
+        if old is None:
+            bisect.insort(self._sizes, n_tokens)
+        self._seconds[n_tokens] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+
+    def __call__(self, n_tokens: int) -> float | None:
+        """Seconds for a step of `n_tokens`; None before any step was measured."""
+        if n_tokens in self._seconds:
+            return self._seconds[n_tokens]
+        if not self._sizes:
+            return None
+        i = bisect.bisect(self._sizes, n_tokens)
+        if i == 0:
+            above = self._sizes[0]
+            return self._seconds[above] * n_tokens / above
+        below = self._sizes[i - 1]
+        if i == len(self._sizes):
+            if i > 1:
+                before = self._sizes[i - 2]
+                slope = max((self._seconds[below] - self._seconds[before]) / (below - before), 0.0)
+            else:
+                slope = 0.5 * self._seconds[below] / below
+            return self._seconds[below] + slope * (n_tokens - below)
+        above = self._sizes[i]
+        share = (n_tokens - below) / (above - below)
+        return self._seconds[below] + share * (self._seconds[above] - self._seconds[below])
+
+
+@dataclass
+class Acceptance:
+    """How likely a request's next draft token is accepted, given the ones before it were: accepted
+    tokens over accepted tokens and rejections (at most one per step), recent steps weighing more,
+    with `prior` (the engine's figure over all requests so far) as a few steps' worth of evidence."""
+
+    accepted: float = 0.0
+    rejected: float = 0.0
+    decay = 0.95
+    prior_weight = 2.0
+
+    def update(self, accepted: int, rejected: bool) -> None:
+        self.accepted = self.decay * self.accepted + accepted
+        self.rejected = self.decay * self.rejected + rejected
+
+    def rate(self, prior: float) -> float:
+        return (self.accepted + self.prior_weight * prior) / (self.accepted + self.rejected + self.prior_weight)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A slot's draft this step: `tokens` (at hand, or as many as a draft model may make), accepted at
+    `rate` each, each costing `seconds` to make (a draft model's; prompt lookup's are free)."""
+
+    tokens: int
+    rate: float
+    n_min: int = 0
+    seconds: float = 0.0
+    first_seconds: float = 0.0  # paid once, with its first token (a draft model reading the prompt)
+
+
+@dataclass
+class SlotSpec:
+    """One generating request's speculative state, kept by the engine."""
+
+    params: Speculation
+    drafter: NgramDrafter | None  # None: the draft model drafts
+    acceptance: dict[int, Acceptance] = field(default_factory=acceptance_figures)  # by kind of draft
+    kind: int = SHORT  # of the draft this step verifies
+    # A draft at hand that was not verified, checked against the tokens sampled after it: what it
+    # would have accepted is known at no cost, so a request whose drafts did not pay starts verifying
+    # them as soon as they would, without a probe.
+    shadow: list[int] = field(default_factory=list)
+    shadow_accepted: int = 0
+    shadow_kind: int = SHORT
+
+    @classmethod
+    def of(cls, params: Speculation | None, prompt: Sequence[int], draft_model: bool = False) -> SlotSpec | None:
+        """A request's state, None where it does not draft. Type draft without a draft model: ngram."""
+        if params is None or params.type == "none" or params.n_max <= 0:
+            return None
+        if params.type == "draft" and draft_model:
+            return cls(params, None)
+        return cls(params, NgramDrafter(prompt, params.ngram_size_n, params.ngram_min_hits))
+
+    def candidate(
+        self, tokens: int, kind: int, engine: dict[int, Acceptance], seconds: float = 0.0, first_seconds: float = 0.0
+    ) -> Candidate:
+        """Its draft of `kind` as a candidate: at this request's acceptance, the engine's as its prior."""
+        rate = self.acceptance[kind].rate(engine[kind].rate(FIRST_ACCEPTANCE))
+        return Candidate(tokens, rate, self.params.n_min, seconds, first_seconds)
+
+    def verified(self, accepted: int, rejected: bool, engine: dict[int, Acceptance], kind: int | None = None) -> None:
+        """A draft of `kind` (this step's) was checked: into this request's and the engine's figures."""
+        kind = self.kind if kind is None else kind
+        for figures in (self.acceptance, engine):
+            figures[kind].update(accepted, rejected)
+
+    def unverified(self, draft: list[int], kind: int) -> None:
+        """This step verifies none of `draft`: it is checked against the samples to come instead."""
+        if not self.shadow:
+            self.shadow, self.shadow_accepted, self.shadow_kind = list(draft), 0, kind
+
+    def sampled(self, token: int, engine: dict[int, Acceptance]) -> None:
+        """A token sampled in a step without a draft: the unverified draft's next token, or not."""
+        if not self.shadow:
+            return
+        if token == self.shadow[0]:
+            self.shadow_accepted += 1
+            del self.shadow[0]
+            if self.shadow:
+                return
+        self.verified(self.shadow_accepted, bool(self.shadow), engine, self.shadow_kind)
+        self.shadow = []
+
+
+def verify(draft: Sequence[int], sample: Callable[[int], int | None]) -> tuple[int, bool]:
+    """The acceptance rule. `sample(i)` samples the model's token at draft position i (after the
+    tokens before it, whose logits the step computed) exactly as a step without drafts would, and
+    hands it on; None when the request ended there. Position i's draft token is accepted where it is
+    the sample of position i - 1: the next sample then reads logits computed after the right tokens.
+    So each token comes from the model's own distribution given the ones before it, drawn from the
+    same sampler in the same order as without drafts: greedy answers, and sampled ones with a seed,
+    are the same with speculation as without, and a draft only decides how many come from one step.
+    (For a drafted token t and the model's probabilities p, t is accepted with probability p(t) and a
+    rejection's sample follows p without t, renormalized: the standard rule for a draft that is one
+    sure token.) Returns how many draft tokens were accepted, and whether one was rejected."""
+    for i in range(len(draft) + 1):
+        token = sample(i)
+        if token is None or i == len(draft):
+            return i, False
+        if token != draft[i]:
+            return i, True
+    raise AssertionError("unreachable")
+
+
+def draft_lengths(candidates: Sequence[Candidate], base_tokens: int, outputs: int, cost: StepCosts) -> list[int]:
+    """How many draft tokens each candidate verifies in a step that holds `base_tokens` tokens already
+    and yields `outputs` tokens without drafts: the choice that makes the most tokens per second.
+
+    The i-th token of a draft is accepted with probability rate**i (all before it must be), so the
+    draft tokens of all candidates are taken most likely first; each count of them is priced with
+    the measured step costs (not convex: on a CPU one sequence's second token costs far more than
+    its third), and the best count wins. Ties go to fewer tokens."""
+    if cost(base_tokens) is None:
+        return [0] * len(candidates)
+    ranked = sorted(
+        ((p, i) for i, c in enumerate(candidates) for p in _likelihoods(c)),
+        key=lambda item: -item[0],
+    )
+    best_m, best_rate = 0, outputs / _cost(cost, base_tokens)
+    expected, drafting, started = float(outputs), 0.0, set()
+    for m, (p, i) in enumerate(ranked, start=1):
+        expected += p
+        drafting += candidates[i].seconds + (candidates[i].first_seconds if i not in started else 0.0)
+        started.add(i)
+        rate = expected / (_cost(cost, base_tokens + m) + drafting)
+        if rate > best_rate * (1 + 1e-9):
+            best_m, best_rate = m, rate
+    lengths = [0] * len(candidates)
+    for _, i in ranked[:best_m]:
+        lengths[i] += 1
+    for i, c in enumerate(candidates):
+        if lengths[i] < c.n_min:
+            lengths[i] = 0
+    return lengths
+
+
+def _likelihoods(c: Candidate) -> list[float]:
+    """How likely each token of the candidate's draft is accepted, while that is worth pricing."""
+    out, p = [], 1.0
+    for _ in range(c.tokens):
+        p *= c.rate
+        if p < 0.01:
+            break
+        out.append(p)
+    return out
+
+
+def _cost(cost: StepCosts, n_tokens: int) -> float:
+    seconds = cost(n_tokens)
+    assert seconds is not None
+    return seconds

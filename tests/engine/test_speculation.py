@@ -1,0 +1,212 @@
+"""Speculative decoding's policy as plain functions (app/engine/speculation.py): no model here. The
+engine's use of it on real llama.cpp is tested in test_speculative.py."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+
+import pytest
+
+from app.engine.speculation import (
+    LONG,
+    LONG_MATCH,
+    SHORT,
+    Acceptance,
+    Candidate,
+    NgramDrafter,
+    SlotSpec,
+    StepCosts,
+    acceptance_figures,
+    draft_lengths,
+    verify,
+)
+from app.types import Speculation
+
+
+def test_the_drafter_proposes_what_followed_the_last_occurrence_of_the_last_n_tokens():
+    drafter = NgramDrafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8], n=3)
+    assert drafter.draft(4) == ([], SHORT)  # (3, 7, 8) never occurred before
+    drafter.extend([1, 2, 3])
+    assert drafter.draft(4) == ([7, 8, 1, 2], SHORT)  # the latest occurrence of (1, 2, 3), not the first
+    assert drafter.draft(1)[0] == [7]
+    assert drafter.draft(0)[0] == []
+
+
+def test_the_drafter_indexes_tokens_as_they_come_and_stops_at_the_history_end():
+    drafter = NgramDrafter([], n=2)
+    for token in [5, 6, 7]:
+        drafter.extend([token])
+        assert drafter.draft(8)[0] == []
+    drafter.extend([5, 6])
+    assert drafter.draft(3)[0] == [7, 5, 6]
+    # Beyond the history's end, as the text it follows went on: a stretch that repeats repeats on.
+    assert drafter.draft(8)[0] == [7, 5, 6, 7, 5, 6, 7, 5]
+
+
+def test_a_draft_found_by_a_long_match_is_of_the_long_kind():
+    text = list(range(100, 100 + LONG_MATCH + 2))
+    drafter = NgramDrafter([*text, 1, *text[: LONG_MATCH - 1]], n=3)
+    assert drafter.draft(3) == (text[LONG_MATCH - 1 : LONG_MATCH + 2], SHORT)  # 7 tokens matched
+    drafter.extend([text[LONG_MATCH - 1]])
+    assert drafter.draft(3) == ([*text[LONG_MATCH : LONG_MATCH + 2], 1], LONG)
+
+
+def test_min_hits_wants_the_n_gram_seen_that_often_before():
+    drafter = NgramDrafter([1, 2, 3, 1, 2, 4, 1, 2], n=2, min_hits=2)
+    assert drafter.draft(2)[0] == [4, 1]  # (1, 2) occurred twice before the current end
+    drafter = NgramDrafter([1, 2, 3, 1, 2], n=2, min_hits=2)
+    assert drafter.draft(2)[0] == []
+
+
+def test_step_costs_interpolate_between_measured_sizes_and_extrapolate_beyond():
+    costs = StepCosts()
+    assert costs(4) is None
+    costs.observe(4, 0.020)
+    assert costs(4) == pytest.approx(0.020)
+    assert costs(2) == pytest.approx(0.010)  # below: in proportion
+    assert costs(6) == pytest.approx(0.025)  # one size: each more token half a token's share
+    costs.observe(12, 0.044)
+    assert costs(8) == pytest.approx(0.032)
+    assert costs(20) == pytest.approx(0.068)  # beyond: the slope of the last two
+    costs.observe(12, 0.054)  # a running average: one new step moves it a tenth of the way
+    assert costs(12) == pytest.approx(0.045)
+
+
+def _cpu_costs() -> StepCosts:
+    """Step times as measured for one sequence on 2 cores (SmolLM2-135M Q4_1): 2 tokens cost 1.9x of 1."""
+    costs = StepCosts()
+    for n, ms in [(1, 7.65), (2, 14.35), (3, 18.1), (5, 28.0), (9, 43.2), (17, 73.7)]:
+        costs.observe(n, ms / 1000)
+    return costs
+
+
+def test_no_draft_where_it_would_not_pay():
+    assert draft_lengths([Candidate(16, rate=0.6)], base_tokens=1, outputs=1, cost=_cpu_costs()) == [0]
+
+
+def test_a_long_draft_where_nearly_every_token_is_accepted():
+    # 1.9x for a second token never pays, but 16 more at 0.99 each do: the cost is not convex.
+    assert draft_lengths([Candidate(16, rate=0.99)], base_tokens=1, outputs=1, cost=_cpu_costs()) == [16]
+
+
+def test_in_a_step_of_many_sequences_the_most_likely_draft_tokens_go_first():
+    costs = StepCosts()
+    for n in range(1, 40):
+        costs.observe(n, 0.004 + 0.001 * n)  # a busy step: each token costs a little more
+    lengths = draft_lengths([Candidate(8, rate=0.95), Candidate(8, rate=0.3)], 4, 4, costs)
+    assert lengths[0] > lengths[1]
+    assert lengths[0] == 8
+
+
+def test_n_min_drops_shorter_drafts_and_nothing_is_drafted_before_a_step_was_measured():
+    assert draft_lengths([Candidate(3, rate=0.99, n_min=8)], 1, 1, _cpu_costs()) == [0]
+    assert draft_lengths([Candidate(5, rate=0.99)], 2, 2, StepCosts()) == [0]
+
+
+def test_a_draft_not_verified_is_scored_against_the_tokens_sampled_after_it():
+    spec = SlotSpec.of(Speculation(), [1, 2, 3, 4, 1, 2, 3])
+    assert spec is not None
+    engine = acceptance_figures()
+    spec.unverified([4, 1, 2], SHORT)
+    spec.unverified([9, 9], LONG)  # one at a time: this one is not looked at
+    for token in [4, 1, 7]:
+        spec.sampled(token, engine)
+    assert (spec.acceptance[SHORT].accepted, spec.acceptance[SHORT].rejected) == (2, 1)
+    assert (engine[SHORT].accepted, engine[SHORT].rejected) == (2, 1)
+    assert engine[LONG].accepted == engine[LONG].rejected == 0
+    spec.unverified([5], LONG)
+    spec.sampled(5, engine)  # all of it would have been accepted
+    assert (spec.acceptance[LONG].accepted, spec.acceptance[LONG].rejected) == (1, 0) and not spec.shadow
+    # Each kind is judged by its own figures, the engine's as the prior.
+    assert spec.candidate(4, LONG, engine).rate > spec.candidate(4, SHORT, engine).rate
+
+
+def test_acceptance_starts_at_the_prior_and_follows_recent_steps():
+    acceptance = Acceptance()
+    assert acceptance.rate(0.8) == pytest.approx(0.8)
+    for _ in range(30):
+        acceptance.update(0, rejected=True)
+    assert acceptance.rate(0.8) < 0.15
+    for _ in range(60):
+        acceptance.update(8, rejected=False)
+    assert acceptance.rate(0.8) > 0.95
+
+
+# -- the acceptance rule: sequences follow the model's distribution whatever the drafts -------------
+
+VOCAB = 4
+# A small "model": the next token's probabilities given the last one (a Markov chain).
+P = {
+    None: [0.5, 0.3, 0.15, 0.05],
+    0: [0.1, 0.6, 0.2, 0.1],
+    1: [0.7, 0.1, 0.1, 0.1],
+    2: [0.25, 0.25, 0.25, 0.25],
+    3: [0.05, 0.05, 0.1, 0.8],
+}
+LENGTH = 3
+
+
+def _exact(sequence: tuple[int, ...]) -> float:
+    p, last = 1.0, None
+    for token in sequence:
+        p, last = p * P[last][token], token
+    return p
+
+
+def _generate(rng: random.Random, drafter) -> tuple[int, ...]:
+    """One sequence of LENGTH tokens, each step verifying the draft `drafter(out)` proposes."""
+    out: list[int] = []
+    while len(out) < LENGTH:
+        before, draft = list(out), drafter(out)
+
+        def sample(i: int, before: list[int] = before, draft: list[int] = draft) -> int | None:
+            # As in a decode step: position i's logits are computed after the draft's first i tokens,
+            # whatever was sampled; the rule must only read them where those were the samples.
+            if len(out) == LENGTH:
+                return None
+            context = before + draft[:i]
+            token = rng.choices(range(VOCAB), P[context[-1] if context else None])[0]
+            out.append(token)
+            return token
+
+        verify(draft, sample)
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    "drafter",
+    [
+        lambda out: [],
+        lambda out: [1, 0, 1],  # a fixed guess, often right
+        lambda out: [3, 3, 3],  # often wrong
+        lambda out: [out[-1]] * 2 if out else [2],  # depends on the output
+    ],
+)
+def test_the_acceptance_rule_keeps_the_models_distribution(drafter):
+    rng = random.Random(1234)
+    n = 20000
+    seen = Counter(_generate(rng, drafter) for _ in range(n))
+    # Pearson's chi-square over the 64 sequences (63 degrees of freedom): 0.999 quantile is 103.4.
+    chi2 = sum((seen[s] - n * _exact(s)) ** 2 / (n * _exact(s)) for s in itertools.product(range(VOCAB), repeat=LENGTH))
+    assert chi2 < 103.4
+
+
+def test_the_acceptance_rule_counts_what_it_accepted():
+    tokens = iter([5, 6, 9, 4])
+    assert verify([5, 6, 7], lambda i: next(tokens)) == (2, True)  # 5, 6 accepted; 9 is the model's instead of 7
+    tokens = iter([5, 6, 7, 8])
+    assert verify([5, 6, 7], lambda i: next(tokens)) == (3, False)  # all, and one more from the last position
+    assert verify([5, 6], lambda i: None) == (0, False)  # the request ended at the first position
+
+
+def test_a_draft_models_tokens_and_its_reading_of_the_prompt_are_priced():
+    costs = _cpu_costs()
+    free = draft_lengths([Candidate(16, rate=0.99)], 1, 1, costs)
+    assert free == [16]
+    # Each draft token costing about a step of the target's own: drafting never pays.
+    assert draft_lengths([Candidate(16, rate=0.99, seconds=0.007)], 1, 1, costs) == [0]
+    # Cheap tokens, but the prompt to read first costs more than the draft saves.
+    assert draft_lengths([Candidate(16, rate=0.99, seconds=0.0005, first_seconds=0.5)], 1, 1, costs) == [0]
+    assert draft_lengths([Candidate(16, rate=0.99, seconds=0.0005, first_seconds=0.001)], 1, 1, costs) == [16]
