@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, backends: Mapping[str, Backend]
         expiry = asyncio.create_task(registry.pool.run_expiry())  # unloads models idle past their keep_alive
         yield
         expiry.cancel()
+        await run_in_threadpool(registry.keep_states)
 
     app = FastAPI(title="hychat", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.registry = settings, registry

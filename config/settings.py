@@ -358,6 +358,12 @@ class Settings(BaseSettings):
         description="RAM (MiB, each llama.cpp model) for slots' KV states kept after their slot serves another "
         "conversation, restored when it returns (llama-server's --cache-ram); 0: none.",
     )
+    cache_disk_dir: str = Field(
+        "",
+        description="A folder where the states the RAM cache lets go (and all of them at shutdown) are kept, so "
+        "a conversation that returns later, or after a restart, is restored from disk; empty: none.",
+    )
+    cache_disk_mib: int = Field(4096, ge=1, description="The most that folder holds (MiB, each llama.cpp model).")
     # Speculative decoding (llama.cpp backend): the default of requests that set no `speculative.*`.
     spec_type: Annotated[SpecType, BeforeValidator(spec_type_name)] = Field(
         "ngram",
@@ -540,6 +546,8 @@ class Settings(BaseSettings):
             "cache_type_k": self.cache_type_k,
             "cache_type_v": self.cache_type_v,
             "cache_ram_mib": self.cache_ram_mib,
+            "cache_disk_dir": self.cache_disk_dir,
+            "cache_disk_mib": self.cache_disk_mib,
             "spec_type": self.spec_type,
             "spec_draft_n_max": self.spec_draft_n_max,
             "spec_draft_n_min": self.spec_draft_n_min,

@@ -82,6 +82,8 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "cache_type_k",
             "cache_type_v",
             "cache_ram_mib",
+            "cache_disk_dir",
+            "cache_disk_mib",
             "spec_type",
             "spec_draft_n_max",
             "spec_draft_n_min",

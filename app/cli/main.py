@@ -59,6 +59,9 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="The same for V."),
         click.option("--cache-ram", "-cram", "cache_ram_mib", type=int,
                      help="MiB of RAM keeping slots' prompt states for returning conversations (512; 0: none)."),
+        click.option("--cache-disk", "cache_disk_dir",
+                     help="A folder keeping the prompt states the RAM lets go, and all of them at shutdown."),
+        click.option("--cache-disk-mib", "cache_disk_mib", type=int, help="The most that folder holds (4096 MiB)."),
         click.option("--spec-type", "spec_type", type=click.Choice(get_args(SpecTypeName)),
                      help="Speculative decoding of llama.cpp requests (ngram; llama-server's ngram-* names are ngram; "
                      "draft, draft-simple: the draft model's; none: off)."),

@@ -196,6 +196,7 @@ class BatchEngine(TokenSource[Ticket]):
         self._waiting: AdmissionQueue[Ticket] = AdmissionQueue(max_waiting, on_drop=lambda t: t.sampler.free())
         self._wake = threading.Condition()
         self._closing = False
+        self._keep_asked: list[threading.Event] = []  # keep_states calls waiting for the engine
         self._on_state, self._on_decode, self._on_host_cache = on_state, on_decode, on_host_cache
         self.prompt_cache = prompt_cache
         self._reported: tuple[int, int, int] | None = None
@@ -242,6 +243,18 @@ class BatchEngine(TokenSource[Ticket]):
             self._closing = True
             self._wake.notify()
 
+    def keep_states(self, wait_s: float = 60) -> None:
+        """Has the engine write the slots' states and those in RAM to the host cache's disk tier, and
+        waits for it: at shutdown, since a server ended by its signal runs no more Python after its
+        lifespan. Nothing without a disk tier."""
+        if self.prompt_cache is None or self.prompt_cache.files is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        with self._wake:
+            self._keep_asked.append(done)
+            self._wake.notify()
+        done.wait(wait_s)
+
     def abort(self, wait_s: float = 10) -> None:
         """Cancels every request and waits for the thread to free the context."""
         with self._wake:
@@ -273,23 +286,52 @@ class BatchEngine(TokenSource[Ticket]):
                 self._step(outbox)
                 self._report()  # before the hand-over: a reader that got its answer sees its slot free
                 self._hand_over(outbox)
+                self._keep_if_asked()
         except Exception:  # the thread must not die silently: fail whoever is waiting
             log.exception("batch engine stopped")
             self._fail_all(EngineError("the llama.cpp engine stopped; see the server log"))
         finally:
+            self._close_prompt_cache()
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             if self._draft_model is not None:
                 self._draft_model.close()
-            if self.prompt_cache is not None:  # its states go with the context
-                self._on_host_cache(0, -self.prompt_cache.used_bytes)
-                self.prompt_cache = None
+
+    def _close_prompt_cache(self) -> None:
+        """Its states go with the context, or to its disk tier."""
+        if self.prompt_cache is not None:
+            self._write_states()
+            self._on_host_cache(0, -self.prompt_cache.used_bytes)  # 0 unless the writing failed
+            self.prompt_cache = None
+
+    def _keep_if_asked(self) -> None:
+        with self._wake:
+            asked, self._keep_asked = self._keep_asked, []
+        if asked:
+            self._write_states()
+            for done in asked:
+                done.set()
+
+    def _write_states(self) -> None:
+        """The slots' states (the slots keep them too) and the RAM cache's go to its disk tier; the RAM
+        cache is left empty."""
+        cache = self.prompt_cache
+        try:
+            if cache.files is not None:
+                for slot in self._slots:
+                    self._save(slot)
+            held = cache.used_bytes
+            cache.close()
+        except Exception:  # a disk that fails costs the states, never the engine
+            log.exception("the prompt cache's states could not be written")
+        else:
+            self._on_host_cache(0, -held)
 
     def _wait_for_work(self) -> bool:
         with self._wake:
             while True:
                 self._drop_cancelled()
-                if any(s.ticket for s in self._slots) or len(self._waiting):
+                if any(s.ticket for s in self._slots) or len(self._waiting) or self._keep_asked:
                     return True
                 if self._closing:
                     return False

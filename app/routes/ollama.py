@@ -17,7 +17,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.errors import InvalidParameterError, ModelFileError, ModelNotFoundError
 from app.modelfiles.gguf import read_gguf
@@ -150,7 +149,7 @@ EMBED_ERRORS = {**error_responses(400, 404, 503, model=OllamaError), **error_res
 async def embed(body: OllamaEmbedRequest, registry: RegistryDep) -> OllamaEmbedResponse:
     """Embeddings from llama.cpp, normalised, an input longer than the context cut unless `truncate` is false."""
     backend, t_start = await ollama.backend_for(registry, body.model, body.keep_alive), time.perf_counter_ns()
-    result = await run_in_threadpool(backend.embed, ollama.embed_inputs(body), body.truncate)
+    result = await backend.embed_in_thread(ollama.embed_inputs(body), body.truncate)
     ollama.check_dimensions(body.dimensions, result.vectors.shape[1])
     return OllamaEmbedResponse(model=backend.model_name or body.model, embeddings=result.vectors.tolist(),
                                total_duration=time.perf_counter_ns() - t_start,
@@ -161,7 +160,7 @@ async def embed(body: OllamaEmbedRequest, registry: RegistryDep) -> OllamaEmbedR
 async def embeddings(body: OllamaEmbeddingsRequest, registry: RegistryDep) -> OllamaEmbeddingsResponse:
     """Ollama's older route: one `prompt`, its vector as the model gives it (not normalised)."""
     backend = await ollama.backend_for(registry, body.model, body.keep_alive)
-    result = await run_in_threadpool(backend.embed, [body.prompt], True, False)
+    result = await backend.embed_in_thread([body.prompt], True, False)
     return OllamaEmbeddingsResponse(embedding=result.vectors[0].tolist())
 
 

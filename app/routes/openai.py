@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
-from starlette.concurrency import run_in_threadpool
 
 from app.chat.output import ChatDelta
 from app.errors import error_body
@@ -130,7 +129,7 @@ async def _answer(
 async def embeddings(body: EmbeddingRequest, registry: RegistryDep) -> EmbeddingResponse:
     """Embeddings from llama.cpp, normalised to length 1, computed beside the chats, not between them."""
     backend = await registry.resolve(body.model)
-    result = await run_in_threadpool(backend.embed, embedding_inputs(body))
+    result = await backend.embed_in_thread(embedding_inputs(body))
     return embedding_response(result, body, backend.model_name or body.model)
 
 

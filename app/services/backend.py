@@ -5,6 +5,7 @@ Routes and the CLI talk to a `Backend` only; they never see llama.cpp or PyTorch
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import weakref
@@ -184,6 +185,10 @@ class Backend(ABC):
     def unload(self) -> None:
         self._model = None  # a generation in flight keeps its model alive until it ends
 
+    def keep_states(self) -> None:
+        """At shutdown: writes what should outlive the process (llama.cpp: its prompt cache's disk tier)."""
+        return  # PyTorch's: nothing
+
     @property
     def is_loaded(self) -> bool:
         return self._model is not None
@@ -215,6 +220,15 @@ class Backend(ABC):
     ) -> Embeddings:
         """Embeddings of texts or token ids (backends with supports_embeddings)."""
         raise InvalidParameterError(f"embeddings are not served by the {self.label} backend (llama.cpp serves them)")
+
+    async def embed_in_thread(self, *args: Any) -> Embeddings:
+        """`embed` in a worker thread, counted as running from the moment it is asked for, so that
+        keep_alive (a request's 0 included) or eviction never unloads the model under it."""
+        self._generation_started()
+        try:
+            return await asyncio.to_thread(self.embed, *args)
+        finally:
+            self._generation_ended()
 
     @abstractmethod
     def vocabulary_size(self) -> int: ...

@@ -16,6 +16,7 @@ scale 0. `with_adapter` serves the model with one of them as a model name of its
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import inspect
 import logging
 import threading
@@ -62,6 +63,7 @@ try:
     from app.engine.embed import Embedder
     from app.engine.prompt_cache import PromptCache
     from app.engine.sampler import RequestSampler
+    from app.engine.state_files import StateFiles
 
     LLAMACPP_AVAILABLE = True
 except (ImportError, OSError):  # OSError: the package is there but its shared library is not loadable
@@ -192,6 +194,8 @@ class LlamaCppBackend(Backend):
         lora_scale: float = 1.0,
         lora_adapters: Sequence[str] = (),
         cache_ram_mib: int = 0,
+        cache_disk_dir: str | None = None,
+        cache_disk_mib: int = 4096,
         draft_model_path: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -211,7 +215,9 @@ class LlamaCppBackend(Backend):
         `lora_path`: a GGUF adapter applied at `lora_scale` to requests that name no adapters (id 0);
         `lora_adapters`: more, applied only to requests that name them (see the module's docstring).
         `cache_ram_mib`: RAM for slots' KV states kept after their slot moves on, restored when their
-        conversation returns (llama-server's --cache-ram; 0: none).
+        conversation returns (llama-server's --cache-ram; 0: none). `cache_disk_dir`: a folder (a
+        subfolder per model) where the states the RAM lets go, and all of them when the model unloads,
+        are kept, up to `cache_disk_mib`, and restored from as from RAM.
         `draft_model_path`: a smaller GGUF with the same vocabulary that drafts tokens for requests of
         speculative type draft (llama-server's -md), in a context of its own beside the model's."""
         if not LLAMACPP_AVAILABLE:
@@ -221,6 +227,8 @@ class LlamaCppBackend(Backend):
             raise InvalidParameterError(f"n_batch must be an integer >= 1, got {n_batch!r}")
         if not is_int_at_least(cache_ram_mib, 0):
             raise InvalidParameterError(f"cache_ram_mib must be an integer >= 0, got {cache_ram_mib!r}")
+        if not is_int_at_least(cache_disk_mib, 1):
+            raise InvalidParameterError(f"cache_disk_mib must be an integer >= 1, got {cache_disk_mib!r}")
         chat_templates.check_served_as(chat_template, alias)
         header = read_gguf(model_path)
         if lora_path:
@@ -269,7 +277,12 @@ class LlamaCppBackend(Backend):
         # A file that names its pooling is an embedding model (BERT-type): it gets no chat engine, and
         # inputs no longer than it was trained on (its positions end there).
         if header.arch_value("pooling_type") is None:
-            loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified, cache_ram_mib)
+            host_cache = HostCache(cache_ram_mib, cache_disk_dir or None, cache_disk_mib)
+            try:
+                loaded.engine = self._engine(loaded, parallel, max_waiting, kv_unified, host_cache)
+            except (InvalidParameterError, ModelFileError):
+                llm.close()
+                raise
         else:
             loaded.embeddings_only = True
             loaded.n_ctx = loaded.n_ctx_total = min(loaded.n_ctx, llama_cpp.llama_model_n_ctx_train(llm.model))
@@ -283,10 +296,11 @@ class LlamaCppBackend(Backend):
         )  # fmt: skip
 
     def _engine(
-        self, m: _Loaded, parallel: int, max_waiting: int, kv_unified: bool, cache_ram_mib: int = 0
+        self, m: _Loaded, parallel: int, max_waiting: int, kv_unified: bool, host_cache: HostCache
     ) -> BatchEngine:
         llm = m.llm
         params = llm.context_params  # the load options (flash attention, KV types...) carry over
+        prompt_cache = _prompt_cache(m, params, host_cache)  # first: a folder it cannot make leaks nothing
         params.n_ctx = m.n_ctx * parallel
         params.n_seq_max = parallel
         # Off: a slot's cells are its own, and outputs equal those of a solo run.
@@ -306,10 +320,14 @@ class LlamaCppBackend(Backend):
             piece=lambda token: _piece(m, token),
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(llm._model.vocab, token),
         )
-        host_cache = PromptCache(cache_ram_mib << 20) if cache_ram_mib else None
         draft = _draft_model(m, parallel) if m.draft is not None else None
         return BatchEngine(ctx, vocab, parallel, m.n_ctx, m.n_batch, max_waiting, self._on_state, kv_unified,
-                           self._on_decode, host_cache, metrics.record_host_cache, draft)  # fmt: skip
+                           self._on_decode, prompt_cache, metrics.record_host_cache, draft)  # fmt: skip
+
+    def keep_states(self) -> None:
+        m = self._model
+        if m is not None and m.engine is not None:
+            m.engine.keep_states()
 
     def unload(self) -> None:
         m, self._model = self._model, None
@@ -351,6 +369,10 @@ class LlamaCppBackend(Backend):
             **_kv_cache(m),
             # The host-memory prompt cache's bound (llama-server's --cache-ram); what it holds: /metrics.
             "host_cache_bytes": host_cache.budget_bytes if host_cache is not None else 0,
+            # Its disk tier: the model's folder and its bound.
+            "host_cache_disk": None
+            if host_cache is None or host_cache.files is None
+            else {"path": str(host_cache.files.folder), "bytes": host_cache.files.budget_bytes},
         }
 
     # -- generation ----------------------------------------------------------------------------
@@ -493,6 +515,44 @@ def _draft_weights(llm: Any, path: Path, n_gpu_layers: int, kwargs: dict[str, An
         draft.close()
         raise ModelFileError(path, "its vocabulary is not the model's, so it cannot draft for it")
     return draft
+
+
+@dataclass(frozen=True)
+class HostCache:
+    """The host prompt cache's bounds: RAM (0: no cache) and an optional disk folder."""
+
+    ram_mib: int
+    disk_dir: str | None = None
+    disk_mib: int = 4096
+
+
+def _prompt_cache(m: _Loaded, params: Any, bounds: HostCache) -> PromptCache | None:
+    """Its disk tier in a subfolder named for the model file and KV layout (a state fits only those),
+    adapters named by their files (their ids are this process's)."""
+    if not bounds.ram_mib:
+        return None
+    files = None
+    if bounds.disk_dir:
+        layout = repr((_file_identity(m.header.path), params.type_k, params.type_v, llama_cpp.__version__))
+        folder = Path(bounds.disk_dir) / f"{m.header.path.stem}-{hashlib.sha256(layout.encode()).hexdigest()[:16]}"
+        try:
+            files = StateFiles(folder, bounds.disk_mib << 20)
+        except OSError as error:
+            raise InvalidParameterError(f"cache_disk_dir: {error}", "cache_disk_dir") from None
+
+    def names(key: tuple) -> tuple:
+        return tuple((_file_identity(m.adapters[i].path), scale) for i, scale in key)
+
+    return PromptCache(bounds.ram_mib << 20, files, names)
+
+
+def _file_identity(path: Path) -> str:
+    """A file's path, size and time: a file changed since is another file."""
+    try:
+        stat = path.stat()
+    except OSError:  # an adapter deleted while loaded: its states match no file
+        return f"{path}|gone"
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _draft_model(m: _Loaded, parallel: int) -> DraftModel:

@@ -228,6 +228,11 @@ class Registry:
         held = sorted(self.pool.held.values(), key=lambda h: h.key != default)
         return [h for h in held if h.backend.available and h.backend.is_loaded]
 
+    def keep_states(self) -> None:
+        """At shutdown: each loaded model writes what should outlive the process (its engine once)."""
+        for held in self._loaded():
+            held.backend.keep_states()
+
     def served(self) -> list[Backend]:
         """The backends with a model loaded, the default one first."""
         return [h.backend for h in self.held()]
@@ -378,6 +383,8 @@ class Registry:
                 **(lora if with_lora and config["lora_path"] else {}),
                 "lora_adapters": self._adapters_of(model_path),
                 "cache_ram_mib": config["cache_ram_mib"],
+                "cache_disk_dir": config["cache_disk_dir"],
+                "cache_disk_mib": config["cache_disk_mib"],
                 **self._kv_types(),
                 **(draft if with_lora and config["spec_draft_model"] else {}),
             }

@@ -166,6 +166,22 @@ def test_keep_alive_zero_unloads_and_the_memory_falls_back(start_server, library
     body = {"model": Q8, "keep_alive": 0}
     assert httpx.post(f"{server.url}/api/generate", json=body, headers=HEADERS).json()["done_reason"] == "unload"
     assert loaded(server.url) == [Q4]
+    # Embeddings count as work: seconds of them with keep_alive 0 outlast the expiry checks (one a
+    # second), which must not unload the model under them; it goes once they are done.
+    inputs = [f"第{i}段：长城是中国古代的军事防御工程，东起山海关，西至嘉峪关。" * 4 for i in range(192)]
+    body = {"model": Q8, "input": inputs, "keep_alive": 0}
+    with ThreadPoolExecutor(1) as pool:
+        embedding = pool.submit(httpx.post, f"{server.url}/api/embed", json=body, headers=HEADERS, timeout=300)
+        until(lambda: Q8 in loaded(server.url), "the embedding request loads the model")
+        seen = []
+        while not embedding.done():
+            seen.append(Q8 in loaded(server.url))
+            time.sleep(0.1)
+        r = embedding.result()
+    assert r.status_code == 200, r.text
+    assert len(r.json()["embeddings"]) == len(inputs) and len(seen) > 10
+    assert all(seen[:-2])  # loaded throughout (the last look may come as the answer is sent)
+    until(lambda: Q8 not in loaded(server.url), "keep_alive 0 unloads the model once the embeddings are done")
 
 
 def test_one_model_at_a_time_the_idle_one_goes_and_a_busy_one_stays(start_server, library):
