@@ -21,7 +21,7 @@ class ChatDelta:
     content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     logprob: TokenLogprob | None = None
-    token: int | None = None  # the sampled token this delta's text comes from (None: the last delta)
+    tokens: tuple[int, ...] = ()  # the sampled tokens this delta's text comes from (none: the last delta)
     finish_reason: str | None = None  # the last delta: "stop" | "length" | "tool_calls" (the answer called)
     usage: Usage | None = None  # the last delta
     reasoning_tokens: int = 0  # the last delta: how many of the completion's tokens were reasoning
@@ -29,9 +29,26 @@ class ChatDelta:
     progress: PromptProgress | None = None  # no text: how far the prompt is read (asked for with return_progress)
 
     def __add__(self, later: ChatDelta) -> ChatDelta:
-        """The text of both, in order (what a token's text and the parser's last words make)."""
+        """The text and tokens of both, in order (what a token's text and the parser's last words make)."""
         calls = self.tool_calls + later.tool_calls
-        return ChatDelta(self.reasoning + later.reasoning, self.content + later.content, calls)
+        return ChatDelta(self.reasoning + later.reasoning, self.content + later.content, calls,
+                         tokens=self.tokens + later.tokens)  # fmt: skip
+
+    @property
+    def plain(self) -> bool:
+        """Only text and tokens: no logprob, progress report or end of the answer to keep apart."""
+        return self.logprob is None and self.progress is None and self.finish_reason is None and self.usage is None
+
+
+def joined(deltas: Iterable[ChatDelta]) -> list[ChatDelta]:
+    """Consecutive plain deltas as one, their text, calls and tokens in order."""
+    out: list[ChatDelta] = []
+    for delta in deltas:
+        if out and out[-1].plain and delta.plain:
+            out[-1] = out[-1] + delta
+        else:
+            out.append(delta)
+    return out
 
 
 @dataclass(frozen=True)

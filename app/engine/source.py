@@ -13,6 +13,7 @@ import asyncio
 import queue
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -41,11 +42,19 @@ class TokenSource(ABC, Generic[JobT]):
 
     async def astream(self, job: JobT) -> AsyncIterator[TokenEvent]:
         """The same for a coroutine: events arrive through the event loop, no thread per event."""
+        async with aclosing(self.abatches(job)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def abatches(self, job: JobT) -> AsyncIterator[list[TokenEvent]]:
+        """The same, as lists of the events that arrived together (a speculative step's tokens, or
+        those a slow reader let pile up), so that a reader may write one frame for each list."""
         events: asyncio.Queue[Any] = asyncio.Queue()
         self._attach(job, asyncio.get_running_loop(), events)
         try:
-            async for item in aread(events):
-                yield item
+            async for batch in abatched(events):
+                yield batch
         finally:
             self.cancel(job)
 
@@ -66,8 +75,17 @@ def read(events: queue.SimpleQueue[Any]) -> Iterator[Any]:
         yield item
 
 
-async def aread(events: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    while (item := await events.get()) is not END:
-        if isinstance(item, Failure):
-            raise item.error
-        yield item
+async def abatched(events: asyncio.Queue[Any]) -> AsyncIterator[list[Any]]:
+    """A stream's items from an event loop's queue, as lists of those waiting together, up to END; a
+    Failure is raised here, after the items before it."""
+    while True:
+        batch = [await events.get()]
+        while not (batch[-1] is END or isinstance(batch[-1], Failure) or events.empty()):
+            batch.append(events.get_nowait())
+        last = batch.pop() if batch[-1] is END or isinstance(batch[-1], Failure) else None
+        if batch:
+            yield batch
+        if isinstance(last, Failure):
+            raise last.error
+        if last is END:
+            return

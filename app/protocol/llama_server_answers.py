@@ -237,13 +237,12 @@ class CompletionReader:
         if delta.progress is not None:  # no text: how far the prompt is read
             p = self.timed.progress = delta.progress
             return [self._chunk("", [], None, progress_body(p))]
-        is_token = delta.finish_reason is None  # every delta but the last is one sampled token
+        is_token = delta.finish_reason is None  # every delta but the last is a sampled token
         if is_token:
-            self.timed.token()
+            self.timed.token(len(delta.tokens))
         content = self._cut(delta.content)
         self.text += content
-        if delta.token is not None:
-            self.tokens.append(delta.token)
+        self.tokens += delta.tokens
         if delta.logprob is not None:
             self.probs.append(delta.logprob)
         if not is_token:  # a cut in its text (stop_type set) stays the reason
@@ -253,7 +252,7 @@ class CompletionReader:
         params = self.meta.params
         with_probs = delta.logprob is not None and params.logprobs
         probs = [_probability(delta.logprob, params.post_sampling_probs)] if with_probs else None
-        return [self._chunk(content, [delta.token] if delta.token is not None else [], probs)]
+        return [self._chunk(content, list(delta.tokens), probs)]
 
     def _chunk(
         self, content: str, tokens: list[int], probs: Any, progress: PromptProgressBody | None = None

@@ -459,7 +459,7 @@ def stamp_timings(chunks: Sequence[Any], delta: ChatDelta, timed: TimingsSoFar |
     """llama-server's timings: the whole answer's on its last chunk (or event); with timings_per_token,
     those so far on the last chunk of each token's."""
     if delta.finish_reason is None and timed is not None:
-        timed.token()
+        timed.token(len(delta.tokens))
     if chunks and delta.finish_reason and delta.usage:
         chunks[-1].timings = timings(delta.usage)
     elif chunks and timed is not None:
@@ -497,11 +497,11 @@ class TimingsSoFar:
         self.start, self.first, self.n_decoded = clock(), None, 0
         self.progress: PromptProgress | None = None
 
-    def token(self) -> None:
-        """One more sampled token (the first one's time starts the decode's)."""
+    def token(self, n: int = 1) -> None:
+        """`n` more sampled tokens (the first one's time starts the decode's)."""
         if self.first is None:
             self.first = self._clock()
-        self.n_decoded += 1
+        self.n_decoded += n
 
     def since_first_ms(self) -> float:
         return (self._clock() - self.first) * 1000 if self.first is not None else 0.0

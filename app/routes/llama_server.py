@@ -185,7 +185,8 @@ def _meta(body: CompletionRequest, asked: Completion, stream: ChatStream) -> Ans
 
 async def _read(stream: ChatStream, reader: CompletionReader) -> AsyncIterator[CompletionChunk | dict[str, Any]]:
     """One answer's chunks, then the answer; a cut (n_indent, t_max_predict_ms) stops the generation."""
-    async with aclosing(aiter(stream)) as deltas:
+    # A chunk per token, drafts included, as llama-server streams (its `tokens` and n_indent cuts are per token).
+    async with aclosing(stream.each_token()) as deltas:
         async for delta in deltas:
             for chunk in reader.feed(delta):
                 yield chunk

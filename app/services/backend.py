@@ -70,11 +70,19 @@ class Generation:
             self._end()
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        try:
-            async with aclosing(self._source.astream(self._job)) as events:
-                async for event in events:
-                    self._record(event)
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
                     yield event
+
+    async def batches(self) -> AsyncIterator[list[TokenEvent]]:
+        """The events as lists of those that arrived together (TokenSource.abatches)."""
+        try:
+            async with aclosing(self._source.abatches(self._job)) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        self._record(event)
+                    yield batch
         finally:
             self._end()
 

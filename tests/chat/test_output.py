@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from app.chat.output import ChatOutputParser
+from app.chat.output import ChatDelta, ChatOutputParser, joined
 from app.errors import ToolCallMissingError
-from app.types import ChatOptions, Prompt, RenderedChat
+from app.types import ChatOptions, Prompt, PromptProgress, RenderedChat, TokenLogprob, Usage
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 # Token texts as a model streams them; "" is a token whose text the detokenizer holds back.
@@ -57,3 +57,13 @@ def test_a_required_call_that_never_comes_is_an_error():
     with pytest.raises(ToolCallMissingError) as raised:
         run(parser, ["北京", "晴。"])
     assert raised.value.param == "tool_choice" and raised.value.status_code == 400
+
+
+def test_plain_deltas_join_and_those_with_a_logprob_a_report_or_the_end_stay_apart():
+    logprob = TokenLogprob("城", b"\xe5\x9f\x8e", -0.1, 7)
+    progress = PromptProgress(total=4, cache=0, processed=4, time_ms=1.0)
+    end = ChatDelta(finish_reason="stop", usage=Usage(3, 5, 10.0, 100.0, 50.0))
+    deltas = [ChatDelta(progress=progress), ChatDelta("想", tokens=(1,)), ChatDelta(content="长", tokens=(2,)),
+              ChatDelta(content="", tokens=(3,)), ChatDelta(content="城", logprob=logprob, tokens=(4,)),
+              ChatDelta(content="。", tokens=(5,)), end]  # fmt: skip
+    assert joined(deltas) == [deltas[0], ChatDelta("想", "长", tokens=(1, 2, 3)), deltas[4], deltas[5], end]

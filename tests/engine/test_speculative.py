@@ -8,6 +8,7 @@ than 256 cells takes another path for several query tokens than for one, which r
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from app.errors import ModelFileError
 from app.pipeline.quantize import quantize
+from app.services.chat import start_chat
 from app.services.llamacpp_service import LlamaCppBackend
 from app.types import GenerationRequest, SamplingParams, Speculation, TokenEvent
 
@@ -190,3 +192,21 @@ def test_without_a_draft_model_type_draft_drafts_by_prompt_lookup(backend):
     drafted = _run(backend, QUOTE_POEM, Speculation(type="draft"))
     assert _ids(drafted) == _ids(_run(backend, QUOTE_POEM, OFF))
     assert drafted[-1].usage.accepted_tokens > 0
+
+
+def test_a_streams_tokens_decoded_in_one_step_come_as_one_delta_and_make_the_same_answer(backend):
+    """Read through the chat path from a coroutine (as every route reads), the tokens a step accepts
+    arrive together and come as one delta (one frame on the wire); a request with logprobs keeps
+    one delta per token. Either way the answer is the one read token by token."""
+
+    async def deltas(**params):
+        sampling = SamplingParams(max_new_tokens=96, temperature=0.0, cache_prompt=False, **params)
+        return [d async for d in start_chat(backend, GenerationRequest(sampling, prompt=QUOTE_CODE))]
+
+    plain = _run(backend, QUOTE_CODE, OFF)
+    joined = asyncio.run(deltas(speculative=Speculation()))
+    assert [t for d in joined for t in d.tokens] == _ids(plain)
+    assert "".join(d.content for d in joined) == "".join(e.text for e in plain)
+    assert len(joined) < len(_ids(plain)) / 2  # the copy is accepted many tokens a step
+    with_logprobs = asyncio.run(deltas(speculative=Speculation(), logprobs=0))
+    assert [len(d.tokens) for d in with_logprobs[:-1]] == [1] * len(_ids(plain))

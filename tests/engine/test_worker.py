@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from app.engine.source import END, Failure, abatched
 from app.engine.worker import Task, Worker
 
 
@@ -95,3 +96,23 @@ def test_a_reader_whose_event_loop_is_gone_does_not_kill_the_worker():
 
     asyncio.run(start_and_leave())  # the loop closes with the job still producing
     assert list(worker.stream(Task(counting_job([], 2)))) == [0, 1]
+
+
+def test_items_waiting_together_are_read_as_one_batch_and_a_failure_after_them_raised():
+    """What a coroutine reader gets (source.abatched): the items posted while it was busy, at once."""
+
+    async def read(items):
+        queue: asyncio.Queue = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+        batches = []
+        try:
+            async for batch in abatched(queue):
+                batches.append(batch)
+        except RuntimeError as error:
+            batches.append(str(error))
+        return batches
+
+    assert asyncio.run(read([1, 2, 3, END])) == [[1, 2, 3]]
+    assert asyncio.run(read([1, 2, Failure(RuntimeError("engine stopped"))])) == [[1, 2], "engine stopped"]
+    assert asyncio.run(read([END, 4])) == []

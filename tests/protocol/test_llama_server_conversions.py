@@ -315,7 +315,8 @@ def read(reader: CompletionReader, deltas: list[ChatDelta]) -> list:
 
 
 def tokens(*texts: str) -> list[ChatDelta]:
-    return [ChatDelta(content=text) for text in texts]
+    """One delta per sampled token, as the chat path gives them (token ids made up)."""
+    return [ChatDelta(content=text, tokens=(i,)) for i, text in enumerate(texts)]
 
 
 @pytest.mark.parametrize(
