@@ -72,6 +72,13 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 QUEUE_DEPTH = Gauge("hychat_queue_depth", "Requests waiting for a slot.", ["backend"], registry=REGISTRY)
 SLOTS_BUSY = Gauge("hychat_slots_busy", "Slots generating now.", ["backend"], registry=REGISTRY)
 SLOTS_TOTAL = Gauge("hychat_slots_total", "Slots the engine has.", ["backend"], registry=REGISTRY)
+# The Gateway API Inference Extension's KVCacheUtilization (vLLM's vllm:kv_cache_usage_perc), read at scrape time.
+KV_CACHE_USAGE = Gauge(
+    "hychat_kv_cache_usage_perc",
+    "Fraction (0-1) of the KV cache's cells that running requests hold; idle slots' cells count as free.",
+    ["backend"],
+    registry=REGISTRY,
+)
 
 _PER_BACKEND = (
     PROMPT_TOKENS,
@@ -82,6 +89,7 @@ _PER_BACKEND = (
     QUEUE_DEPTH,
     SLOTS_BUSY,
     SLOTS_TOTAL,
+    KV_CACHE_USAGE,
 )
 
 
@@ -129,6 +137,17 @@ def set_scheduler_state(backend: str, queued: int, busy: int, total: int) -> Non
     QUEUE_DEPTH.labels(backend=backend).set(queued)
     SLOTS_BUSY.labels(backend=backend).set(busy)
     SLOTS_TOTAL.labels(backend=backend).set(total)
+
+
+def set_kv_cache_usage(cells: Iterable[tuple[str, int, int]]) -> None:
+    """Each backend's (name, cells held by running requests, cells in all), several models summed."""
+    held: dict[str, list[int]] = {}
+    for backend, used, total in cells:
+        sums = held.setdefault(backend, [0, 0])
+        sums[0] += used
+        sums[1] += total
+    for backend, (used, total) in held.items():
+        KV_CACHE_USAGE.labels(backend=backend).set(used / total if total else 0.0)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -450,6 +450,24 @@ class Settings(BaseSettings):
         "configured models stay until unloaded or evicted.",
     )
 
+    # A Ray cluster (the `cluster` extra): replicas of these settings' models behind one gateway.
+    ray_address: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        description="Serve on this Ray cluster (ray://host:10001, host:6379, auto) instead of in this process; "
+        "local: start a cluster here. Each replica runs llamacpp_n_threads threads (1 if unset) on as many CPUs.",
+    )
+    ray_replicas: int = Field(2, ge=1, description="Replicas on the cluster (the least, with autoscaling).")
+    ray_routing: Literal["prefix", "balanced"] = Field(
+        "prefix",
+        description="prefix: a request goes to the replica that was sent the longest prefix of its prompt, unless "
+        "that one is much busier; balanced: Ray's power of two choices, the shorter queue of two at random.",
+    )
+    ray_max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Above ray_replicas: Ray adds replicas while each runs more than `parallel` requests, up to this.",
+    )
+
     @field_validator("host")
     @classmethod
     def _some_host(cls, host: str) -> str:

@@ -105,6 +105,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
             "torch_n_threads",
         ),
     ),
+    ("A Ray cluster (the `cluster` extra)", ("ray_address", "ray_replicas", "ray_routing", "ray_max_replicas")),
     (
         "The model library (models loaded on demand)",
         ("model_dirs", "models_presets", "max_loaded_models", "models_memory_mib", "keep_alive"),

@@ -164,7 +164,8 @@ class Server:
                 if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)  # not up yet, or not ready (a cluster's gateway before its replicas)
         raise RuntimeError(f"server neither answered nor exited within {START_TIMEOUT_S} s")
 
     def stop(self) -> None:

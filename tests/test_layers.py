@@ -1,4 +1,4 @@
-"""Imports point one way: types <- {engine, chat, modelfiles} <- services <- protocol/routes <- cli.
+"""Imports point one way: types <- {engine, chat, modelfiles} <- services <- protocol/routes <- main <- cluster <- cli.
 
 Walks the imports of every module in app/ (and config/) with ast, at every depth (lazy imports inside
 functions count: they still make one layer depend on another), and fails on an upward import or a
@@ -34,8 +34,9 @@ LAYERS = {
     "app.telemetry": 4,
     "app.bench": 4,
     "app.main": 5,
-    "app.cli": 6,
-    "app.__main__": 7,
+    "app.cluster": 6,  # the app on Ray: replicas of app.main's app behind a gateway
+    "app.cli": 7,
+    "app.__main__": 8,
 }
 # Leaves that import nothing of the app at all.
 LEAVES = {"app.types", "app.errors", "app.cpu", "app.llama_build", "app.logging_setup", "config.settings"}

@@ -105,6 +105,14 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--repeat-penalty", "default_repetition_penalty", type=float,
                      help="Repetition penalty of requests that set none."),
         click.option("--seed", "-s", "default_seed", type=int, help="Seed of requests that set none (-1: random)."),
+        click.option("--ray", "ray_address", help="Serve on this Ray cluster (ray://host:10001, auto; local: start "
+                     "one here): --replicas copies of the model behind one gateway (the `cluster` extra)."),
+        click.option("--replicas", "ray_replicas", type=int, help="Replicas on the Ray cluster (2)."),
+        click.option("--ray-routing", "ray_routing", type=click.Choice(["prefix", "balanced"]),
+                     help="prefix: to the replica holding the longest prefix of the prompt (default); balanced: "
+                     "the shorter queue of two."),
+        click.option("--max-replicas", "ray_max_replicas", type=int,
+                     help="Above --replicas: Ray adds replicas under load, up to this many."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
@@ -181,6 +189,8 @@ def serve(host: tuple[str, ...], **overrides: Any) -> None:
 
     settings = serve_settings(host, **overrides)
     configure_logging(settings.log_level)
+    if settings.ray_address:
+        return _serve_on_ray(settings)
     # Bound before any model loads: a taken port or a wrong host costs one line, not a 7B load first.
     listeners = _bind_all(settings.hosts(), settings.port)
     registry = _load_configured(settings)  # here, not in the app's start-up: a bad model file costs one line too
@@ -200,6 +210,14 @@ def serve(host: tuple[str, ...], **overrides: Any) -> None:
     if len(listeners) > 1:
         logging.getLogger(__name__).info("listening on %s", ", ".join(_url(s.getsockname()) for s in listeners))
     uvicorn.Server(config).run(sockets=listeners)
+
+
+def _serve_on_ray(settings: Settings) -> None:
+    try:
+        from app.cluster.deployment import run
+    except ImportError as error:
+        raise click.ClickException(f"--ray needs Ray Serve: pip install 'hychat[cluster]' ({error})") from None
+    run(settings)
 
 
 def serve_settings(host: tuple[str, ...] = (), **flags: Any) -> Settings:

@@ -10,7 +10,7 @@ from app import metrics
 from app.errors import NotSupportedError
 from app.protocol import llama_server
 from app.protocol.llama_server import LlamaServerErrorResponse
-from app.routes.deps import BEHIND_API_KEY, SettingsDep
+from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
 
 router = APIRouter(**BEHIND_API_KEY)
 
@@ -26,10 +26,11 @@ router = APIRouter(**BEHIND_API_KEY)
         501: {"model": LlamaServerErrorResponse, "description": "Off (HYCHAT_ENDPOINT_METRICS=false, --no-metrics)."},
     },
 )
-def prometheus_metrics(settings: SettingsDep) -> Response:
+def prometheus_metrics(settings: SettingsDep, registry: RegistryDep) -> Response:
     if not settings.endpoint_metrics:  # llama-server's answer without --metrics, in its shape
         error = NotSupportedError("This server does not support metrics endpoint. Start it with --metrics")
         return JSONResponse(llama_server.error_body(error), status_code=error.status_code)
+    metrics.set_kv_cache_usage(registry.kv_cells())
     body, content_type = metrics.exposition()
     response = Response(body, media_type=content_type)
     # As llama-server's /metrics: when the process started (its counters count from there), in Unix

@@ -190,6 +190,11 @@ class Backend(ABC):
         for one that runs them one at a time."""
         return []
 
+    def kv_cells(self) -> tuple[int, int]:
+        """(KV cells that running requests hold, KV cells in all), for the KV-cache utilization metric;
+        (0, 0) for a backend without a shared cache of cells."""
+        return 0, 0
+
     def unload(self) -> None:
         self._model = None  # a generation in flight keeps its model alive until it ends
 

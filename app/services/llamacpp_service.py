@@ -389,6 +389,12 @@ class LlamaCppBackend(Backend):
         m = self._require()
         return m.engine.slots() if m.engine is not None else []
 
+    def kv_cells(self) -> tuple[int, int]:
+        m = self._model
+        if m is None or m.engine is None:
+            return 0, 0
+        return sum(s.n_cached for s in m.engine.slots() if s.busy), m.n_ctx_total
+
     def token_piece(self, token_id: int) -> bytes:
         """The token's bytes, a special token as its text."""
         m = self._require()

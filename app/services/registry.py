@@ -233,6 +233,12 @@ class Registry:
         for held in self._loaded():
             held.backend.keep_states()
 
+    def kv_cells(self) -> list[tuple[str, int, int]]:
+        """(backend name, KV cells running requests hold, KV cells in all) of every backend: the models
+        served, and the declared backends (0 when they have none loaded, so the gauge falls with them)."""
+        backends = {id(b): b for b in [*self.backends.values(), *self.served()]}
+        return [(b.name, *b.kv_cells()) for b in backends.values()]
+
     def served(self) -> list[Backend]:
         """The backends with a model loaded, the default one first."""
         return [h.backend for h in self.held()]

@@ -184,6 +184,9 @@ def test_server_flags_become_settings():
     assert parsed("--jinja").jinja is True and parsed().jinja is True
     quantized = parsed("-ctk", "q8_0", "-ctv", "q4_0")
     assert (quantized.cache_type_k, quantized.cache_type_v, parsed().cache_type_k) == ("q8_0", "q4_0", "f16")
+    ray = parsed("--ray", "auto", "--replicas", "3", "--max-replicas", "5", "--ray-routing", "balanced")
+    assert (ray.ray_address, ray.ray_replicas, ray.ray_max_replicas, ray.ray_routing) == ("auto", 3, 5, "balanced")
+    assert (parsed().ray_address, parsed().ray_routing) == (None, "prefix")  # one process unless asked
 
 
 def test_speculative_decoding_flags_by_hychats_names_and_llama_servers():
@@ -246,6 +249,7 @@ def test_the_same_settings_come_from_the_environment(monkeypatch):
             "300: Input should be less than or equal to 256",
         ),
         (["--spec-type", "draft-mtp"], "Invalid value for '--spec-type': 'draft-mtp' is not one of"),
+        (["--ray", "local", "--replicas", "0"], "Invalid value for '--replicas': 0: Input should be greater than"),
         (
             ["--draft-p-min", "2"],
             "Invalid value for '--spec-draft-p-min' / '--draft-p-min': 2.0: Input should be less than or equal to 1",

@@ -117,6 +117,10 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
         "HYCHAT_GCP_COMPAT": "true",
         "HYCHAT_GCP_PREDICT_ROUTE": "v1/predict",
         "HYCHAT_GCP_HEALTH_ROUTE": "/alive",
+        "HYCHAT_RAY_ADDRESS": "ray://head:10001",
+        "HYCHAT_RAY_REPLICAS": "3",
+        "HYCHAT_RAY_MAX_REPLICAS": "6",
+        "HYCHAT_RAY_ROUTING": "balanced",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -127,6 +131,7 @@ def test_every_setting_is_overridden_by_its_environment_variable(monkeypatch, tm
     assert s.model_folders() == [tmp_path.resolve() / "a", tmp_path.resolve() / "b"]
     assert (s.models_presets, s.max_loaded_models, s.models_memory_mib) == (tmp_path / "模型.toml", 2, 4096)
     assert s.keep_alive == 5400
+    assert (s.ray_address, s.ray_replicas, s.ray_max_replicas, s.ray_routing) == ("ray://head:10001", 3, 6, "balanced")
     assert s.llamacpp_config() == {
         "enabled": False,
         "model_path": str(tmp_path / "m.gguf"),

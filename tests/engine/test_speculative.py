@@ -207,6 +207,7 @@ def test_a_streams_tokens_decoded_in_one_step_come_as_one_delta_and_make_the_sam
     joined = asyncio.run(deltas(speculative=Speculation()))
     assert [t for d in joined for t in d.tokens] == _ids(plain)
     assert "".join(d.content for d in joined) == "".join(e.text for e in plain)
-    assert len(joined) < len(_ids(plain)) / 2  # the copy is accepted many tokens a step
+    # The copy is accepted several tokens a step (how many depends on the step costs measured as it runs).
+    assert len(joined) < len(_ids(plain)) and max(len(d.tokens) for d in joined) > 1
     with_logprobs = asyncio.run(deltas(speculative=Speculation(), logprobs=0))
     assert [len(d.tokens) for d in with_logprobs[:-1]] == [1] * len(_ids(plain))

@@ -103,5 +103,6 @@ def test_an_embedding_does_not_wait_for_a_running_chat(client, server):
         client.embeddings.create(model="default", input=TEXTS, encoding_format="float")
         rest = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     pieces = [c["choices"][0]["delta"].get("content") for c in rest if c["choices"]]
-    assert sum(p == "好" for p in pieces) > 50  # most of the answer came after the embedding
+    # Most of the answer came after the embedding (tokens that piled up meanwhile come joined in a chunk).
+    assert sum(p.count("好") for p in pieces if p) > 50
     assert rest[-1]["choices"][0]["finish_reason"] == "length"

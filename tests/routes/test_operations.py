@@ -25,6 +25,7 @@ METRIC_NAMES = {
     "hychat_queue_depth": "gauge",
     "hychat_slots_busy": "gauge",
     "hychat_slots_total": "gauge",
+    "hychat_kv_cache_usage_perc": "gauge",
 }
 
 
@@ -63,9 +64,26 @@ def test_metrics_are_exposed_in_prometheus_format(client):
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     for name, kind in METRIC_NAMES.items():
         assert families[name].type == kind, name
-    for name in ("hychat_queue_depth", "hychat_slots_busy", "hychat_slots_total"):
+    for name in ("hychat_queue_depth", "hychat_slots_busy", "hychat_slots_total", "hychat_kv_cache_usage_perc"):
         backends = {s.labels["backend"]: s.value for s in families[name].samples}
         assert backends.keys() == {"llamacpp", "pytorch"} and backends["pytorch"] == 0, name  # PyTorch has no slots
+
+
+def test_the_kv_cache_usage_counts_the_cells_of_running_requests(client, server):
+    """The Gateway API Inference Extension's KVCacheUtilization: a running request's cells count, an idle
+    slot's kept cells (free for the next request) do not."""
+    body = {"messages": CHINESE, "max_tokens": 300, "stream": True, "ignore_eos": True, "temperature": 0,
+            "speculative.type": "none"}  # fmt: skip
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as r:
+        frames = (line for line in r.iter_lines() if '"content":"' in line)
+        for _ in range(3):  # decoding: the request holds its slot
+            next(frames)
+        during = value(scrape(client), "hychat_kv_cache_usage_perc", backend="llamacpp")
+        list(frames)  # to its end
+    cells = sum(slot["n_ctx"] for slot in client.get("/slots").json())
+    assert 20 / cells < during < 1  # at least the prompt's cells, of all slots' cells
+    assert any(not slot["is_processing"] and slot["n_cached"] > 300 for slot in client.get("/slots").json())
+    assert value(scrape(client), "hychat_kv_cache_usage_perc", backend="llamacpp") == 0
 
 
 def test_a_chat_request_is_counted(client):

@@ -1,0 +1,52 @@
+"""The gateway's own errors in the caller's dialect, told by the request's path as the replicas' routes
+tell it: a replica lost before it answered (a status) or while it streamed (the dialect's in-band error,
+the stream's last frame)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from app.errors import BackendUnavailableError, error_body
+from app.protocol import anthropic_answers, llama_server, ollama
+
+ErrorBody = Callable[[Exception], dict[str, Any]]
+LLAMA_SERVER_PATHS = ("/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template")
+
+
+class ReplicaLostError(BackendUnavailableError):
+    """The replica answering stopped (its process died, its node left); the others still serve, so a
+    retry is answered (503 with Retry-After; Anthropic's overloaded_error)."""
+
+    retry_after_s = 1
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"the replica serving this request stopped ({type(cause).__name__}); retry it")
+
+
+def body_of(path: str, ndjson: bool = False) -> ErrorBody:
+    if path.startswith("/v1/messages"):
+        return anthropic_answers.error_body
+    if ndjson or (path.startswith("/api/") and path not in ("/api/chat", "/api/info")):
+        return ollama.error_body
+    if path in LLAMA_SERVER_PATHS:
+        return llama_server.error_body
+    return error_body
+
+
+def stream_error(path: str, content_type: str, error: Exception) -> bytes:
+    """The last frame of a stream cut short, as the route that streamed it writes its errors."""
+    ndjson = "ndjson" in content_type
+    data = json.dumps(body_of(path, ndjson)(error), ensure_ascii=False)
+    if ndjson:
+        return f"{data}\n".encode()
+    if path.startswith("/v1/responses"):
+        detail = error_body(error)["error"]
+        event = {"type": "error", "code": detail["code"], "message": detail["message"], "param": detail["param"]}
+        return f"event: error\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+    if path.startswith("/v1/messages") or path == "/api/chat":
+        return f"event: error\ndata: {data}\n\n".encode()
+    if path in LLAMA_SERVER_PATHS:
+        return f"data: {data}\n\n".encode()
+    return f"data: {data}\n\ndata: [DONE]\n\n".encode()  # OpenAI's stream ends with [DONE] however it ends
