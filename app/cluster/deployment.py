@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psutil
 from ray import serve
 from ray.serve.config import AutoscalingConfig, HTTPOptions, RequestRouterConfig
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -144,8 +145,8 @@ def run(settings: Settings) -> None:
     (Ctrl-C or SIGTERM); then the application leaves the cluster, and a local cluster stops."""
     import ray
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: the finally below runs
     ray.init(address=settings.ray_address)  # "local": a new cluster here, even beside a running one
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C (after ray.init, which sets its own)
     try:
         serve.start(http_options=HTTPOptions(host=settings.hosts()[0], port=settings.port))
         serve.run(build(settings), name=APP_NAME, route_prefix="/")
@@ -155,4 +156,10 @@ def run(settings: Settings) -> None:
         pass
     finally:
         serve.delete(APP_NAME)
+        # A local cluster's processes are ours; Ray 2.60's ray.shutdown() can leave its agents behind.
+        local = psutil.Process().children(recursive=True) if settings.ray_address == "local" else []
         ray.shutdown()
+        _, alive = psutil.wait_procs(local, timeout=3)
+        for process in alive:
+            process.kill()
+        log.info("the cluster stopped (%d of its processes killed)", len(alive))

@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
 SCALE_UP_BOUND_S = 300  # Ray waits upscale_delay_s (30 s) of load first; this bounds a scale-up that never comes
@@ -52,3 +53,12 @@ def replica(url: str) -> str:
     r = httpx.get(f"{url}/health", timeout=60)
     assert r.status_code == 200, r.text
     return r.headers["x-hychat-replica"]
+
+
+def test_the_command_ends_with_the_local_cluster_it_started(cluster):
+    """SIGTERM to `hychat serve --ray local` stops Ray's processes too, its agents included."""
+    started = psutil.Process(cluster.process.pid).children(recursive=True)
+    assert any("raylet" in " ".join(p.cmdline()) for p in started)
+    cluster.stop()
+    _, alive = psutil.wait_procs(started, timeout=30)  # bounds a process left behind, not a speed
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
