@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from sse_starlette import ServerSentEvent
+
 from app.errors import BackendUnavailableError, error_body
 from app.protocol import anthropic_answers, llama_server, ollama
 
@@ -36,7 +38,8 @@ def body_of(path: str, ndjson: bool = False) -> ErrorBody:
 
 
 def stream_error(path: str, content_type: str, error: Exception) -> bytes:
-    """The last frame of a stream cut short, as the route that streamed it writes its errors."""
+    """The last frame of a stream cut short, as the route that streamed it writes its errors (framed by
+    the same SSE library, so its line endings match the frames before it)."""
     ndjson = "ndjson" in content_type
     data = json.dumps(body_of(path, ndjson)(error), ensure_ascii=False)
     if ndjson:
@@ -44,9 +47,10 @@ def stream_error(path: str, content_type: str, error: Exception) -> bytes:
     if path.startswith("/v1/responses"):
         detail = error_body(error)["error"]
         event = {"type": "error", "code": detail["code"], "message": detail["message"], "param": detail["param"]}
-        return f"event: error\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        return ServerSentEvent(json.dumps(event, ensure_ascii=False), event="error").encode()
     if path.startswith("/v1/messages") or path == "/api/chat":
-        return f"event: error\ndata: {data}\n\n".encode()
+        return ServerSentEvent(data, event="error").encode()
     if path in LLAMA_SERVER_PATHS:
-        return f"data: {data}\n\n".encode()
-    return f"data: {data}\n\ndata: [DONE]\n\n".encode()  # OpenAI's stream ends with [DONE] however it ends
+        return ServerSentEvent(data).encode()
+    # OpenAI's stream ends with [DONE] however it ends.
+    return ServerSentEvent(data).encode() + ServerSentEvent("[DONE]").encode()

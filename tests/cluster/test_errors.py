@@ -15,7 +15,7 @@ LOST = ReplicaLostError(ConnectionError("actor died"))
 def sse(frame: bytes) -> list[tuple[str | None, str]]:
     """(event, data) of each SSE frame."""
     out = []
-    for block in frame.decode().strip().split("\n\n"):
+    for block in frame.decode().replace("\r\n", "\n").strip().split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.split("\n"))
         out.append((fields.get("event"), fields["data"]))
     return out
