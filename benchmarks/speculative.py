@@ -48,15 +48,24 @@ TASKS = {
     "fill a JSON template": "Fill this JSON template for five different people, one object per line:\n\n"
     + "\n".join([TEMPLATE] * 5),
 }
+# Free chat: each stream of each round its own question, so that no server's memory of an earlier
+# answer (hychat's n-gram memory, llama-server's ngram-mod) drafts it: a round needs 1 + 4 + 8.
+TOPICS = [
+    ("a robot learning to paint", "长城的历史"), ("how a bicycle works", "秋天的诗"),
+    ("why the sky is blue", "熊猫的生活"), ("how airplanes fly", "中国的茶文化"),
+    ("the city of Paris", "春节的习俗"), ("volcanoes", "黄河"),
+    ("the history of chess", "月饼的做法"), ("how bees make honey", "西湖的风景"),
+    ("the moon landing", "京剧"), ("a day in a lighthouse", "二十四节气"),
+    ("how rain forms", "丝绸之路"), ("the first computers", "书法"),
+    ("a cat who learns to swim", "竹子"), ("the deep ocean", "长江三峡"),
+    ("how a violin is made", "饺子"), ("a trip to Mars", "故宫"),
+    ("the life of ants", "围棋"), ("an old library", "桂林山水"),
+    ("how bread rises", "中秋节"), ("northern lights", "兵马俑"),
+]  # fmt: skip
 CHATS = [
-    "Write a short story about a robot learning to paint.",
-    "请介绍一下长城的历史。",
-    "Explain how a bicycle works.",
-    "Why is the sky blue?",
-    "用中文写一首关于秋天的诗。",
-    "List ten fruits and describe each.",
-    "How do airplanes fly?",
-    "Describe the city of Paris.",
+    prompt
+    for english, chinese in TOPICS
+    for prompt in (f"Write a short piece about {english}.", f"请用中文写一段关于{chinese}的介绍。")
 ]
 LLAMA_NGRAM_MODES = {
     "ngram-simple": ["--spec-type", "ngram-simple"],
@@ -101,14 +110,13 @@ def stream(url: str, content: str, max_tokens: int) -> dict:
     }
 
 
-def concurrent(url: str, streams: int, max_tokens: int) -> float:
-    """Aggregate tokens/s of `streams` chats at once, from the first request to the last token."""
+def concurrent(url: str, streams: int, max_tokens: int, first: int = 0) -> float:
+    """Aggregate tokens/s of `streams` chats at once (CHATS from `first` on), from the first request to
+    the last token."""
     results: list[dict] = []
     start = time.perf_counter()
-    threads = [
-        threading.Thread(target=lambda i=i: results.append(stream(url, CHATS[i % len(CHATS)], max_tokens)))
-        for i in range(streams)
-    ]
+    chats = [CHATS[(first + i) % len(CHATS)] for i in range(streams)]
+    threads = [threading.Thread(target=lambda c=c: results.append(stream(url, c, max_tokens))) for c in chats]
     for t in threads:
         t.start()
     for t in threads:
@@ -165,9 +173,11 @@ def measure(starts: dict, rounds: int, max_tokens: int, levels: tuple[int, ...])
             for task, content in TASKS.items():
                 for name, url in urls.items():
                     repetitive[task][name].append(stream(url, content, max_tokens))
+            first = round_ * sum(levels)  # questions no round asked before
             for n in chat:
                 for name, url in urls.items():
-                    chat[n][name].append(concurrent(url, int(n), 128))
+                    chat[n][name].append(concurrent(url, int(n), 128, first))
+                first += int(n)
             print(f"round {round_ + 1} of {rounds} done", flush=True)
     finally:
         for process in processes:

@@ -369,8 +369,9 @@ class Settings(BaseSettings):
         "ngram",
         description="Speculative decoding of llama.cpp requests (llama-server's --spec-type; its ngram-simple, "
         "ngram-mod... are taken as ngram, draft-simple as draft): tokens drafted from the request's own prompt and "
-        "answer (ngram) or by the draft model (draft; a model without one drafts by ngram), verified in one step; "
-        "the answer is the same as without. none: off. Unset with spec_draft_model set: draft.",
+        "answer and what earlier requests read and wrote (ngram) or by the draft model (draft; a model without one "
+        "drafts by ngram), verified in one step; the answer is the same as without. none: off. Unset with "
+        "spec_draft_model set: draft.",
     )
     spec_draft_model: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
         None,

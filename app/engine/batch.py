@@ -56,7 +56,16 @@ from app.engine.draft import DraftModel, DraftRequest
 from app.engine.prompt_cache import PromptCache, SavedState
 from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
-from app.engine.speculation import MODEL, Candidate, SlotSpec, StepCosts, acceptance_figures, draft_lengths, verify
+from app.engine.speculation import (
+    MODEL,
+    Candidate,
+    NgramMemory,
+    SlotSpec,
+    StepCosts,
+    acceptance_figures,
+    draft_lengths,
+    verify,
+)
 from app.errors import EngineClosedError, HychatError, QueueFullError
 from app.types import PromptProgress, SlotState, Speculation, TokenEvent, TokenLogprob, TopLogprob, UsageClock
 
@@ -74,6 +83,12 @@ class ContextFullError(EngineError):
 
     def __init__(self) -> None:
         super().__init__("Context size has been exceeded: the requests running together filled the KV cache they share")
+
+
+# Drafts fill a step up to this many tokens. Measured (this llama.cpp on a CPU, flash attention on): a
+# step of 64 tokens or more of one sequence gives other logits than steps of one token (up to 1.4 apart;
+# its kernels take another path); up to 63 the same bits, so an answer with drafts is the one without.
+EXACT_STEP_TOKENS = 63
 
 
 @dataclass
@@ -203,6 +218,7 @@ class BatchEngine(TokenSource[Ticket]):
         self._applied, self._turn_start = NO_ADAPTERS.key, 0.0  # the context's adapter set, and since when
         self._costs = StepCosts()  # seconds per decode step by its tokens, for the draft lengths
         self._acceptance = acceptance_figures()  # over all requests, by kind of draft: a new request's start
+        self._ngrams = NgramMemory()  # what every request read and wrote, for prompt lookup's drafts
         self._draft_model = draft_model
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp batch", daemon=True)
@@ -403,23 +419,22 @@ class BatchEngine(TokenSource[Ticket]):
         slot.text = TextAssembler(ticket.stop)
         slot.t_start = perf_counter()
         ticket.clock.cached_tokens = reuse
-        slot.spec, slot.draft = SlotSpec.of(ticket.speculation, ticket.prompt, self._draft_model is not None), []
+        spec = SlotSpec.of(ticket.speculation, ticket.prompt, self._draft_model is not None, self._ngrams)
+        slot.spec, slot.draft = spec, []
 
     def _step(self, outbox: list) -> None:
         plan = self._plan()
         if not plan:
             return
+        t_step = perf_counter()  # after the plan: a draft model's drafting is priced on its own
         outputs = self._fill_batch(plan)
         reads_prompt = not all(slot.generating for slot, _ in plan)
-        t_decode = perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == 1 and self.kv_unified and self._purge_idle():  # 1: no room in the cells (nothing decoded)
             status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             self._decode_failed(plan, status, outbox)
             return
-        if not reads_prompt:
-            self._costs.observe(self._batch.n_tokens, perf_counter() - t_decode)
         self._on_decode(len(plan))
         for slot, tokens in plan:
             slot.cached.extend(tokens)
@@ -431,6 +446,8 @@ class BatchEngine(TokenSource[Ticket]):
                     outbox.append((slot.ticket, self._progress(slot)))
         for slot, index in outputs:
             self._verify(slot, index, outbox) if slot.draft else self._sample(slot, index, len(slot.cached), outbox)
+        if not reads_prompt:  # the decode and the sampling: what each token adds to a step besides the decode counts
+            self._costs.observe(self._batch.n_tokens, perf_counter() - t_step)
 
     def _plan(self) -> list[tuple[_Slot, list[int]]]:
         """Which tokens of which slot go into this step's batch, in slot order. Generating slots
@@ -446,6 +463,7 @@ class BatchEngine(TokenSource[Ticket]):
                 chunk = slot.pending[:budget]
                 budget -= len(chunk)
                 plan.append((slot, chunk))
+        budget = min(budget, EXACT_STEP_TOKENS - sum(len(tokens) for _, tokens in plan))
         if budget > 0:
             self._draft(plan, budget)
         return plan
@@ -457,10 +475,10 @@ class BatchEngine(TokenSource[Ticket]):
         drafting = [(slot, tokens) for slot, tokens in plan if slot.spec is not None and slot.generating]
         rooms = [self._room(slot, budget) for slot, _ in drafting]
         specs = [slot.spec for slot, _ in drafting if slot.spec is not None]
-        drafts: list[list[int] | None] = []
-        for spec, room in zip(specs, rooms, strict=True):
-            draft, spec.kind = spec.drafter.draft(room) if spec.drafter is not None else (None, MODEL)
-            drafts.append(draft)
+        drafts = [  # None: the draft model's, made once the lengths are chosen
+            spec.draft(room, self._acceptance) if spec.drafter is not None else None
+            for spec, room in zip(specs, rooms, strict=True)
+        ]
         if not any(room if draft is None else draft for draft, room in zip(drafts, rooms, strict=True)):
             return
         candidates = [
@@ -557,14 +575,19 @@ class BatchEngine(TokenSource[Ticket]):
         ticket, spec, draft = slot.ticket, slot.spec, slot.draft
         assert ticket is not None and spec is not None
         start = len(slot.cached) - len(draft)  # the cells up to next_token's
-        accepted, rejected = verify(draft, lambda i: self._sample(slot, index + i, start + i, outbox))
+        # Counted as they go: the token that ends the request reports its usage, this step's included.
+        clock = ticket.clock
+        clock.drafted_tokens += len(draft)
+        clock.drafts += 1
+
+        def sample(i: int) -> int | None:
+            clock.accepted_tokens += i > 0  # position i is sampled once draft token i - 1 was accepted
+            return self._sample(slot, index + i, start + i, outbox)
+
+        accepted, rejected = verify(draft, sample)
         del slot.cached[start + accepted :]
         llama_cpp.llama_memory_seq_rm(self._memory, slot.index, len(slot.cached), -1)
         slot.draft = []
-        clock = ticket.clock
-        clock.drafted_tokens += len(draft)
-        clock.accepted_tokens += accepted
-        clock.drafts += 1
         spec.verified(accepted, rejected, self._acceptance)
 
     def _sample(self, slot: _Slot, index: int, n_cached: int, outbox: list) -> int | None:

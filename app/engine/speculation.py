@@ -15,35 +15,89 @@ and verifies, each step, the draft tokens that make the most tokens per second: 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.types import Speculation
 
 # Kinds of draft, each with acceptance figures of its own: prompt lookup's found by a short match, by
-# a long one (LONG_MATCH tokens or more: a copy of earlier text, nearly always right), a draft model's.
-SHORT, LONG, MODEL = 0, 1, 2
+# a long one (LONG_MATCH tokens or more: a copy of earlier text, nearly always right), a draft model's,
+# the engine's n-gram memory's (text any request read or wrote before).
+SHORT, LONG, MODEL, MEMORY = 0, 1, 2, 3
 LONG_MATCH = 8
 FIRST_ACCEPTANCE = 0.8  # an engine's figure for a kind before any draft of it was checked
+SHADOW_TOKENS = 8  # of a draft not verified, checked against the tokens sampled after it
+SURE = 0.95  # drafts whose tokens are accepted this often are priced as sure (StepCosts)
 
 
 def acceptance_figures() -> dict[int, Acceptance]:
-    return {kind: Acceptance() for kind in (SHORT, LONG, MODEL)}
+    return {kind: Acceptance() for kind in (SHORT, LONG, MODEL, MEMORY)}
+
+
+class NgramMemory:
+    """The engine's memory of text (llama-server's ngram-mod): for every run of `window` tokens that a
+    request read or wrote, the token that followed it, across requests. An answer asked again, a file
+    rewritten turn after turn, a template filled request after request is drafted from the first
+    token, where a request's own prompt lookup knows only its own text. The window is long (24, as
+    llama-server's) so that a hit is nearly always right. Runs are keyed by their hash (two runs with
+    one hash only cost a rejected draft); past `max_runs`, the oldest are forgotten down to 3/4 of it."""
+
+    def __init__(self, window: int = 24, max_runs: int = 1 << 18):
+        self.window, self.max_runs = window, max_runs
+        self._next: dict[int, int] = {}  # hash of a run -> the token after its latest occurrence
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+    def learn(self, tokens: Sequence[int], start: int, written: bool = True) -> None:
+        """The runs of `tokens` whose follower is at `start` or later, learned. Those the model `written`
+        replace what was known of a run; a prompt's only add runs not known. (A prompt holds what was
+        said before, an answer what the model writes: a request asked again writes the answer again,
+        where its prompt may have had the same runs followed by other tokens, as in a rewritten file.)"""
+        w, follows = self.window, self._next
+        for i in range(max(start, w), len(tokens)):
+            key = hash(tuple(tokens[i - w : i]))
+            if written:
+                follows[key] = tokens[i]
+            else:
+                follows.setdefault(key, tokens[i])
+        if len(follows) > self.max_runs:
+            for key in list(itertools.islice(follows, len(follows) - self.max_runs * 3 // 4)):
+                del follows[key]
+
+    def draft(self, tokens: Sequence[int], k: int) -> list[int]:
+        """Up to `k` tokens that followed `tokens`' last run before, each looked up after the ones
+        drafted before it; [] where that run is unknown."""
+        if len(tokens) < self.window:
+            return []
+        run, out = list(tokens[-self.window :]), []
+        while len(out) < k:
+            token = self._next.get(hash(tuple(run)))
+            if token is None:
+                break
+            out.append(token)
+            run.append(token)
+            del run[0]
+        return out
 
 
 class NgramDrafter:
     """Prompt lookup (vLLM's n-gram, llama-server's ngram-simple): the tokens that followed the most
     recent earlier occurrence of the history's last `n` tokens. An index from each n-gram to where
-    it last ended is kept as tokens arrive, so a lookup costs one dict access."""
+    it last ended is kept as tokens arrive, so a lookup costs one dict access. With the engine's
+    `memory`, the request's tokens are learned there as they come, and `recall` drafts from it."""
 
-    def __init__(self, tokens: Sequence[int], n: int, min_hits: int = 1):
-        self.n, self.min_hits = n, min_hits
+    def __init__(self, tokens: Sequence[int], n: int, min_hits: int = 1, memory: NgramMemory | None = None):
+        self.n, self.min_hits, self.memory = n, min_hits, memory
         self.tokens: list[int] = []
         self._follows: dict[tuple[int, ...], int] = {}  # n-gram -> index of the token after its latest occurrence
         self._hits: dict[tuple[int, ...], int] = {}
-        self.extend(tokens)
+        self.extend(tokens, written=False)
 
-    def extend(self, tokens: Sequence[int]) -> None:
+    def extend(self, tokens: Sequence[int], written: bool = True) -> None:
+        """More tokens of the request: the model's own (`written`), or its prompt's."""
+        start = len(self.tokens)
         for token in tokens:
             # The n-gram ending at the last token is indexed now that its follower is known.
             if len(self.tokens) >= self.n:
@@ -51,6 +105,12 @@ class NgramDrafter:
                 self._follows[key] = len(self.tokens)
                 self._hits[key] = self._hits.get(key, 0) + 1
             self.tokens.append(token)
+        if self.memory is not None:
+            self.memory.learn(self.tokens, start, written)
+
+    def recall(self, k: int) -> list[int]:
+        """Up to `k` tokens that followed the history's last run in the engine's memory."""
+        return self.memory.draft(self.tokens, k) if self.memory is not None and k > 0 else []
 
     def draft(self, k: int) -> tuple[list[int], int]:
         """Up to `k` tokens that may come next ([] when the last n tokens never occurred before), and
@@ -77,41 +137,54 @@ class StepCosts:
     """What a decode step of n tokens takes here, measured as the engine runs: the steps that read no
     prompt (every token of them gives logits, as a draft's do; a prompt's are cheaper), an average
     per size. A size not measured is interpolated between measured ones; beyond the largest, each
-    more token costs what the last two measured sizes say, or with one, half a token's share of it."""
+    more token costs what the last two measured sizes say, or with one, half a token's share of it.
+
+    For sure drafts (`sure=True`), no size costs more a token than the next smaller size measured (it
+    could be done as steps of that size), beyond the largest included: a size measured while the
+    machine was busy, or not measured yet, ties with the smaller ones, so the larger step is tried,
+    and measured. On a CPU a token costs less in a larger step (65 tokens of one sequence cost 34
+    times one token, not 65), which costs measured at small sizes alone never show. Drafts less sure
+    are priced as measured: there the optimism would verify tokens that do not pay."""
 
     decay = 0.9  # weight of the average so far against a new measurement
 
     def __init__(self) -> None:
         self._seconds: dict[int, float] = {}
         self._sizes: list[int] = []  # the measured sizes, sorted (prompts bring many)
+        self._capped: dict[int, float] = {}  # each one's, at most the next smaller one's a token
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         old = self._seconds.get(n_tokens)
         if old is None:
             bisect.insort(self._sizes, n_tokens)
         self._seconds[n_tokens] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+        self._capped = {}
+        for below, size in zip([None, *self._sizes], self._sizes, strict=False):
+            at_most = self._capped[below] * size / below if below else self._seconds[size]
+            self._capped[size] = min(self._seconds[size], at_most)
 
-    def __call__(self, n_tokens: int) -> float | None:
+    def __call__(self, n_tokens: int, sure: bool = False) -> float | None:
         """Seconds for a step of `n_tokens`; None before any step was measured."""
-        if n_tokens in self._seconds:
-            return self._seconds[n_tokens]
         if not self._sizes:
             return None
-        i = bisect.bisect(self._sizes, n_tokens)
+        seconds, i = (self._capped if sure else self._seconds), bisect.bisect_left(self._sizes, n_tokens)
+        if i < len(self._sizes) and self._sizes[i] == n_tokens:
+            return seconds[n_tokens]
         if i == 0:
             above = self._sizes[0]
-            return self._seconds[above] * n_tokens / above
+            return seconds[above] * n_tokens / above
         below = self._sizes[i - 1]
         if i == len(self._sizes):
             if i > 1:
                 before = self._sizes[i - 2]
-                slope = max((self._seconds[below] - self._seconds[before]) / (below - before), 0.0)
+                slope = max((seconds[below] - seconds[before]) / (below - before), 0.0)
+                slope = min(slope, seconds[below] / below) if sure else slope
             else:
-                slope = 0.5 * self._seconds[below] / below
-            return self._seconds[below] + slope * (n_tokens - below)
+                slope = 0.5 * seconds[below] / below
+            return seconds[below] + slope * (n_tokens - below)
         above = self._sizes[i]
-        share = (n_tokens - below) / (above - below)
-        return self._seconds[below] + share * (self._seconds[above] - self._seconds[below])
+        estimate = seconds[below] + (n_tokens - below) / (above - below) * (seconds[above] - seconds[below])
+        return min(estimate, seconds[below] * n_tokens / below) if sure else estimate
 
 
 @dataclass
@@ -161,20 +234,43 @@ class SlotSpec:
     shadow_kind: int = SHORT
 
     @classmethod
-    def of(cls, params: Speculation | None, prompt: Sequence[int], draft_model: bool = False) -> SlotSpec | None:
+    def of(
+        cls,
+        params: Speculation | None,
+        prompt: Sequence[int],
+        draft_model: bool = False,
+        memory: NgramMemory | None = None,
+    ) -> SlotSpec | None:
         """A request's state, None where it does not draft. Type draft without a draft model: ngram."""
         if params is None or params.type == "none" or params.n_max <= 0:
             return None
         if params.type == "draft" and draft_model:
-            return cls(params, None)
-        return cls(params, NgramDrafter(prompt, params.ngram_size_n, params.ngram_min_hits))
+            return cls(params, None, kind=MODEL)
+        return cls(params, NgramDrafter(prompt, params.ngram_size_n, params.ngram_min_hits, memory))
+
+    def draft(self, k: int, engine: dict[int, Acceptance]) -> list[int]:
+        """Prompt lookup's draft of up to `k` tokens, from the request's own text or from the engine's
+        memory, whichever is expected to have more of its tokens accepted; its kind goes to `kind`."""
+        assert self.drafter is not None
+        own, self.kind = self.drafter.draft(k)
+        recalled = self.drafter.recall(k)
+        if recalled and self._expected(len(recalled), MEMORY, engine) > self._expected(len(own), self.kind, engine):
+            own, self.kind = recalled, MEMORY
+        return own
+
+    def rate(self, kind: int, engine: dict[int, Acceptance]) -> float:
+        """How likely a draft token of `kind` is accepted: this request's figure, the engine's as its prior."""
+        return self.acceptance[kind].rate(engine[kind].rate(FIRST_ACCEPTANCE))
+
+    def _expected(self, tokens: int, kind: int, engine: dict[int, Acceptance]) -> float:
+        rate = self.rate(kind, engine)
+        return sum(rate**i for i in range(1, tokens + 1))
 
     def candidate(
         self, tokens: int, kind: int, engine: dict[int, Acceptance], seconds: float = 0.0, first_seconds: float = 0.0
     ) -> Candidate:
-        """Its draft of `kind` as a candidate: at this request's acceptance, the engine's as its prior."""
-        rate = self.acceptance[kind].rate(engine[kind].rate(FIRST_ACCEPTANCE))
-        return Candidate(tokens, rate, self.params.n_min, seconds, first_seconds)
+        """Its draft of `kind` as a candidate, at `rate`."""
+        return Candidate(tokens, self.rate(kind, engine), self.params.n_min, seconds, first_seconds)
 
     def verified(self, accepted: int, rejected: bool, engine: dict[int, Acceptance], kind: int | None = None) -> None:
         """A draft of `kind` (this step's) was checked: into this request's and the engine's figures."""
@@ -183,9 +279,10 @@ class SlotSpec:
             figures[kind].update(accepted, rejected)
 
     def unverified(self, draft: list[int], kind: int) -> None:
-        """This step verifies none of `draft`: it is checked against the samples to come instead."""
+        """This step verifies none of `draft`: its first tokens are checked against the samples to come
+        instead (a few, so that the figures move within a few tokens, not after a whole long draft)."""
         if not self.shadow:
-            self.shadow, self.shadow_accepted, self.shadow_kind = list(draft), 0, kind
+            self.shadow, self.shadow_accepted, self.shadow_kind = draft[:SHADOW_TOKENS], 0, kind
 
     def sampled(self, token: int, engine: dict[int, Acceptance]) -> None:
         """A token sampled in a step without a draft: the unverified draft's next token, or not."""
@@ -227,22 +324,26 @@ def draft_lengths(candidates: Sequence[Candidate], base_tokens: int, outputs: in
     The i-th token of a draft is accepted with probability rate**i (all before it must be), so the
     draft tokens of all candidates are taken most likely first; each count of them is priced with
     the measured step costs (not convex: on a CPU one sequence's second token costs far more than
-    its third), and the best count wins. Ties go to fewer tokens."""
+    its third), and the best count wins. Drafting must beat not drafting; among counts as good as the
+    best (all of a sure draft, where a token costs the same in any larger step), the largest wins:
+    fewer, larger steps save what a step costs beyond what was measured."""
     if cost(base_tokens) is None:
         return [0] * len(candidates)
+    sure = all(c.rate >= SURE for c in candidates if c.tokens)
     ranked = sorted(
         ((p, i) for i, c in enumerate(candidates) for p in _likelihoods(c)),
         key=lambda item: -item[0],
     )
-    best_m, best_rate = 0, outputs / _cost(cost, base_tokens)
+    rates = [outputs / _cost(cost, base_tokens, sure)]  # tokens per second with the m most likely draft tokens
     expected, drafting, started = float(outputs), 0.0, set()
-    for m, (p, i) in enumerate(ranked, start=1):
+    for p, i in ranked:
         expected += p
         drafting += candidates[i].seconds + (candidates[i].first_seconds if i not in started else 0.0)
         started.add(i)
-        rate = expected / (_cost(cost, base_tokens + m) + drafting)
-        if rate > best_rate * (1 + 1e-9):
-            best_m, best_rate = m, rate
+        rates.append(expected / (_cost(cost, base_tokens + len(rates), sure) + drafting))
+    best_rate, best_m = max(rates[1:], default=0.0), 0
+    if best_rate > rates[0] * (1 + 1e-9):
+        best_m = max(m for m, rate in enumerate(rates) if m and rate >= best_rate * (1 - 1e-6))
     lengths = [0] * len(candidates)
     for _, i in ranked[:best_m]:
         lengths[i] += 1
@@ -263,7 +364,7 @@ def _likelihoods(c: Candidate) -> list[float]:
     return out
 
 
-def _cost(cost: StepCosts, n_tokens: int) -> float:
-    seconds = cost(n_tokens)
+def _cost(cost: StepCosts, n_tokens: int, sure: bool) -> float:
+    seconds = cost(n_tokens, sure)
     assert seconds is not None
     return seconds

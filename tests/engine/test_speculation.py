@@ -12,10 +12,12 @@ import pytest
 from app.engine.speculation import (
     LONG,
     LONG_MATCH,
+    MEMORY,
     SHORT,
     Acceptance,
     Candidate,
     NgramDrafter,
+    NgramMemory,
     SlotSpec,
     StepCosts,
     acceptance_figures,
@@ -60,6 +62,46 @@ def test_min_hits_wants_the_n_gram_seen_that_often_before():
     assert drafter.draft(2)[0] == []
 
 
+def test_the_memory_drafts_what_followed_a_run_in_an_earlier_request():
+    memory = NgramMemory(window=4)
+    answer = list(range(200, 230))
+    NgramDrafter([1, 2, 3, 4, 5, *answer], n=3, memory=memory)  # an earlier request's prompt and answer
+    asked_again = NgramDrafter([9, 2, 3, 4, 5], n=3, memory=memory)
+    assert asked_again.draft(8) == ([], SHORT)  # its own text has no repeat
+    assert asked_again.recall(8) == answer[:8]
+    asked_again.extend(answer[:8])
+    assert asked_again.recall(100) == answer[8:]  # as far as the memory knows
+    assert NgramDrafter([9, 9, 3, 4, 6], n=3, memory=memory).recall(8) == []  # a run it never saw
+    assert NgramDrafter([3, 4, 5], n=3, memory=memory).recall(8) == []  # shorter than a run
+
+
+def test_a_request_drafts_from_its_own_text_or_the_memory_whichever_is_expected_to_give_more():
+    memory = NgramMemory(window=4)
+    NgramDrafter(list(range(1, 21)), n=3, memory=memory)  # an earlier request: 1 2 3 4 was followed by 5
+    engine = acceptance_figures()
+    engine[MEMORY].update(20, rejected=False)  # the memory's drafts were accepted so far
+    spec = SlotSpec.of(Speculation(), [7, 2, 3, 4, 0, 0, 1, 2, 3, 4], memory=memory)
+    assert spec is not None
+    assert spec.draft(8, engine) == [5, 6, 7, 8, 9, 10, 11, 12] and spec.kind == MEMORY
+    for _ in range(3):
+        spec.verified(0, True, engine)  # for this request they were rejected: its own text is expected to do better
+    assert spec.draft(8, engine) == [0, 0, 1, 2, 3, 4, 0, 0] and spec.kind == SHORT
+
+
+def test_the_memory_keeps_the_latest_follower_and_forgets_its_oldest_runs_past_its_bound():
+    memory = NgramMemory(window=2, max_runs=8)
+    memory.learn([1, 2, 3, 1, 2, 4], 0)
+    assert memory.draft([1, 2], 1) == [4]
+    memory.learn(list(range(100, 110)), 0)  # 8 more runs: past the bound, the oldest quarter goes
+    assert len(memory) <= 8
+    assert memory.draft([1, 2], 1) == []  # among the oldest
+    assert memory.draft([107, 108], 1) == [109]
+    memory.learn([5, 6, 7], 2)  # only runs whose follower is at index 2 or later
+    assert memory.draft([5, 6], 1) == [7]
+    memory.learn([5, 6, 8, 9, 9, 1], 0, written=False)  # a prompt: adds what was not known
+    assert memory.draft([5, 6], 1) == [7] and memory.draft([9, 9], 1) == [1]
+
+
 def test_step_costs_interpolate_between_measured_sizes_and_extrapolate_beyond():
     costs = StepCosts()
     assert costs(4) is None
@@ -72,6 +114,40 @@ def test_step_costs_interpolate_between_measured_sizes_and_extrapolate_beyond():
     assert costs(20) == pytest.approx(0.068)  # beyond: the slope of the last two
     costs.observe(12, 0.054)  # a running average: one new step moves it a tenth of the way
     assert costs(12) == pytest.approx(0.045)
+    costs.observe(16, 0.070)
+    assert costs(20) == pytest.approx(0.070 + 4 * 0.025 / 4)  # beyond: the slope of the last two
+    # For a sure draft, no size costs more a token than the next smaller one (16 as steps of 12)...
+    assert costs(16, sure=True) == pytest.approx(0.045 * 16 / 12)
+    assert costs(20, sure=True) == pytest.approx(0.060 + 4 * 0.060 / 16)  # ...beyond the largest too
+
+
+def test_a_sure_draft_is_verified_whole_where_a_larger_step_was_measured_while_the_machine_was_busy():
+    costs = StepCosts()
+    for n, ms in [(1, 11.9), (10, 76.7), (20, 110.0), (61, 452.9)]:  # 61: measured while busy
+        costs.observe(n, ms / 1000)
+    assert costs(61, sure=True) == pytest.approx(61 * 0.110 / 20)
+    assert costs(40, sure=True) == pytest.approx(40 * 0.110 / 20)
+    assert costs(10, sure=True) == pytest.approx(0.0767)
+    assert draft_lengths([Candidate(62, rate=1.0)], base_tokens=1, outputs=1, cost=costs) == [62]
+    assert draft_lengths([Candidate(62, rate=0.9)], base_tokens=1, outputs=1, cost=costs)[0] < 62
+
+
+def test_a_sure_draft_is_verified_whole_where_small_steps_alone_were_measured():
+    # Small steps cost about a token's share each (the event loop competes with the decode), so the
+    # slope they show says a long step never pays; a CPU's long steps cost far less a token.
+    costs = StepCosts()
+    for n, ms in [(1, 9.0), (3, 23.7), (4, 28.1), (5, 35.0), (9, 64.9)]:
+        costs.observe(n, ms / 1000)
+    assert draft_lengths([Candidate(62, rate=1.0)], base_tokens=1, outputs=1, cost=costs) == [62]
+
+
+def test_drafts_less_sure_beside_many_sequences_are_priced_as_measured():
+    # 8 sequences decode at a token's share each already; a draft token accepted 80% of the time
+    # costs as much as a token of theirs and gives 0.8 of one.
+    costs = StepCosts()
+    for n, ms in [(8, 40.0), (9, 45.0), (10, 50.0)]:
+        costs.observe(n, ms / 1000)
+    assert draft_lengths([Candidate(8, rate=0.8)] * 8, base_tokens=8, outputs=8, cost=costs) == [0] * 8
 
 
 def _cpu_costs() -> StepCosts:

@@ -60,7 +60,7 @@ def test_greedy_answers_are_the_same_with_drafts_as_without(backend, prompt):
     assert usage.completion_tokens == plain[-1].usage.completion_tokens
     # Drafts were verified and were the model's own tokens. (How many the engine verifies depends
     # on the step times it measures; the copy is so sure that any measure makes it verify some.)
-    assert usage.accepted_tokens >= 8
+    assert usage.accepted_tokens > 0
     assert usage.accepted_tokens <= usage.drafted_tokens
     assert plain[-1].usage.drafted_tokens == 0
 
@@ -111,17 +111,29 @@ def test_an_answer_ends_exactly_where_it_would_inside_an_accepted_draft(backend)
     assert with_stop[-1].finish_reason == "stop"
 
 
+def test_an_answer_asked_again_is_drafted_from_the_engines_memory_and_counted_to_its_end(backend):
+    prompt = "请用三句话介绍一下月亮。"  # an answer that repeats nothing of its prompt
+    first = _run(backend, prompt, Speculation(), n=64)
+    again = _run(backend, prompt, Speculation(), n=64)
+    assert _ids(again) == _ids(first)
+    usage = again[-1].usage
+    # The memory drafts the first answer from its first token; every accepted token is counted,
+    # those of the step that ends the answer too.
+    assert usage.accepted_tokens >= usage.completion_tokens // 2, (first[-1].usage, usage)
+
+
 def test_rejected_draft_tokens_leave_no_cells_behind(backend):
     """The slot holds exactly the answer's tokens afterwards: a follow-up that continues the
     answer reuses them and gives what a fresh read of the whole text gives."""
-    first = _run(backend, QUOTE_CODE, Speculation(), n=48)
+    prompt = QUOTE_CODE.replace("three", "four")  # asked first here: the engine's memory cannot draft its answer
+    first = _run(backend, prompt, Speculation(), n=48)
     assert first[-1].usage.drafted_tokens > first[-1].usage.accepted_tokens  # some were rejected
     cached = max(s.n_cached for s in backend.slots())
-    plain = _run(backend, QUOTE_CODE, OFF, n=48)
+    plain = _run(backend, prompt, OFF, n=48)
     assert max(s.n_cached for s in backend.slots()) == cached
     answer = "".join(e.text for e in plain)
     follow_up = SamplingParams(max_new_tokens=16, temperature=0.0, speculative=OFF)
-    reused = list(backend.start(GenerationRequest(follow_up, prompt=QUOTE_CODE + answer)))
+    reused = list(backend.start(GenerationRequest(follow_up, prompt=prompt + answer)))
     assert reused[-1].usage.cached_tokens > len(_ids(plain)) // 2
 
 
