@@ -4,41 +4,30 @@ library holds a second model."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the `test` extra installs playwright")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1280, "height": 800}
-# The machine may be shared and the model slow under load: waits are generous, answers short.
-ANSWER_TIMEOUT_MS = 120_000
-
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is missing: `make test` installs Debian's chromium package", allow_module_level=True)
-
-expect = sync_api.expect
-expect.set_options(timeout=ANSWER_TIMEOUT_MS)  # every wait bounds a hang, none assumes an idle machine
+from tests.static.browser import (
+    ANSWER_TIMEOUT_MS,
+    CHAT_URL,
+    VIEWPORT,
+    answer,
+    ask,
+    chat_requests,
+    chunk,
+    expect,
+    literal,
+    opened,
+    send_with_grammar,
+    settings,
+    wait_answered,
+)
 
 # Records the last answer's text length each time the page changes it, and whether it had finished.
 WATCH_ANSWER = """() => {
@@ -53,72 +42,6 @@ WATCH_ANSWER = """() => {
         });
     }).observe(document.getElementById("messages"), {childList: true, subtree: true, characterData: true});
 }"""
-
-
-@pytest.fixture(scope="module")
-def server(start_server):
-    return start_server()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@contextmanager
-def opened(browser, url: str) -> Iterator:
-    """The page at `url` in a fresh browser context (its own localStorage); no script error on it."""
-    context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
-    errors: list[str] = []
-    try:
-        page = context.new_page()
-        page.set_default_timeout(ANSWER_TIMEOUT_MS)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url)
-        yield page
-    finally:
-        context.close()
-    assert not errors, errors
-
-
-@pytest.fixture
-def page(browser, server):
-    with opened(browser, server.url) as page:
-        yield page
-
-
-def settings(page, **values: str) -> None:
-    if page.locator("#settings").is_hidden():
-        page.click("#settings-toggle")
-    for field, value in values.items():
-        page.fill(f"#{field.replace('_', '-')}", value)
-
-
-def ask(page, question: str) -> None:
-    page.locator("#input").press_sequentially(question)  # as typed: insertText for Chinese characters
-    page.keyboard.press("Enter")
-
-
-def answer(page, index: int):
-    return page.locator(".msg.assistant").nth(index)
-
-
-def wait_answered(page, index: int) -> None:
-    meta = answer(page, index).locator(".meta")
-    expect(meta).to_have_attribute("data-backend", "llamacpp", timeout=ANSWER_TIMEOUT_MS)
-    expect(page.locator("#send")).to_be_visible()
-
-
-CHAT_URL = "**/v1/chat/completions"
-
-
-def chat_requests(page) -> list:
-    requests = []
-    page.on("request", lambda r: requests.append(r) if r.url.endswith("/v1/chat/completions") else None)
-    return requests
 
 
 def test_a_chinese_question_streams_an_answer_then_shows_backend_model_and_speed(page):
@@ -256,21 +179,6 @@ WATCH_REASONING = """() => {
 }"""
 
 
-def send_with_grammar(page, grammar: str | dict[str, str] | None) -> list[dict]:
-    """Passes the page's requests to the real server, with `grammar` added to the body when given (a dict: the
-    grammar of the model the body names); returns the bodies as the page sent them."""
-    bodies: list[dict] = []
-
-    def handle(route) -> None:
-        body = route.request.post_data_json
-        bodies.append(body)
-        chosen = grammar.get(body["model"]) if isinstance(grammar, dict) else grammar
-        route.continue_(post_data=json.dumps({**body, "grammar": chosen}) if chosen else None)
-
-    page.route(CHAT_URL, handle)
-    return bodies
-
-
 def test_reasoning_streams_into_a_block_above_the_answer_that_closes_and_is_not_sent_back(page):
     bodies = send_with_grammar(page, GREETING_GRAMMAR)
     settings(page, temperature="0", max_tokens="96")
@@ -281,7 +189,8 @@ def test_reasoning_streams_into_a_block_above_the_answer_that_closes_and_is_not_
     first = answer(page, 0)
     block = first.locator("details.reasoning")
     expect(block).to_have_count(1)
-    assert first.evaluate("(a) => [...a.children].map((c) => c.className)") == ["reasoning", "content", "meta"]
+    children = first.evaluate("(a) => [...a.children].map((c) => c.className)")
+    assert children == ["reasoning", "content", "meta", "actions"]
     expect(block.locator(".reasoning-text")).to_have_text("用户在问候。")
     expect(first.locator(".content")).to_have_text("你好！")
     assert "<think>" not in first.text_content() and "</think>" not in first.text_content()
@@ -394,13 +303,6 @@ def test_render_markdown_escapes_html_and_refuses_javascript_links(page):
     check_rendered_safely(page, "#render-test")
 
 
-def chunk(delta: dict | None, finish_reason: str | None = None, **extra) -> str:
-    """One frame of a scripted /v1/chat/completions stream, as sse-starlette writes it (CRLF line endings);
-    `delta` None: the usage chunk's empty `choices`."""
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-    return f"data: {json.dumps({'object': 'chat.completion.chunk', 'model': 'm', 'choices': choices, **extra})}\r\n\r\n"
-
-
 def test_a_hostile_streamed_answer_is_rendered_safely(page):
     # A scripted stream: the real model cannot be made to answer this.
     pieces = [UNSAFE_MARKDOWN[i : i + 7] for i in range(0, len(UNSAFE_MARKDOWN), 7)]
@@ -418,8 +320,13 @@ def test_an_error_event_is_shown(page):
     body = chunk({"content": "partial"}) + 'data: {"error": {"message": "the model ran out of context"}}\n\n'
     page.route(CHAT_URL, lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
     ask(page, "hi")
-    expect(answer(page, 0).locator(".meta")).to_have_text("Error: the model ran out of context")
+    box = answer(page, 0).locator(".error")
+    expect(box).to_be_visible()
+    expect(box).to_have_attribute("role", "alert")
+    expect(box.locator(".error-message")).to_have_text("Error: the model ran out of context")
+    expect(box.locator(".error-hint")).to_contain_text("Retry")
     expect(answer(page, 0)).to_have_class(re.compile(r"\bfailed\b"))
+    expect(answer(page, 0).locator(".content")).to_have_text("partial")  # what had come stays shown
     expect(page.locator("#send")).to_be_visible()
 
 
@@ -432,7 +339,13 @@ def test_the_page_is_open_but_the_api_needs_the_key(browser, start_server):
         assert page.goto(server.url).status == 200
         settings(page, max_tokens="4")
         ask(page, "你好")
-        expect(answer(page, 0).locator(".meta")).to_contain_text("API key", timeout=ANSWER_TIMEOUT_MS)
+        # The error stands out and says what to do; its button opens the settings at the key.
+        box = answer(page, 0).locator(".error")
+        expect(box.locator(".error-hint")).to_contain_text("API key under Settings")
+        expect(box.locator(".error-message")).to_contain_text("Error:")
+        assert box.evaluate("(e) => getComputedStyle(e).borderLeftWidth") == "4px"
+        box.locator(".open-settings").click()
+        expect(page.locator("#api-key")).to_be_focused()
 
         settings(page, api_key="s3cret")
         ask(page, "你好")
@@ -551,10 +464,6 @@ WATCH_COLUMNS = """() => {
         childList: true, subtree: true, characterData: true, attributes: true,
     });
 }"""
-
-
-def literal(text: str) -> str:
-    return f'root ::= "{text}"'
 
 
 def turn_on_compare(page, model_a: str, model_b: str) -> None:
