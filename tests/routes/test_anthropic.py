@@ -72,7 +72,8 @@ def test_the_answer_is_the_same_streamed_or_not_and_on_v1(client, v1):
     with client.messages.stream(model="llamacpp", messages=QUESTION, max_tokens=24, extra_body=GREEDY) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
-    assert len(pieces) > 4 and "".join(pieces) == text_of(final) == text_of(message)
+    # More than one piece; how many is not fixed (asked again, the engine's n-gram memory drafts the answer).
+    assert len(pieces) > 1 and "".join(pieces) == text_of(final) == text_of(message)
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == message.usage.output_tokens == 24
     events = raw_events(client)
     assert [e.type for e in events[:2]] == ["message_start", "content_block_start"]

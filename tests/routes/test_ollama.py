@@ -105,7 +105,9 @@ def test_chat_streamed_equals_whole_equals_v1_greedy(client, http, before):
     assert_done(whole)
     assert 0 < whole.eval_count <= GREEDY["num_predict"]
     chunks = list(client.chat(model=MODEL, messages=CHINESE, options=GREEDY, stream=True))
-    assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True] and len(chunks) > 5
+    # Streamed, not in one piece; how many chunks is not fixed: asked again, the answer is drafted from the
+    # engine's n-gram memory, and tokens that arrive together go out as one chunk.
+    assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True] and len(chunks) > 2
     assert_done(chunks[-1])
     assert chunks[-1].message.content == "" and chunks[-1].eval_count == whole.eval_count
     pieces = [c.message.content for c in chunks]

@@ -99,7 +99,8 @@ def test_a_response_streamed_or_not_is_the_greedy_chat_completion(client):
     ]
     assert events[0].response.status == "in_progress" and events[0].response.output == []
     pieces = deltas(events)
-    assert len(pieces) > 4 and "".join(pieces) == response.output_text == events[-1].response.output_text
+    # More than one piece; how many is not fixed (asked again, the engine's n-gram memory drafts the answer).
+    assert len(pieces) > 1 and "".join(pieces) == response.output_text == events[-1].response.output_text
     item_id = events[2].item.id
     assert all(e.item_id == item_id for e in events if e.type == "response.output_text.delta")
     assert events[-1].response.usage.output_tokens == 24
