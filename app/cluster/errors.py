@@ -12,6 +12,8 @@ from sse_starlette import ServerSentEvent
 
 from app.errors import BackendUnavailableError, error_body
 from app.protocol import anthropic_answers, llama_server, ollama
+from app.protocol.ollama_answers import ndjson_line
+from app.routes.streaming import anthropic_error, hychat_error, llama_server_error, openai_error
 
 ErrorBody = Callable[[Exception], dict[str, Any]]
 LLAMA_SERVER_PATHS = ("/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template")
@@ -38,19 +40,18 @@ def body_of(path: str, ndjson: bool = False) -> ErrorBody:
 
 
 def stream_error(path: str, content_type: str, error: Exception) -> bytes:
-    """The last frame of a stream cut short, as the route that streamed it writes its errors (framed by
-    the same SSE library, so its line endings match the frames before it)."""
-    ndjson = "ndjson" in content_type
-    data = json.dumps(body_of(path, ndjson)(error), ensure_ascii=False)
-    if ndjson:
-        return f"{data}\n".encode()
-    if path.startswith("/v1/responses"):
+    """The last frame of a stream cut short, as the route that streamed it writes its errors (the
+    routes' own frames, so their line endings match the frames before it)."""
+    if "ndjson" in content_type:
+        return ndjson_line(ollama.error_body(error)).encode()
+    if path.startswith("/v1/responses"):  # the route's event also has the stream's sequence_number
         detail = error_body(error)["error"]
         event = {"type": "error", "code": detail["code"], "message": detail["message"], "param": detail["param"]}
         return ServerSentEvent(json.dumps(event, ensure_ascii=False), event="error").encode()
-    if path.startswith("/v1/messages") or path == "/api/chat":
-        return ServerSentEvent(data, event="error").encode()
+    if path.startswith("/v1/messages"):
+        return anthropic_error(error).encode()
+    if path == "/api/chat":
+        return hychat_error(error).encode()
     if path in LLAMA_SERVER_PATHS:
-        return ServerSentEvent(data).encode()
-    # OpenAI's stream ends with [DONE] however it ends.
-    return ServerSentEvent(data).encode() + ServerSentEvent("[DONE]").encode()
+        return llama_server_error(error).encode()
+    return openai_error(error).encode() + ServerSentEvent("[DONE]").encode()  # ends with [DONE] however it ends

@@ -8,7 +8,6 @@ included, comes in Anthropic's shape; one after the stream started as `event: er
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +21,7 @@ from app.protocol.anthropic_answers import AnthropicErrorResponse, MessageEvents
 from app.protocol.errors import error_responses
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
-from app.routes.streaming import event_stream, unless_gone
+from app.routes.streaming import anthropic_error, event_stream, unless_gone
 from app.services.chat import ChatStream, start_chat
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ async def messages(body: MessagesRequest, settings: SettingsDep, registry: Regis
     meta = anthropic_answers.message_meta(stream.model_name or body.model, stream.prompt_tokens)
     log.debug("%s: messages on %s", meta.id, stream.backend_name)
     if body.stream:
-        return event_stream(_frames(stream, MessageEvents(meta)), _error_frame)
+        return event_stream(_frames(stream, MessageEvents(meta)), anthropic_error)
     return anthropic_answers.message_response(await unless_gone(client, [stream], stream.answer()), meta)
 
 
@@ -73,7 +72,3 @@ async def _frames(stream: ChatStream, events: MessageEvents) -> AsyncIterator[Se
 
 def _frame(event: StreamEvent) -> ServerSentEvent:
     return ServerSentEvent(event.model_dump_json(), event=event.type)
-
-
-def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as Anthropic does
-    return ServerSentEvent(json.dumps(anthropic_answers.error_body(error), ensure_ascii=False), event="error")

@@ -5,7 +5,6 @@ the field) and is answered, errors included, as Ollama does (`app/routes/ollama.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -32,7 +31,7 @@ from app.protocol.simple import (
 )
 from app.routes import ollama as ollama_routes
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep, body_dialect_route
-from app.routes.streaming import event_stream, unless_gone
+from app.routes.streaming import event_stream, hychat_error, unless_gone
 from app.services.chat import ChatStream, start_chat
 
 router = APIRouter(**BEHIND_API_KEY)
@@ -64,7 +63,7 @@ async def chat(body: ChatBody, settings: SettingsDep, registry: RegistryDep, cli
     request = to_generation_request(body, settings.max_tokens_limit, **registry.chat_defaults(body.backend))
     stream = start_chat(await registry.resolve(body.backend), request)
     if body.stream:
-        return event_stream(_frames(stream), _error_frame)
+        return event_stream(_frames(stream), hychat_error)
     answer = await unless_gone(client, [stream], stream.answer())
     return chat_response(answer, stream.backend_name, stream.model_name, stream.dropped_messages)
 
@@ -95,7 +94,3 @@ async def _frames(stream: ChatStream) -> AsyncIterator[ServerSentEvent]:
     async for delta in stream:
         for event in stream_events(delta, stream.backend_name, stream.model_name):
             yield ServerSentEvent(event.model_dump_json(), event="done" if isinstance(event, DoneEvent) else None)
-
-
-def _error_frame(error: Exception) -> ServerSentEvent:
-    return ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False), event="error")

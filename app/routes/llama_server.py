@@ -45,7 +45,7 @@ from app.protocol.llama_server_answers import (
 from app.protocol.openai import Lora, lora_scales
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import RegistryDep, SettingsDep, behind_api_key, dialect_route
-from app.routes.streaming import all_of, event_stream, merged, unless_gone
+from app.routes.streaming import all_of, event_stream, llama_server_error, merged, unless_gone
 from app.services.backend import Backend
 from app.services.chat import ChatStream, start_choices
 from app.services.registry import Registry
@@ -149,7 +149,7 @@ async def _answer(asked: Completion, body: CompletionRequest, registry: Registry
     streams = _start(await registry.resolve(body.model), asked)
     readers = [CompletionReader(i, _meta(body, asked, stream), asked.cutoff) for i, stream in enumerate(streams)]
     if body.stream:
-        return event_stream(_frames(streams, readers), _error_frame)
+        return event_stream(_frames(streams, readers), llama_server_error)
     answers = await unless_gone(client, streams, all_of([_whole(s, r) for s, r in zip(streams, readers, strict=True)]))
     return JSONResponse(answers[0] if len(answers) == 1 else answers)
 
@@ -206,7 +206,3 @@ async def _frames(streams: list[ChatStream], readers: list[CompletionReader]) ->
     async for _, item in merged([_read(stream, reader) for stream, reader in zip(streams, readers, strict=True)]):
         data = item if isinstance(item, dict) else item.model_dump(exclude_none=True)
         yield ServerSentEvent(json.dumps(data, ensure_ascii=False))
-
-
-def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as llama-server does
-    return ServerSentEvent(json.dumps(llama_server.error_body(error), ensure_ascii=False))

@@ -8,7 +8,6 @@ so a bad request fails before a response starts) and answers JSON, or Server-Sen
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,6 @@ from fastapi import APIRouter, Request
 from sse_starlette import ServerSentEvent
 
 from app.chat.output import ChatDelta
-from app.errors import error_body
 from app.protocol.errors import error_responses
 from app.protocol.llama_server_answers import AnswerMeta, verbose_body
 from app.protocol.openai import (
@@ -46,7 +44,7 @@ from app.protocol.openai_answers import (
 from app.protocol.openai_embeddings import EmbeddingRequest, EmbeddingResponse, embedding_inputs, embedding_response
 from app.protocol.openapi import event_stream_response
 from app.routes.deps import BEHIND_API_KEY, RegistryDep, SettingsDep
-from app.routes.streaming import all_of, event_stream, merged, unless_gone
+from app.routes.streaming import all_of, event_stream, merged, openai_error, unless_gone
 from app.services.chat import ChatStream, start_choices
 from app.types import GenerationRequest
 
@@ -115,7 +113,7 @@ async def _answer(
             (ChatChunks if is_chat else CompletionChunks)(meta, i, _per_token(body, stream))
             for i, stream in enumerate(streams)
         ]
-        return event_stream(_frames(streams, chunks, include_usage), _error_frame, DONE)
+        return event_stream(_frames(streams, chunks, include_usage), openai_error, DONE)
     answers = await unless_gone(client, streams, all_of([stream.answer() for stream in streams]))
     with_logprobs = request.params.logprobs is not None
     response = (chat_completion_response if is_chat else completion_response)(answers, meta, with_logprobs)
@@ -177,7 +175,3 @@ async def _frames(
         usage = total_usage([d.usage for d in ends if d.usage], reasoning)
         timed = timings(ends[0].usage) if ends[0].usage else None
         yield ServerSentEvent(chunks[0].usage(usage, timed).model_dump_json())
-
-
-def _error_frame(error: Exception) -> ServerSentEvent:  # in-band, as OpenAI does
-    return ServerSentEvent(json.dumps(error_body(error), ensure_ascii=False))

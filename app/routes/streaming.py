@@ -5,6 +5,7 @@ stays up."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -12,11 +13,34 @@ from typing import TypeVar
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from app.errors import ClientGoneError, HychatError
+from app.errors import ClientGoneError, HychatError, error_body
+from app.protocol import anthropic_answers, llama_server
 from app.services.chat import ChatStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# Each dialect's in-band error: the last frame of a stream cut short. (The gateway of app.cluster
+# writes them too, for a replica lost mid-stream; OpenAI's stream then ends with its [DONE].)
+def _sse_error(body: dict, event: str | None = None) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(body, ensure_ascii=False), event=event)
+
+
+def openai_error(error: Exception) -> ServerSentEvent:
+    return _sse_error(error_body(error))
+
+
+def hychat_error(error: Exception) -> ServerSentEvent:  # /api/chat's own stream
+    return _sse_error(error_body(error), "error")
+
+
+def anthropic_error(error: Exception) -> ServerSentEvent:
+    return _sse_error(anthropic_answers.error_body(error), "error")
+
+
+def llama_server_error(error: Exception) -> ServerSentEvent:
+    return _sse_error(llama_server.error_body(error))
 
 
 def event_stream(
