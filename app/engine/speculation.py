@@ -151,23 +151,20 @@ class StepCosts:
     def __init__(self) -> None:
         self._seconds: dict[int, float] = {}
         self._sizes: list[int] = []  # the measured sizes, sorted (prompts bring many)
-        self._capped: dict[int, float] = {}  # each one's, at most the next smaller one's a token
+        self._capped: dict[int, float] | None = None  # each one's, at most the next smaller one's a token
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         old = self._seconds.get(n_tokens)
         if old is None:
             bisect.insort(self._sizes, n_tokens)
         self._seconds[n_tokens] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
-        self._capped = {}
-        for below, size in zip([None, *self._sizes], self._sizes, strict=False):
-            at_most = self._capped[below] * size / below if below else self._seconds[size]
-            self._capped[size] = min(self._seconds[size], at_most)
+        self._capped = None  # made again when a sure draft asks (every step observes; few steps ask)
 
     def __call__(self, n_tokens: int, sure: bool = False) -> float | None:
         """Seconds for a step of `n_tokens`; None before any step was measured."""
         if not self._sizes:
             return None
-        seconds, i = (self._capped if sure else self._seconds), bisect.bisect_left(self._sizes, n_tokens)
+        seconds, i = (self._sure_seconds() if sure else self._seconds), bisect.bisect_left(self._sizes, n_tokens)
         if i < len(self._sizes) and self._sizes[i] == n_tokens:
             return seconds[n_tokens]
         if i == 0:
@@ -185,6 +182,14 @@ class StepCosts:
         above = self._sizes[i]
         estimate = seconds[below] + (n_tokens - below) / (above - below) * (seconds[above] - seconds[below])
         return min(estimate, seconds[below] * n_tokens / below) if sure else estimate
+
+    def _sure_seconds(self) -> dict[int, float]:
+        if self._capped is None:
+            self._capped, share = {}, float("inf")
+            for size in self._sizes:
+                share = min(share, self._seconds[size] / size)  # the next smaller one's, as capped
+                self._capped[size] = size * share
+        return self._capped
 
 
 @dataclass
