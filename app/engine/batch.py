@@ -87,7 +87,8 @@ class ContextFullError(EngineError):
 
 # Drafts fill a step up to this many tokens. Measured (this llama.cpp on a CPU, flash attention on): a
 # step of 64 tokens or more of one sequence gives other logits than steps of one token (up to 1.4 apart;
-# its kernels take another path); up to 63 the same bits, so an answer with drafts is the one without.
+# its kernels take another path); up to 63 the same bits, so an answer with drafts is the one without
+# (benchmarks/decode_steps.py).
 EXACT_STEP_TOKENS = 63
 
 

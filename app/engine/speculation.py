@@ -142,9 +142,10 @@ class StepCosts:
     For sure drafts (`sure=True`), no size costs more a token than the next smaller size measured (it
     could be done as steps of that size), beyond the largest included: a size measured while the
     machine was busy, or not measured yet, ties with the smaller ones, so the larger step is tried,
-    and measured. On a CPU a token costs less in a larger step (65 tokens of one sequence cost 34
-    times one token, not 65), which costs measured at small sizes alone never show. Drafts less sure
-    are priced as measured: there the optimism would verify tokens that do not pay."""
+    and measured. On a CPU a token costs less in a larger step (63 tokens of one sequence cost 28
+    times one token, not 63: benchmarks/decode_steps.py), which costs measured at small sizes alone
+    never show. Drafts less sure are priced as measured: there the optimism would verify tokens that
+    do not pay."""
 
     decay = 0.9  # weight of the average so far against a new measurement
 

@@ -1,0 +1,91 @@
+"""What a decode step of n tokens of one sequence costs against a step of one, and whether its logits
+are the same bits as one-token steps give: the figures behind speculative decoding's step costs and the
+engine's cap of 63 tokens a drafting step (app/engine/batch.py, docs/BENCHMARKS.md).
+
+    .venv/bin/python -m benchmarks.decode_steps
+
+llama.cpp directly (flash attention on, as the engine loads models), the embedded model, all cores.
+Prints JSON: seconds and the ratio to one token by step size; the largest logit difference from
+one-token steps by step size, after a prompt of 40 tokens (within a slot's first 256 cells) and of 300.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import llama_cpp
+import numpy as np
+
+from config.settings import embedded_model_path
+
+SIZES = (1, 2, 9, 17, 63, 64)
+TEXT = "请把下面的诗原样抄写三遍。床前明月光，疑是地上霜。举头望明月，低头思故乡。"
+
+
+def main() -> None:
+    llm = llama_cpp.Llama(
+        model_path=str(embedded_model_path()), n_ctx=1024, n_batch=512, n_threads=os.cpu_count(),
+        flash_attn=True, logits_all=True, verbose=False,
+    )  # fmt: skip
+    tokens = (llm.tokenize(TEXT.encode(), add_bos=True) * 40)[:600]
+    costs = _costs(llm, tokens)
+    print(json.dumps({
+        "step_seconds": costs,
+        "vs_one_token": {n: round(costs[n] / costs[1], 2) for n in SIZES},
+        "max_logit_difference": {
+            f"after {prompt} tokens": {k: _difference(llm, tokens, prompt, k) for k in (2, 32, 63, 64)}
+            for prompt in (40, 300)
+        },
+    }, indent=2))  # fmt: skip
+
+
+def _decode(llm, tokens: list[int], pos: int, n: int) -> list[np.ndarray]:
+    batch = llama_cpp.llama_batch_init(n, 0, 1)
+    try:
+        batch.n_tokens = n
+        for i in range(n):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tokens[pos + i], pos + i, 1, 1
+            batch.seq_id[i][0] = 0
+        assert llama_cpp.llama_decode(llm._ctx.ctx, batch) == 0
+        rows = (llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i) for i in range(n))
+        return [np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).copy() for row in rows]
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def _run(llm, tokens: list[int], steps: list[int]) -> list[np.ndarray]:
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
+    logits, pos = [], 0
+    for n in steps:
+        logits += _decode(llm, tokens, pos, n)
+        pos += n
+    return logits
+
+
+def _costs(llm, tokens: list[int], prompt: int = 40, rounds: int = 5) -> dict[int, float]:
+    """The median seconds of a step of each size, after `prompt` tokens of the sequence."""
+    seconds: dict[int, list[float]] = {n: [] for n in SIZES}
+    for _ in range(rounds):
+        for n in SIZES:
+            _run(llm, tokens, [prompt])
+            start = time.perf_counter()
+            _decode(llm, tokens, prompt, n)
+            seconds[n].append(time.perf_counter() - start)
+    return {n: sorted(s)[len(s) // 2] for n, s in seconds.items()}
+
+
+def _difference(llm, tokens: list[int], prompt: int, k: int, answer: int = 128) -> float:
+    """The largest logit difference between steps of `k` tokens and one-token steps, after `prompt`."""
+    ones = _run(llm, tokens, [prompt] + [1] * answer)
+    steps, left = [prompt], answer
+    while left:
+        steps.append(min(k, left))
+        left -= steps[-1]
+    batched = _run(llm, tokens, steps)
+    return float(max(np.abs(a - b).max() for a, b in zip(ones[prompt:], batched[prompt:], strict=True)))
+
+
+if __name__ == "__main__":
+    main()
