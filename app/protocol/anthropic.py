@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from app.errors import InvalidParameterError
 from app.protocol.openai import max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, NO_DEFAULTS, over_defaults
+from app.protocol.speculative import SpeculativeFields, speculation
 from app.protocol.strict import Strict
 from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams
 
@@ -228,7 +229,7 @@ class CountTokensRequest(Strict):
     cache_control: CacheControl | None = None
 
 
-class MessagesRequest(CountTokensRequest):
+class MessagesRequest(CountTokensRequest, SpeculativeFields):  # speculative.*: llama-server's
     max_tokens: int = Field(ge=1)
     stream: bool = False
     stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
@@ -262,6 +263,7 @@ def to_generation_request(
     if isinstance(body.thinking, ThinkingEnabled) and body.thinking.budget_tokens >= body.max_tokens:
         raise InvalidParameterError("thinking.budget_tokens must be less than max_tokens", "thinking.budget_tokens")
     given = {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k}
+    given["speculative"] = speculation(body, defaults)
     params = SamplingParams(
         max_new_tokens=max_new_tokens,
         stop=tuple(body.stop_sequences or ()),

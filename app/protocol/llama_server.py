@@ -26,13 +26,12 @@ from app.protocol.openai import (
     MAX_CHOICES,
     LogitBias,
     Lora,
-    SpeculativeFields,
     logit_biases,
     lora_scales,
     max_new_tokens_within,
-    speculation,
 )
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, over_defaults
+from app.protocol.speculative import SpeculativeFields, speculation
 from app.protocol.strict import Strict
 from app.protocol.tokens import MAX_TOKEN_ID, MAX_TOKEN_IDS
 from app.types import GenerationRequest, Infill, SamplingParams

@@ -23,6 +23,7 @@ from app.chat.grammar import json_grammar, json_schema_grammar
 from app.errors import HychatError, InvalidParameterError, ModelNotFoundError
 from app.protocol.openai import FunctionName, ToolDefinition, max_new_tokens_within
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOP_K, NO_DEFAULTS, over_defaults
+from app.protocol.speculative import SpeculativeFields, speculation
 from app.protocol.strict import Strict
 from app.services.backend import Backend
 from app.services.registry import Registry
@@ -121,8 +122,9 @@ Think = bool | Literal["low", "medium", "high", "max"]  # a level turns thinking
 KeepAlive = Annotated[str, Field(pattern=GO_DURATION, max_length=64)] | float
 
 
-class _OllamaGeneration(Strict):
-    """What chat and generate share (Ollama's ChatRequest and GenerateRequest)."""
+class _OllamaGeneration(Strict, SpeculativeFields):
+    """What chat and generate share (Ollama's ChatRequest and GenerateRequest), and llama-server's
+    `speculative.*` (SpeculativeFields)."""
 
     model: str = Field("", max_length=256)  # empty: the default model (/api/chat tells dialects apart by it)
     format: Format | None = None
@@ -368,6 +370,7 @@ def _sampling_params(body: _OllamaGeneration, max_tokens_limit: int, defaults: M
         "presence_penalty": options.presence_penalty,
         "frequency_penalty": options.frequency_penalty,
         "seed": options.seed if options.seed is not None and options.seed >= 0 else None,
+        "speculative": speculation(body, defaults),
     }
     params = SamplingParams(
         max_new_tokens=max_new_tokens,

@@ -29,6 +29,7 @@ from app.protocol.openai import (
     max_new_tokens_within,
 )
 from app.protocol.simple import MAX_GRAMMAR_CHARS, MAX_TEXT_CHARS, NO_DEFAULTS, over_defaults
+from app.protocol.speculative import SpeculativeFields, speculation
 from app.protocol.strict import Strict
 from app.types import ChatOptions, GenerationRequest, SamplingParams
 
@@ -196,7 +197,7 @@ Metadata = Annotated[
 ]
 
 
-class ResponseRequest(Strict):
+class ResponseRequest(Strict, SpeculativeFields):  # speculative.*: llama-server's
     """Ranges are OpenAI's where it documents them."""
 
     model: str | None = Field(None, max_length=256)  # none: the default model
@@ -347,7 +348,7 @@ def _sampling_params(body: ResponseRequest, max_tokens_limit: int, defaults: Map
         if grammar is not None:
             raise InvalidParameterError("give either grammar or text.format", "grammar")
         grammar = body.grammar
-    given = {"temperature": body.temperature, "top_p": body.top_p}
+    given = {"temperature": body.temperature, "top_p": body.top_p, "speculative": speculation(body, defaults)}
     return SamplingParams(
         max_new_tokens=max_new_tokens_within(
             body.max_output_tokens, "max_output_tokens", max_tokens_limit, defaults.get("max_new_tokens")

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.chat.output import Answer, ChatDelta
 from app.errors import MaxTokensTooLargeError
+from app.protocol.speculative import SpeculativeFields, speculation
 from app.protocol.strict import Strict
 from app.types import MAX_STOP_SEQUENCES, ChatOptions, GenerationRequest, SamplingParams, Usage
 
@@ -34,7 +35,7 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
-class ChatRequest(Strict):
+class ChatRequest(Strict, SpeculativeFields):  # speculative.*: llama-server's
     """Give `messages` (rendered with the model's chat template) or a raw `prompt`. The ranges are
     `SamplingParams`' own, stated here so that the schema shows them; the backend checks them again
     for the Python API."""
@@ -152,6 +153,7 @@ def to_generation_request(
         raise MaxTokensTooLargeError(max_new_tokens, max_tokens_limit, "max_new_tokens")
     sampled = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
     given = {name: getattr(body, name) for name in sampled if name in body.model_fields_set or name not in defaults}
+    given["speculative"] = speculation(body, defaults)
     # (a value the body's own default gives counts as set only where the server sets no default)
     params = SamplingParams(
         max_new_tokens=max_new_tokens,

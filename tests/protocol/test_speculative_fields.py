@@ -1,5 +1,5 @@
-"""Speculative decoding around the engine: llama-server's `speculative.*` request fields on /completion
-and /v1 (conversions to `Speculation`, the check every backend makes, a bad value a 400 in the caller's
+"""Speculative decoding around the engine: llama-server's `speculative.*` request fields on every
+dialect's body (conversions to `Speculation`, the check every backend makes, a bad value a 400 in the caller's
 dialect), and the drafts an answer reports (OpenAI's prediction tokens, llama-server's timings). The
 400s come from an app without a model: the body is refused before any backend is asked. The engine's
 own drafting: tests/engine. The settings and flags: tests/config/test_settings.py,
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from app.chat.output import ChatDelta
 from app.errors import InvalidParameterError
 from app.main import create_app
-from app.protocol import llama_server, openai
+from app.protocol import anthropic, llama_server, ollama, openai, responses, simple
 from app.protocol.llama_server_answers import AnswerMeta, CompletionReader
 from app.protocol.openai_answers import timings, total_usage, usage_body
 from app.services.checks import checked
@@ -47,11 +47,43 @@ def text_completion(defaults: dict[str, Any], **fields: Any) -> Speculation | No
     return openai.to_completion_generation_request(body, 512, defaults).params.speculative
 
 
-DIALECTS = [completion, chat, text_completion]
+def ollama_chat(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
+    body = ollama.OllamaChatRequest.model_validate({"messages": USER, **fields})
+    chat_options = {"think": None, "reasoning_format": "auto", "truncate": False}
+    return ollama.to_chat_generation_request(body, 512, **chat_options, defaults=defaults).params.speculative
+
+
+def ollama_generate(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
+    body = ollama.OllamaGenerateRequest.model_validate({"prompt": "长城", **fields})
+    chat_options = {"think": None, "reasoning_format": "auto", "truncate": False}
+    return ollama.to_generate_generation_request(body, 512, **chat_options, defaults=defaults).params.speculative
+
+
+def messages(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
+    body = anthropic.MessagesRequest.model_validate({"messages": USER, "max_tokens": 9, **fields})
+    return anthropic.to_generation_request(body, 512, defaults=defaults).params.speculative
+
+
+def response(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
+    body = responses.ResponseRequest.model_validate({"input": "长城", **fields})
+    return responses.to_generation_request(body, [], 512, defaults=defaults).request.params.speculative
+
+
+def api_chat(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
+    body = simple.ChatRequest.model_validate({"messages": USER, **fields})
+    return simple.to_generation_request(body, 512, defaults=defaults).params.speculative
+
+
+DIALECTS = [completion, chat, text_completion, ollama_chat, ollama_generate, messages, response, api_chat]
 BODIES = {  # each wire type with its required fields
     llama_server.CompletionRequest: {"prompt": "长城"},
     openai.ChatCompletionRequest: {"messages": USER},
     openai.CompletionRequest: {"prompt": "长城"},
+    ollama.OllamaChatRequest: {"messages": USER},
+    ollama.OllamaGenerateRequest: {"prompt": "长城"},
+    anthropic.MessagesRequest: {"messages": USER, "max_tokens": 9},
+    responses.ResponseRequest: {"input": "长城"},
+    simple.ChatRequest: {"messages": USER},
 }
 
 
@@ -214,3 +246,19 @@ def test_llama_server_timings_carry_draft_n_only_where_there_was_a_draft():
         reader.feed(ChatDelta(content="长城", finish_reason="length", usage=usage))
         body = reader.final()
         assert {k: v for k, v in body["timings"].items() if k.startswith("draft")} == shown
+
+
+@pytest.mark.parametrize(
+    "path, body, message_of",
+    [
+        ("/api/chat", {"model": "m", "messages": USER}, lambda e: e["error"]),  # Ollama's (a model named)
+        ("/api/generate", {"model": "m", "prompt": "长城"}, lambda e: e["error"]),
+        ("/api/chat", {"messages": USER}, lambda e: e["error"]["message"]),  # hychat's own (no model)
+        ("/v1/messages", {"model": "m", "messages": USER, "max_tokens": 9}, lambda e: e["error"]["message"]),
+        ("/v1/responses", {"model": "m", "input": "长城"}, lambda e: e["error"]["message"]),
+    ],
+)
+def test_the_other_dialects_take_the_fields_and_refuse_a_bad_value_in_their_shape(client, path, body, message_of):
+    r = client.post(path, json={**body, "speculative.n_max": 300})
+    assert r.status_code == 400, r.text
+    assert "speculative.n_max" in message_of(r.json()), r.text
