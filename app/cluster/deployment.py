@@ -86,12 +86,13 @@ class Gateway:
 
 async def _rest(stream: DeploymentResponseGenerator, path: str, content_type: str) -> AsyncIterator[bytes]:
     """The body's pieces; a replica lost mid-stream ends it with the dialect's error frame, never a hang."""
+    piece = b""
     try:
         async for piece in stream:
             yield piece
     except Exception as error:
         log.warning("replica lost while streaming %s: %r", path, error)
-        yield stream_error(path, content_type, ReplicaLostError(error))
+        yield stream_error(path, content_type, ReplicaLostError(error), piece)
     finally:  # the client went away (Ray cancels the call too): the replica's app sees a disconnect
         stream.cancel()
 

@@ -4,7 +4,7 @@ the stream's last frame)."""
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +13,11 @@ from sse_starlette import ServerSentEvent
 from app.errors import BackendUnavailableError, error_body
 from app.protocol import anthropic_answers, llama_server, ollama
 from app.protocol.ollama_answers import ndjson_line
-from app.routes.streaming import anthropic_error, hychat_error, llama_server_error, openai_error
+from app.routes.streaming import anthropic_error, hychat_error, llama_server_error, openai_error, responses_error
 
 ErrorBody = Callable[[Exception], dict[str, Any]]
 LLAMA_SERVER_PATHS = ("/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/apply-template")
+SEQUENCE_NUMBER = re.compile(rb'"sequence_number":\s*(\d+)')
 
 
 class ReplicaLostError(BackendUnavailableError):
@@ -39,15 +40,15 @@ def body_of(path: str, ndjson: bool = False) -> ErrorBody:
     return error_body
 
 
-def stream_error(path: str, content_type: str, error: Exception) -> bytes:
+def stream_error(path: str, content_type: str, error: Exception, sent: bytes = b"") -> bytes:
     """The last frame of a stream cut short, as the route that streamed it writes its errors (the
-    routes' own frames, so their line endings match the frames before it)."""
+    routes' own frames, so their line endings match the frames before it). `sent`: the last piece
+    that went out, whose numbering a Responses error event goes on from."""
     if "ndjson" in content_type:
         return ndjson_line(ollama.error_body(error)).encode()
-    if path.startswith("/v1/responses"):  # the route's event also has the stream's sequence_number
-        detail = error_body(error)["error"]
-        event = {"type": "error", "code": detail["code"], "message": detail["message"], "param": detail["param"]}
-        return ServerSentEvent(json.dumps(event, ensure_ascii=False), event="error").encode()
+    if path.startswith("/v1/responses"):
+        numbers = SEQUENCE_NUMBER.findall(sent)
+        return responses_error(error, int(numbers[-1]) + 1 if numbers else 0).encode()
     if path.startswith("/v1/messages"):
         return anthropic_error(error).encode()
     if path == "/api/chat":

@@ -427,8 +427,9 @@ class ResponseEvents:
         return events
 
     def error(self, error: Exception) -> ErrorEvent:
-        detail = error_body(error)["error"]
-        return self._event(ErrorEvent, code=detail["code"], message=detail["message"], param=detail["param"])
+        event = error_event(error, self._sequence)
+        self._sequence += 1
+        return event
 
     def _text(self, kind: Literal["reasoning", "message"], text: str) -> list[StreamEvent]:
         events: list[StreamEvent] = []
@@ -475,6 +476,13 @@ class ResponseEvents:
         event = kind(sequence_number=self._sequence, **fields)
         self._sequence += 1
         return event
+
+
+def error_event(error: Exception, sequence_number: int) -> ErrorEvent:
+    """The stream's last event, `error`, numbered after the events before it."""
+    detail = error_body(error)["error"]
+    return ErrorEvent(sequence_number=sequence_number, code=detail["code"], message=detail["message"],
+                      param=detail["param"])  # fmt: skip
 
 
 def _finished(head: ResponseObject, output: Sequence[Any], usage: ResponseUsage | None, cut: bool) -> ResponseObject:

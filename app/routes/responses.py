@@ -25,13 +25,12 @@ from app.protocol.responses_answers import (
     DeletedResponse,
     ResponseEvents,
     ResponseObject,
-    StreamEvent,
     output_messages,
     response_body,
     response_head,
 )
 from app.routes.deps import RegistryDep, ResponseStoreDep, SettingsDep, behind_api_key
-from app.routes.streaming import event_stream, unless_gone
+from app.routes.streaming import event_stream, responses_event, unless_gone
 from app.services.chat import ChatStream, start_chat
 from app.services.registry import Registry
 from app.services.response_store import ResponseNotFoundError, ResponseStore, StoredResponse
@@ -72,7 +71,7 @@ async def create_response(
     log.debug("%s: responses on %s", head.id, stream.backend_name)
     if body.stream:
         events = ResponseEvents(head, TimingsSoFar(stream.prompt_tokens) if body.timings_per_token else None)
-        return event_stream(_frames(stream, events, store, turn), lambda error: _frame(events.error(error)))
+        return event_stream(_frames(stream, events, store, turn), lambda error: responses_event(events.error(error)))
     response = response_body(await unless_gone(client, [stream], stream.answer()), head)
     _keep(store, response, turn)
     return response
@@ -132,14 +131,10 @@ async def _frames(
     stream: ChatStream, events: ResponseEvents, store: ResponseStore, turn: responses.Turn
 ) -> AsyncIterator[ServerSentEvent]:
     for event in events.first():
-        yield _frame(event)
+        yield responses_event(event)
     async for delta in stream:
         batch = events.events(delta)
         if events.response is not None:  # stored before the last event goes out: a follow-up may come at once
             _keep(store, events.response, turn)
         for event in batch:
-            yield _frame(event)
-
-
-def _frame(event: StreamEvent) -> ServerSentEvent:
-    return ServerSentEvent(event.model_dump_json(by_alias=True), event=event.type)
+            yield responses_event(event)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from app.errors import ClientGoneError, HychatError, error_body
 from app.protocol import anthropic_answers, llama_server
+from app.protocol.responses_answers import StreamEvent, error_event
 from app.services.chat import ChatStream
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,15 @@ def anthropic_error(error: Exception) -> ServerSentEvent:
 
 def llama_server_error(error: Exception) -> ServerSentEvent:
     return _sse_error(llama_server.error_body(error))
+
+
+def responses_event(event: StreamEvent) -> ServerSentEvent:
+    return ServerSentEvent(event.model_dump_json(by_alias=True), event=event.type)
+
+
+def responses_error(error: Exception, sequence_number: int) -> ServerSentEvent:
+    """OpenAI Responses' `error` event, numbered after the stream's events before it."""
+    return responses_event(error_event(error, sequence_number))
 
 
 def event_stream(

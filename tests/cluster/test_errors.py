@@ -41,6 +41,14 @@ def test_each_dialects_stream_ends_with_its_error_event(path, event, shape):
     assert name == event and shape(json.loads(data))
 
 
+def test_a_responses_error_event_is_numbered_after_the_last_event_sent():
+    sent = b'event: response.output_text.delta\r\ndata: {"type":"response.output_text.delta","sequence_number":7}\r\n\r\n'
+    [(_, data)] = sse(stream_error("/v1/responses", "text/event-stream; charset=utf-8", LOST, sent))
+    assert json.loads(data)["sequence_number"] == 8
+    [(_, data)] = sse(stream_error("/v1/responses", "text/event-stream; charset=utf-8", LOST))  # nothing sent yet
+    assert json.loads(data)["sequence_number"] == 0
+
+
 def test_ollama_streams_end_with_an_error_line():
     line = stream_error("/api/chat", "application/x-ndjson", LOST)
     assert line.endswith(b"\n") and json.loads(line) == {"error": str(LOST)}
