@@ -49,7 +49,10 @@ TASKS = {
     + "\n".join([TEMPLATE] * 5),
 }
 # Free chat: each stream of each round its own question, so that no server's memory of an earlier
-# answer (hychat's n-gram memory, llama-server's ngram-mod) drafts it: a round needs 1 + 4 + 8.
+# answer (hychat's n-gram memory, llama-server's ngram-mod) drafts it: a round needs 4 + 4 + 8 (one
+# stream: SINGLES questions one after another, since one answer's speed varies by several percent).
+SINGLES = 4
+WARM_UP = "Say hello."  # asked of each server before the rounds, unlike any question measured
 TOPICS = [
     ("a robot learning to paint", "长城的历史"), ("how a bicycle works", "秋天的诗"),
     ("why the sky is blue", "熊猫的生活"), ("how airplanes fly", "中国的茶文化"),
@@ -66,6 +69,8 @@ CHATS = [
     prompt
     for english, chinese in TOPICS
     for prompt in (f"Write a short piece about {english}.", f"请用中文写一段关于{chinese}的介绍。")
+] + [
+    prompt for english, chinese in TOPICS for prompt in (f"Explain {english} to a child.", f"请给小朋友讲讲{chinese}。")
 ]
 LLAMA_NGRAM_MODES = {
     "ngram-simple": ["--spec-type", "ngram-simple"],
@@ -110,17 +115,18 @@ def stream(url: str, content: str, max_tokens: int) -> dict:
     }
 
 
-def concurrent(url: str, streams: int, max_tokens: int, first: int = 0) -> float:
-    """Aggregate tokens/s of `streams` chats at once (CHATS from `first` on), from the first request to
-    the last token."""
+def concurrent(url: str, streams: int, max_tokens: int, first: int = 0, waves: int = 1) -> float:
+    """Aggregate tokens/s of `streams` chats at once (CHATS from `first` on), `waves` times one after
+    the other, from the first request to the last token."""
     results: list[dict] = []
     start = time.perf_counter()
-    chats = [CHATS[(first + i) % len(CHATS)] for i in range(streams)]
-    threads = [threading.Thread(target=lambda c=c: results.append(stream(url, c, max_tokens))) for c in chats]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for wave in range(waves):
+        chats = [CHATS[(first + wave * streams + i) % len(CHATS)] for i in range(streams)]
+        threads = [threading.Thread(target=lambda c=c: results.append(stream(url, c, max_tokens))) for c in chats]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return sum(r["tokens"] for r in results) / (time.perf_counter() - start)
 
 
@@ -167,17 +173,19 @@ def measure(starts: dict, rounds: int, max_tokens: int, levels: tuple[int, ...])
     try:
         for url in urls.values():
             wait_ready(url)
+            stream(url, WARM_UP, 16)  # a first answer pages the weights in: not measured
         repetitive: dict = {task: {name: [] for name in urls} for task in TASKS}
         chat: dict = {str(n): {name: [] for name in urls} for n in levels}
         for round_ in range(rounds):
             for task, content in TASKS.items():
                 for name, url in urls.items():
                     repetitive[task][name].append(stream(url, content, max_tokens))
-            first = round_ * sum(levels)  # questions no round asked before
+            waves = {n: SINGLES if n == "1" else 1 for n in chat}
+            first = round_ * sum(int(n) * waves[n] for n in chat)  # questions no round asked before
             for n in chat:
                 for name, url in urls.items():
-                    chat[n][name].append(concurrent(url, int(n), 128, first))
-                first += int(n)
+                    chat[n][name].append(concurrent(url, int(n), 128, first, waves[n]))
+                first += int(n) * waves[n]
             print(f"round {round_ + 1} of {rounds} done", flush=True)
     finally:
         for process in processes:

@@ -21,11 +21,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from app.cluster.affinity import prompt_key
 from app.cluster.errors import ReplicaLostError, body_of, stream_error
 from app.cluster.http_call import HttpCall, ResponseStart, answer
+from app.cluster.metrics import labelled
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
 APP_NAME = "hychat"
 REPLICA_HEADER = b"x-hychat-replica"  # which replica answered (its Ray replica id)
+METRICS_TIMEOUT_S = 10  # a scrape whose replicas take longer is a 503
 
 
 class Replica:
@@ -45,6 +47,13 @@ class Replica:
         async for part in answer(self.app, call, self.id):
             yield part
 
+    async def metrics(self, call: HttpCall) -> tuple[ResponseStart, bytes]:
+        """`call` (a GET /metrics) answered whole, for the gateway's broadcast to every replica."""
+        parts = [part async for part in answer(self.app, call, self.id)]
+        start = parts[0]
+        assert isinstance(start, ResponseStart)
+        return start, b"".join(p for p in parts if isinstance(p, bytes))
+
     async def check_health(self) -> None:
         """Ray's readiness and liveness check: the app's own /ready (a model loaded and answering)."""
         parts = [part async for part in answer(self.app, HttpCall("GET", "/ready", b"", [], b""))]
@@ -59,6 +68,7 @@ class Gateway:
     """Every path and method: the body read (bounded), the call handed to a replica, its answer streamed."""
 
     def __init__(self, replicas: DeploymentHandle, max_request_bytes: int):
+        self.all_replicas = replicas
         self.replicas = replicas.options(method_name="handle", stream=True)
         self.max_request_bytes = max_request_bytes
 
@@ -68,6 +78,8 @@ class Gateway:
         path = scope["path"]
         call = HttpCall(request.method, path, scope["query_string"], list(scope["headers"]), body,
                         scope.get("client"), prompt_key(body))  # fmt: skip
+        if request.method == "GET" and path == "/metrics":
+            return await self._metrics(call)
         stream: DeploymentResponseGenerator = self.replicas.remote(call)
         try:
             start = await stream.__anext__()
@@ -81,6 +93,29 @@ class Gateway:
         content_type = next((v.decode("latin-1") for k, v in headers if k.lower() == b"content-type"), "")
         response = StreamingResponse(_rest(stream, path, content_type), status_code=start.status)
         response.raw_headers = headers
+        return response
+
+    async def _metrics(self, call: HttpCall) -> Response:
+        """Every replica's /metrics, each sample labelled with its replica (cluster.metrics); a refusal
+        (the API key, metrics off) as the replicas answer it. A replica that fails is left out."""
+        broadcast = self.all_replicas.broadcast("metrics", call)
+        try:
+            answers = await broadcast.results_async(timeout_s=METRICS_TIMEOUT_S, return_exceptions=True)
+        except TimeoutError as error:  # Ray bounds the whole broadcast, not each replica
+            answers = [error]
+        answered = [answer for answer in answers if not isinstance(answer, BaseException)]
+        if not answered:
+            lost = ReplicaLostError(next(iter(answers), TimeoutError("no replica")))
+            return JSONResponse(body_of(call.path)(lost), status_code=503, headers={"Retry-After": "1"})
+        refused = next(((start, body) for start, body in answered if start.status != 200), None)
+        if refused is not None:
+            start, body = refused
+            headers = [(k, v) for k, v in start.headers if k.lower() not in (b"content-length", b"x-request-id")]
+        else:  # (each replica's Process-Start-Time-Unix is its own: left out)
+            start, body = answered[0][0], labelled({s.replica: b.decode() for s, b in answered}).encode()
+            headers = [(k, v) for k, v in start.headers if k.lower() == b"content-type"]
+        response = Response(body, status_code=start.status)
+        response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
         return response
 
 

@@ -5,8 +5,9 @@ No llama.cpp here (the engine, `batch.BatchEngine`, decodes and samples), so the
 its own (tests/engine/test_speculation.py).
 
 Why the depth is chosen and not fixed: on a CPU a decode step is compute-bound, so each verified
-token costs time whether accepted or not. Measured here (2 cores, SmolLM2-135M Q4_1): a step of 2
-tokens of one sequence takes 1.9x a step of 1, a step of 9 takes 5.6x. A draft pays only where
+token costs time whether accepted or not. Measured here (2 cores, SmolLM2-135M Q4_1,
+benchmarks/decode_steps.py): a step of 2 tokens of one sequence takes 1.7x a step of 1, a step of 9
+4.8x. A draft pays only where
 enough of it is accepted, and how much that is depends on the request (quoting a text back accepts
 nearly all, free chat little) and on the machine and model. So the engine measures both as it runs
 and verifies, each step, the draft tokens that make the most tokens per second: none where none pay.
@@ -27,6 +28,10 @@ from app.types import Speculation
 SHORT, LONG, MODEL, MEMORY = 0, 1, 2, 3
 LONG_MATCH = 8
 FIRST_ACCEPTANCE = 0.8  # an engine's figure for a kind before any draft of it was checked
+# The most a request believes of other requests' figures for a kind, before its own drafts of it were
+# checked: they may be other work (a quote's long matches are nearly all accepted, a chat's repeated
+# phrase often only for a few tokens), so its first draft is short, and lengthens as its own are accepted.
+PRIOR_CAP = 0.9
 SHADOW_TOKENS = 8  # of a draft not verified, checked against the tokens sampled after it
 SURE = 0.95  # drafts whose tokens are accepted this often are priced as sure (StepCosts)
 
@@ -266,7 +271,7 @@ class SlotSpec:
 
     def rate(self, kind: int, engine: dict[int, Acceptance]) -> float:
         """How likely a draft token of `kind` is accepted: this request's figure, the engine's as its prior."""
-        return self.acceptance[kind].rate(engine[kind].rate(FIRST_ACCEPTANCE))
+        return self.acceptance[kind].rate(min(engine[kind].rate(FIRST_ACCEPTANCE), PRIOR_CAP))
 
     def _expected(self, tokens: int, kind: int, engine: dict[int, Acceptance]) -> float:
         rate = self.rate(kind, engine)

@@ -42,7 +42,7 @@ def test_each_dialects_stream_ends_with_its_error_event(path, event, shape):
 
 
 def test_a_responses_error_event_is_numbered_after_the_last_event_sent():
-    sent = b'event: response.output_text.delta\r\ndata: {"type":"response.output_text.delta","sequence_number":7}\r\n\r\n'
+    sent = b'event: response.output_text.delta\r\ndata: {"type": "response.output_text.delta", "sequence_number": 7}'
     [(_, data)] = sse(stream_error("/v1/responses", "text/event-stream; charset=utf-8", LOST, sent))
     assert json.loads(data)["sequence_number"] == 8
     [(_, data)] = sse(stream_error("/v1/responses", "text/event-stream; charset=utf-8", LOST))  # nothing sent yet

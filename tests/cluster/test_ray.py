@@ -82,6 +82,7 @@ def test_the_api_key_guards_every_dialect_through_the_gateway(cluster):
     assert r.status_code == 401 and r.json()["type"] == "error"  # Anthropic's shape
     r = httpx.post(f"{cluster.url}/api/chat", json=body, timeout=30)
     assert r.status_code == 401 and set(r.json()) == {"error"}  # Ollama's shape
+    assert httpx.get(f"{cluster.url}/metrics", timeout=30).status_code == 401  # every replica's, as one
     assert httpx.get(f"{cluster.url}/health", timeout=30).status_code == 200  # the probes stay open
 
 
@@ -116,17 +117,20 @@ def test_a_client_that_leaves_stops_its_generation_on_the_replica(cluster):
 
 
 def idle_predicted_tokens(url: str) -> dict[str, float]:
-    """Each replica's llamacpp:tokens_predicted_total once it processes nothing (/metrics asked until both
-    replicas have answered so)."""
-    idle: dict[str, float] = {}
+    """Each replica's llamacpp:tokens_predicted_total once they process nothing: the gateway's /metrics
+    has every replica's samples, labelled with the replica."""
     deadline = time.monotonic() + REPLACEMENT_BOUND_S
-    while len(idle) < 2 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         r = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30)
-        metric = {m[0]: float(m[1]) for m in re.findall(r"^llamacpp:(\w+) (\S+)$", r.text, re.M)}
-        if metric["requests_processing"] == 0:
-            idle[r.headers["x-hychat-replica"]] = metric["tokens_predicted_total"]
+        assert r.status_code == 200, r.text
+        metric: dict[str, dict[str, float]] = {}
+        for name, replica, value in re.findall(r'^llamacpp:(\w+)\{replica="([^"]+)"\} (\S+)$', r.text, re.M):
+            metric.setdefault(name, {})[replica] = float(value)
+        assert len(metric["requests_processing"]) == 2  # both replicas in one scrape
+        if not any(metric["requests_processing"].values()):
+            return metric["tokens_predicted_total"]
         time.sleep(0.1)
-    return idle
+    raise AssertionError("the replicas did not go idle")
 
 
 def test_a_replica_killed_mid_stream_ends_only_its_streams(cluster):

@@ -13,6 +13,7 @@ from app.engine.speculation import (
     LONG,
     LONG_MATCH,
     MEMORY,
+    PRIOR_CAP,
     SHORT,
     Acceptance,
     Candidate,
@@ -197,6 +198,24 @@ def test_a_draft_not_verified_is_scored_against_the_tokens_sampled_after_it():
     assert (spec.acceptance[LONG].accepted, spec.acceptance[LONG].rejected) == (1, 0) and not spec.shadow
     # Each kind is judged by its own figures, the engine's as the prior.
     assert spec.candidate(4, LONG, engine).rate > spec.candidate(4, SHORT, engine).rate
+
+
+def test_a_requests_first_draft_of_a_kind_is_short_however_sure_other_requests_were():
+    # Quotes made the engine's long matches nearly always right; a chat's may hold for a few tokens.
+    engine = acceptance_figures()
+    engine[LONG].update(150, rejected=False)
+    assert engine[LONG].rate(0.8) > 0.98
+    spec = SlotSpec.of(Speculation(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert spec is not None and spec.rate(LONG, engine) == PRIOR_CAP
+    first = draft_lengths([spec.candidate(16, LONG, engine)], base_tokens=1, outputs=1, cost=_cpu_costs())[0]
+    assert 0 < first < 16  # tried, at a length whose loss is small if the request's text goes elsewhere
+    spec.verified(first, rejected=False, engine=engine, kind=LONG)  # all of it accepted: this request copies
+    [second] = draft_lengths([spec.candidate(16, LONG, engine)], base_tokens=1, outputs=1, cost=_cpu_costs())
+    assert second > first  # and lengthens as its own drafts are accepted
+    gone = SlotSpec.of(Speculation(), [1, 2, 3])
+    assert gone is not None
+    gone.verified(0, rejected=True, engine=engine, kind=LONG)  # its first was rejected: no more of that kind
+    assert draft_lengths([gone.candidate(16, LONG, engine)], base_tokens=1, outputs=1, cost=_cpu_costs()) == [0]
 
 
 def test_acceptance_starts_at_the_prior_and_follows_recent_steps():
