@@ -181,10 +181,7 @@ class StepCosts:
             if i > 1:
                 before = self._sizes[i - 2]
                 slope = max((seconds[below] - seconds[before]) / (below - before), 0.0)
-                if sure:  # a step's cost grows ever slower with its tokens on a CPU: beyond, a token costs at
-                    # most its share, and at most what one cost on average from the smallest step up
-                    first = self._sizes[0]
-                    slope = min(slope, seconds[below] / below, (seconds[below] - seconds[first]) / (below - first))
+                slope = min(slope, seconds[below] / below) if sure else slope
             else:
                 slope = 0.5 * seconds[below] / below
             return seconds[below] + slope * (n_tokens - below)
