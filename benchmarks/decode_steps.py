@@ -5,8 +5,8 @@ engine's cap of 63 tokens a drafting step (app/engine/batch.py, docs/BENCHMARKS.
     .venv/bin/python -m benchmarks.decode_steps
 
 llama.cpp directly (flash attention on, as the engine loads models), the embedded model, all cores.
-Prints JSON: seconds and the ratio to one token by step size; the largest logit difference from
-one-token steps by step size, after a prompt of 40 tokens (within a slot's first 256 cells) and of 300.
+Prints JSON, after a prompt of 40 tokens (within a slot's first 256 cells) and of 300: seconds and the
+ratio to one token by step size; the largest logit difference from one-token steps by step size.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def main() -> None:
         flash_attn=True, logits_all=True, verbose=False,
     )  # fmt: skip
     tokens = (llm.tokenize(TEXT.encode(), add_bos=True) * 40)[:600]
-    costs = _costs(llm, tokens)
+    costs = {f"after {prompt} tokens": _costs(llm, tokens, prompt) for prompt in (40, 300)}
     print(json.dumps({
         "step_seconds": costs,
-        "vs_one_token": {n: round(costs[n] / costs[1], 2) for n in SIZES},
+        "vs_one_token": {after: {n: round(c[n] / c[1], 2) for n in SIZES} for after, c in costs.items()},
         "max_logit_difference": {
             f"after {prompt} tokens": {k: _difference(llm, tokens, prompt, k) for k in (2, 32, 63, 64)}
             for prompt in (40, 300)

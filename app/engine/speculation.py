@@ -6,11 +6,11 @@ its own (tests/engine/test_speculation.py).
 
 Why the depth is chosen and not fixed: on a CPU a decode step is compute-bound, so each verified
 token costs time whether accepted or not. Measured here (2 cores, SmolLM2-135M Q4_1,
-benchmarks/decode_steps.py): a step of 2 tokens of one sequence takes 1.7x a step of 1, a step of 9
-4.8x. A draft pays only where
-enough of it is accepted, and how much that is depends on the request (quoting a text back accepts
-nearly all, free chat little) and on the machine and model. So the engine measures both as it runs
-and verifies, each step, the draft tokens that make the most tokens per second: none where none pay.
+benchmarks/decode_steps.py): a step of 2 tokens of one sequence takes 1.8x a step of 1, a step of 9
+4.9x. A draft pays only where enough of it is accepted, and how much that is depends on the request
+(quoting a text back accepts nearly all, free chat little) and on the machine and model. So the engine
+measures both as it runs and verifies, each step, the draft tokens that make the most tokens per
+second: none where none pay.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class StepCosts:
     For sure drafts (`sure=True`), no size costs more a token than the next smaller size measured (it
     could be done as steps of that size), beyond the largest included: a size measured while the
     machine was busy, or not measured yet, ties with the smaller ones, so the larger step is tried,
-    and measured. On a CPU a token costs less in a larger step (63 tokens of one sequence cost 28
+    and measured. On a CPU a token costs less in a larger step (63 tokens of one sequence cost 29
     times one token, not 63: benchmarks/decode_steps.py), which costs measured at small sizes alone
     never show. Drafts less sure are priced as measured: there the optimism would verify tokens that
     do not pay."""
