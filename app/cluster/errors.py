@@ -30,10 +30,10 @@ class ReplicaLostError(BackendUnavailableError):
         super().__init__(f"the replica serving this request stopped ({type(cause).__name__}); retry it")
 
 
-def body_of(path: str, ndjson: bool = False) -> ErrorBody:
+def body_of(path: str) -> ErrorBody:
     if path.startswith("/v1/messages"):
         return anthropic_answers.error_body
-    if ndjson or (path.startswith("/api/") and path not in ("/api/chat", "/api/info")):
+    if path.startswith("/api/") and path not in ("/api/chat", "/api/info"):
         return ollama.error_body
     if path in LLAMA_SERVER_PATHS:
         return llama_server.error_body

@@ -29,6 +29,7 @@ SERVER = Speculation(type="ngram", n_max=8, n_min=2, ngram_size_n=4, ngram_min_h
 DEFAULTS = {"temperature": 0.3, "speculative": SERVER}
 USAGE = Usage(prompt_tokens=9, completion_tokens=30, ttft_ms=40.0, decode_tokens_per_s=25.0, total_ms=120.0)
 DRAFTED = replace(USAGE, drafted_tokens=20, accepted_tokens=15, drafts=4)
+OLLAMA_CHAT = {"think": None, "reasoning_format": "auto", "truncate": False}  # the server's defaults, as a route gives
 
 
 def completion(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
@@ -49,14 +50,12 @@ def text_completion(defaults: dict[str, Any], **fields: Any) -> Speculation | No
 
 def ollama_chat(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
     body = ollama.OllamaChatRequest.model_validate({"messages": USER, **fields})
-    chat_options = {"think": None, "reasoning_format": "auto", "truncate": False}
-    return ollama.to_chat_generation_request(body, 512, **chat_options, defaults=defaults).params.speculative
+    return ollama.to_chat_generation_request(body, 512, **OLLAMA_CHAT, defaults=defaults).params.speculative
 
 
 def ollama_generate(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
     body = ollama.OllamaGenerateRequest.model_validate({"prompt": "长城", **fields})
-    chat_options = {"think": None, "reasoning_format": "auto", "truncate": False}
-    return ollama.to_generate_generation_request(body, 512, **chat_options, defaults=defaults).params.speculative
+    return ollama.to_generate_generation_request(body, 512, **OLLAMA_CHAT, defaults=defaults).params.speculative
 
 
 def messages(defaults: dict[str, Any], **fields: Any) -> Speculation | None:
