@@ -489,6 +489,11 @@ def test_the_narrow_layout_has_no_sideways_scroll_and_the_list_slides_over(brows
         wait_answered(page, 0)
         page.click("#settings-toggle")
         expect(page.locator("#sidebar")).to_be_hidden()  # closed on a phone, the chat takes the width
+        # The header keeps two rows: the title with its buttons, then the model picker and Compare.
+        title, picker = page.locator(".bar h1").bounding_box(), page.locator("#model").bounding_box()
+        assert page.locator("#settings-toggle").bounding_box()["y"] < picker["y"]
+        assert page.locator(".bar .toggle").bounding_box()["y"] < picker["y"] + picker["height"]
+        assert page.locator(".bar").bounding_box()["height"] < 3 * title["height"] + 40
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         assert page.evaluate("document.body.scrollWidth") <= PHONE["width"]
         composer = page.locator("#composer").bounding_box()
