@@ -476,7 +476,9 @@ def logit_biases(logit_bias: dict[str, float | bool] | list[tuple[int | str, flo
     """OpenAI's {"token id": bias} and llama-server's [[token or text, bias]] as (token or text, bias)
     pairs; a bias of false bans the token (-inf)."""
     pairs = logit_bias.items() if isinstance(logit_bias, dict) else logit_bias or ()
-    return tuple(
-        (int(key) if isinstance(key, str) and key.isdigit() else key, -math.inf if bias is False else float(bias))
-        for key, bias in pairs
-    )
+    return tuple((_token_or_text(key), -math.inf if bias is False else float(bias)) for key, bias in pairs)
+
+
+def _token_or_text(key: int | str) -> int | str:
+    # ASCII digits only: "³" and "٣" are digits to str.isdigit, text to a tokenizer (and "³" to int()).
+    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else key

@@ -278,6 +278,7 @@ def test_llama_server_and_vllm_fields_convert():
 def test_logit_bias_in_openais_and_llama_servers_shapes():
     assert logit_biases({"15": 5, "-": -1.5, "7": False}) == ((15, 5.0), ("-", -1.5), (7, -math.inf))
     assert logit_biases([[15, 5], ["长城", False]]) == ((15, 5.0), ("长城", -math.inf))
+    assert logit_biases([["³", 1], ["٣", 2]]) == (("³", 1.0), ("٣", 2.0))  # digits to str.isdigit, not token ids
     assert to_request(logit_bias={"3": 100}).params.logit_bias == ((3, 100.0),)
     with pytest.raises(ValidationError):
         ChatCompletionRequest.model_validate({"messages": USER, "logit_bias": {"3": 101}})
