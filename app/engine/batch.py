@@ -86,10 +86,14 @@ class ContextFullError(EngineError):
 
 
 # Drafts fill a step up to this many tokens. Measured (this llama.cpp on a CPU, flash attention on): a
-# step of 64 tokens or more of one sequence gives other logits than steps of one token (up to 1.4 apart;
-# its kernels take another path); up to 63 the same bits, so an answer with drafts is the one without
-# (benchmarks/decode_steps.py).
+# step of 64 tokens or more of one sequence gives other logits than steps of one token (up to 1.4 apart:
+# from 64 query rows its flash attention is tiled, GGML_FA_TILE_Q); up to 63 the same bits, so an
+# answer with drafts is the one without (benchmarks/decode_steps.py). That holds within a slot's first
+# EXACT_CELLS cells: beyond, a step of one token already rounds otherwise than a step of several (its
+# one query's attention over 512 cells or more is split across threads), so there a step holds as many
+# tokens as pay.
 EXACT_STEP_TOKENS = 63
+EXACT_CELLS = 256
 
 
 @dataclass
@@ -217,7 +221,14 @@ class BatchEngine(TokenSource[Ticket]):
         self.prompt_cache = prompt_cache
         self._reported: tuple[int, int, int] | None = None
         self._applied, self._turn_start = NO_ADAPTERS.key, 0.0  # the context's adapter set, and since when
-        self._costs = StepCosts()  # seconds per decode step by its tokens, for the draft lengths
+        # Seconds per decode step by its tokens, for the draft lengths, apart by how many sequences the
+        # step holds: llama.cpp decodes sequences holding unequal counts as several micro-batches
+        # (llama_batch_allocr::split_equal: as many tokens of each at a time), so a draft beside
+        # one-token sequences costs a micro-batch more than the same tokens of one sequence, and one
+        # long copy's steps would price every step of their size. Only steps of one sequence try sizes
+        # larger than any measured: there the copies are, while a long draft beside others holds their
+        # tokens for its whole length.
+        self._costs = {1: StepCosts()}
         self._acceptance = acceptance_figures()  # over all requests, by kind of draft: a new request's start
         self._ngrams = NgramMemory()  # what every request read and wrote, for prompt lookup's drafts
         self._draft_model = draft_model
@@ -448,7 +459,7 @@ class BatchEngine(TokenSource[Ticket]):
         for slot, index in outputs:
             self._verify(slot, index, outbox) if slot.draft else self._sample(slot, index, len(slot.cached), outbox)
         if not reads_prompt:  # the decode and the sampling: what each token adds to a step besides the decode counts
-            self._costs.observe(self._batch.n_tokens, perf_counter() - t_step)
+            self._step_costs(len(plan)).observe(self._batch.n_tokens, perf_counter() - t_step)
 
     def _plan(self) -> list[tuple[_Slot, list[int]]]:
         """Which tokens of which slot go into this step's batch, in slot order. Generating slots
@@ -464,7 +475,8 @@ class BatchEngine(TokenSource[Ticket]):
                 chunk = slot.pending[:budget]
                 budget -= len(chunk)
                 plan.append((slot, chunk))
-        budget = min(budget, EXACT_STEP_TOKENS - sum(len(tokens) for _, tokens in plan))
+        if any(len(slot.cached) < EXACT_CELLS for slot, _ in plan):
+            budget = min(budget, EXACT_STEP_TOKENS - sum(len(tokens) for _, tokens in plan))
         if budget > 0:
             self._draft(plan, budget)
         return plan
@@ -487,7 +499,8 @@ class BatchEngine(TokenSource[Ticket]):
             for (slot, _), spec, room, draft in zip(drafting, specs, rooms, drafts, strict=True)
         ]
         outputs = sum(slot.generating for slot, _ in plan)
-        lengths = draft_lengths(candidates, sum(len(tokens) for _, tokens in plan), outputs, self._costs)
+        costs = self._step_costs(len(plan))
+        lengths = draft_lengths(candidates, sum(len(tokens) for _, tokens in plan), outputs, costs)
         for i, n in enumerate(lengths):
             lengths[i] = n = min(n, budget)
             budget -= n
@@ -502,6 +515,9 @@ class BatchEngine(TokenSource[Ticket]):
                 spec.unverified(draft, spec.kind)
             slot.draft = verified
             tokens.extend(verified)
+
+    def _step_costs(self, sequences: int) -> StepCosts:
+        return self._costs.setdefault(sequences, StepCosts(untried=1.0))
 
     def _room(self, slot: _Slot, budget: int) -> int:
         """The longest draft the slot's request may use: its tokens, the cells of its context."""

@@ -15,6 +15,7 @@ from app.engine.speculation import (
     MEMORY,
     PRIOR_CAP,
     SHORT,
+    UNTRIED,
     Acceptance,
     Candidate,
     NgramDrafter,
@@ -119,7 +120,24 @@ def test_step_costs_interpolate_between_measured_sizes_and_extrapolate_beyond():
     assert costs(20) == pytest.approx(0.070 + 4 * 0.025 / 4)  # beyond: the slope of the last two
     # For a sure draft, no size costs more a token than the next smaller one (16 as steps of 12)...
     assert costs(16, sure=True) == pytest.approx(0.045 * 16 / 12)
-    assert costs(20, sure=True) == pytest.approx(0.060 + 4 * 0.060 / 16)  # ...beyond the largest too
+    # ...and beyond the largest measured, a token costs a little less than one of the largest: tried once.
+    assert costs(20, sure=True) == pytest.approx(0.060 + 4 * UNTRIED * 0.060 / 16)
+
+
+def test_a_nearly_sure_draft_tries_a_step_larger_than_any_measured_and_then_the_measure_decides():
+    # Measured in the engine, a copy 390 tokens into its slot: 28-token steps at 4.8 ms a token, where
+    # the 65-token step not measured yet costs 4.45 (the per-step part weighs less).
+    costs, beside_others = StepCosts(), StepCosts(untried=1.0)  # the engine's for steps of several sequences
+    for n, ms in [(1, 10.5), (3, 21.0), (5, 30.0), (8, 42.0), (13, 63.0), (28, 134.0)]:
+        costs.observe(n, ms / 1000)
+        beside_others.observe(n, ms / 1000)
+    copy = [Candidate(64, rate=0.997)]
+    assert draft_lengths(copy, base_tokens=1, outputs=1, cost=costs) == [64]
+    assert draft_lengths(copy, base_tokens=1, outputs=1, cost=beside_others)[0] <= 27
+    assert draft_lengths([Candidate(64, rate=0.95)], base_tokens=1, outputs=1, cost=costs)[0] <= 27
+    for _ in range(30):  # measured: no cheaper a token than 28 tokens, so the shorter step wins again
+        costs.observe(65, 65 * 0.0048)
+    assert draft_lengths(copy, base_tokens=1, outputs=1, cost=costs)[0] <= 27
 
 
 def test_a_sure_draft_is_verified_whole_where_a_larger_step_was_measured_while_the_machine_was_busy():
