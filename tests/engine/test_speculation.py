@@ -120,7 +120,7 @@ def test_step_costs_interpolate_between_measured_sizes_and_extrapolate_beyond():
     assert costs(20) == pytest.approx(0.070 + 4 * 0.025 / 4)  # beyond: the slope of the last two
     # For a sure draft, no size costs more a token than the next smaller one (16 as steps of 12)...
     assert costs(16, sure=True) == pytest.approx(0.045 * 16 / 12)
-    # ...and beyond the largest measured, a token costs a little less than one of the largest: tried once.
+    # ...and beyond the largest measured, a token costs less than one of the largest: tried once.
     assert costs(20, sure=True) == pytest.approx(0.060 + 4 * UNTRIED * 0.060 / 16)
 
 
