@@ -58,6 +58,7 @@ from app.engine.sampler import RequestSampler
 from app.engine.source import END, Failure, TokenSource
 from app.engine.speculation import (
     MODEL,
+    UNTRIED,
     Candidate,
     NgramMemory,
     SlotSpec,
@@ -228,7 +229,7 @@ class BatchEngine(TokenSource[Ticket]):
         # long copy's steps would price every step of their size. Only steps of one sequence try sizes
         # larger than any measured: there the copies are, while a long draft beside others holds their
         # tokens for its whole length.
-        self._costs = {1: StepCosts()}
+        self._costs: dict[int, StepCosts] = {}
         self._acceptance = acceptance_figures()  # over all requests, by kind of draft: a new request's start
         self._ngrams = NgramMemory()  # what every request read and wrote, for prompt lookup's drafts
         self._draft_model = draft_model
@@ -517,7 +518,10 @@ class BatchEngine(TokenSource[Ticket]):
             tokens.extend(verified)
 
     def _step_costs(self, sequences: int) -> StepCosts:
-        return self._costs.setdefault(sequences, StepCosts(untried=1.0))
+        costs = self._costs.get(sequences)
+        if costs is None:  # not setdefault: twice a step, it would make a table each time
+            costs = self._costs[sequences] = StepCosts(untried=UNTRIED if sequences == 1 else 1.0)
+        return costs
 
     def _room(self, slot: _Slot, budget: int) -> int:
         """The longest draft the slot's request may use: its tokens, the cells of its context."""
