@@ -1,12 +1,15 @@
 """What a decode step of n tokens of one sequence costs against a step of one, and whether its logits
-are the same bits as one-token steps give: the figures behind speculative decoding's step costs and the
-engine's cap of 63 tokens a drafting step (app/engine/batch.py, docs/BENCHMARKS.md).
+are the same bits as one-token steps give: the figures behind speculative decoding's step costs, the
+engine's cap of 63 tokens a drafting step (app/engine/batch.py, docs/BENCHMARKS.md), and the most
+any draft can gain here (a draft accepted whole: n tokens for a step of n).
 
     .venv/bin/python -m benchmarks.decode_steps
 
 llama.cpp directly (flash attention on, as the engine loads models), the embedded model, all cores.
-Prints JSON, after a prompt of 40 tokens (within a slot's first 256 cells) and of 300: seconds and the
-ratio to one token by step size; the largest logit difference from one-token steps by step size.
+Prints JSON, after a prompt of 40 tokens (within a slot's first 256 cells), of 300 and of 800: seconds
+and the ratio to one token by step size, and the best speed-up a whole draft gives (the most n x one
+token's cost over a step of n); the largest logit difference from one-token steps by step size.
+Also written to benchmarks/results/decode_steps.json.
 """
 
 from __future__ import annotations
@@ -14,31 +17,36 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
 from config.settings import embedded_model_path
 
-SIZES = (1, 2, 9, 17, 63, 64)
+RESULTS = Path(__file__).parent / "results" / "decode_steps.json"
+SIZES = (1, 2, 9, 17, 63, 64, 128)
 TEXT = "请把下面的诗原样抄写三遍。床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 
 
 def main() -> None:
     llm = llama_cpp.Llama(
-        model_path=str(embedded_model_path()), n_ctx=1024, n_batch=512, n_threads=os.cpu_count(),
+        model_path=str(embedded_model_path()), n_ctx=1024, n_batch=1024, n_ubatch=1024, n_threads=os.cpu_count(),
         flash_attn=True, logits_all=True, verbose=False,
     )  # fmt: skip
-    tokens = (llm.tokenize(TEXT.encode(), add_bos=True) * 40)[:600]
-    costs = {f"after {prompt} tokens": _costs(llm, tokens, prompt) for prompt in (40, 300)}
-    print(json.dumps({
+    tokens = (llm.tokenize(TEXT.encode(), add_bos=True) * 40)[:1000]
+    costs = {f"after {prompt} tokens": _costs(llm, tokens, prompt) for prompt in (40, 300, 800)}
+    report = json.dumps({
         "step_seconds": costs,
         "vs_one_token": {after: {n: round(c[n] / c[1], 2) for n in SIZES} for after, c in costs.items()},
+        "whole_draft_speedup": {after: round(max(n * c[1] / c[n] for n in SIZES), 2) for after, c in costs.items()},
         "max_logit_difference": {
             f"after {prompt} tokens": {k: _difference(llm, tokens, prompt, k) for k in (2, 32, 63, 64)}
             for prompt in (40, 300)
         },
-    }, indent=2))  # fmt: skip
+    }, indent=2)  # fmt: skip
+    print(report)
+    RESULTS.write_text(report + "\n")
 
 
 def _decode(llm, tokens: list[int], pos: int, n: int) -> list[np.ndarray]:

@@ -49,9 +49,10 @@ TASKS = {
     + "\n".join([TEMPLATE] * 5),
 }
 # Free chat: each stream of each round its own question, so that no server's memory of an earlier
-# answer (hychat's n-gram memory, llama-server's ngram-mod) drafts it: a round needs 4 + 4 + 8 (one
-# stream: SINGLES questions one after another, since one answer's speed varies by several percent).
-SINGLES = 4
+# answer (hychat's n-gram memory, llama-server's ngram-mod) drafts it. One answer's speed varies by
+# several percent, and a wave of several streams lasts as long as its longest answer, so each level
+# asks WAVES waves one after another (one stream: SINGLES questions): a round needs 4 + 4 * 2 + 8 * 2.
+SINGLES, WAVES = 4, 2
 WARM_UP = "Say hello."  # asked of each server before the rounds, unlike any question measured
 TOPICS = [
     ("a robot learning to paint", "长城的历史"), ("how a bicycle works", "秋天的诗"),
@@ -65,12 +66,16 @@ TOPICS = [
     ("the life of ants", "围棋"), ("an old library", "桂林山水"),
     ("how bread rises", "中秋节"), ("northern lights", "兵马俑"),
 ]  # fmt: skip
+FORMS = [  # (English, Chinese) questions about a topic
+    ("Write a short piece about {}.", "请用中文写一段关于{}的介绍。"),
+    ("Explain {} to a child.", "请给小朋友讲讲{}。"),
+    ("Tell a story about {}.", "请讲一个关于{}的故事。"),
+]
 CHATS = [
-    prompt
-    for english, chinese in TOPICS
-    for prompt in (f"Write a short piece about {english}.", f"请用中文写一段关于{chinese}的介绍。")
-] + [
-    prompt for english, chinese in TOPICS for prompt in (f"Explain {english} to a child.", f"请给小朋友讲讲{chinese}。")
+    question
+    for en, zh in FORMS
+    for topic_en, topic_zh in TOPICS
+    for question in (en.format(topic_en), zh.format(topic_zh))
 ]
 LLAMA_NGRAM_MODES = {
     "ngram-simple": ["--spec-type", "ngram-simple"],
@@ -81,14 +86,16 @@ LLAMA_NGRAM_MODES = {
 }  # fmt: skip
 
 
-def stream(url: str, content: str, max_tokens: int) -> dict:
-    """One greedy chat answer, streamed: its tokens, decode tokens/s, and the drafts it reports."""
+def stream(url: str, content: str, max_tokens: int, cache_prompt: bool = True) -> dict:
+    """One greedy chat answer, streamed: its tokens, decode tokens/s, and the drafts it reports.
+    `cache_prompt` False (both servers' option): the prompt is read whole, as the first time."""
     body = {
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        "cache_prompt": cache_prompt,
     }
     start, first, last, usage, timings = time.perf_counter(), None, None, {}, {}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
@@ -177,13 +184,17 @@ def measure(starts: dict, rounds: int, max_tokens: int, levels: tuple[int, ...])
         repetitive: dict = {task: {name: [] for name in urls} for task in TASKS}
         chat: dict = {str(n): {name: [] for name in urls} for n in levels}
         for round_ in range(rounds):
+            # Every other round the servers go in the other order, so none is always first after a wait.
+            order = list(urls.items())[:: 1 if round_ % 2 == 0 else -1]
             for task, content in TASKS.items():
-                for name, url in urls.items():
-                    repetitive[task][name].append(stream(url, content, max_tokens))
-            waves = {n: SINGLES if n == "1" else 1 for n in chat}
+                for name, url in order:
+                    # The prompt read whole each time: read after a cached part, its logits round
+                    # otherwise and a greedy answer may change, so rounds would time other answers.
+                    repetitive[task][name].append(stream(url, content, max_tokens, cache_prompt=False))
+            waves = {n: SINGLES if n == "1" else WAVES for n in chat}
             first = round_ * sum(int(n) * waves[n] for n in chat)  # questions no round asked before
             for n in chat:
-                for name, url in urls.items():
+                for name, url in order:
                     chat[n][name].append(concurrent(url, int(n), 128, first, waves[n]))
                 first += int(n) * waves[n]
             print(f"round {round_ + 1} of {rounds} done", flush=True)

@@ -153,7 +153,7 @@ class StepCosts:
     could be done as steps of that size), and a size beyond the largest measured costs less a token
     (`untried`, 1 for no less): a size measured while the machine was busy ties with the smaller
     ones, and one not measured yet is tried, once, and measured. On a CPU a token costs less in a
-    larger step (63 tokens of one sequence cost 29 times one token, 17 tokens 8.2 times:
+    larger step (63 tokens of one sequence cost 28 times one token, 17 tokens 8.3 times:
     benchmarks/decode_steps.py), which costs measured at small sizes alone never show: their slope
     says a long step never pays. Drafts less sure are priced as measured: there the optimism would
     verify tokens that do not pay."""
