@@ -65,6 +65,7 @@ from app.engine.speculation import (
     StepCosts,
     acceptance_figures,
     draft_lengths,
+    is_sure,
     verify,
 )
 from app.errors import EngineClosedError, HychatError, QueueFullError
@@ -181,6 +182,7 @@ class _Slot:
     t_start: float = 0.0  # when its request got it
     spec: SlotSpec | None = None  # its request drafts (speculative decoding)
     draft: list[int] = field(default_factory=list)  # draft tokens decoded after next_token this step
+    pad: int = 0  # tokens decoded after the draft this step only to make the step a cheaper size (_draft)
 
     @property
     def generating(self) -> bool:
@@ -501,7 +503,10 @@ class BatchEngine(TokenSource[Ticket]):
         ]
         outputs = sum(slot.generating for slot, _ in plan)
         costs = self._step_costs(len(plan))
-        lengths = draft_lengths(candidates, sum(len(tokens) for _, tokens in plan), outputs, costs)
+        base = sum(len(tokens) for _, tokens in plan)
+        # A step of one sequence may be padded, within the batch and the slot's cells (measured there).
+        most = min(base + budget, self.n_ctx_slot - 1 - len(plan[0][0].cached)) if len(plan) == 1 else 0
+        lengths = draft_lengths(candidates, base, outputs, costs, most)
         for i, n in enumerate(lengths):
             lengths[i] = n = min(n, budget)
             budget -= n
@@ -516,6 +521,10 @@ class BatchEngine(TokenSource[Ticket]):
                 spec.unverified(draft, spec.kind)
             slot.draft = verified
             tokens.extend(verified)
+        if most and plan[0][0].draft:
+            n = base + len(plan[0][0].draft)
+            padded = costs.padded(n, most, is_sure(candidates))
+            plan[0][0].pad = padded[1] - n if padded is not None else 0
 
     def _step_costs(self, sequences: int) -> StepCosts:
         costs = self._costs.get(sequences)
@@ -580,6 +589,12 @@ class BatchEngine(TokenSource[Ticket]):
                 n += 1
             if wants_logits:
                 outputs.append((slot, n - 1 - len(slot.draft)))
+            # Padding: any token after the draft; no logits, and its cells go with the rejected draft's.
+            for offset in range(len(tokens), len(tokens) + slot.pad):
+                b.token[n], b.pos[n], b.n_seq_id[n] = tokens[-1], len(slot.cached) + offset, 1
+                b.seq_id[n][0], b.logits[n] = slot.index, False
+                n += 1
+            slot.pad = 0
         b.n_tokens = n
         return outputs
 

@@ -197,6 +197,21 @@ class StepCosts:
         estimate = seconds[below] + (n_tokens - below) / (above - below) * (seconds[above] - seconds[below])
         return min(estimate, seconds[below] * n_tokens / below) if sure else estimate
 
+    def padded(self, n_tokens: int, most: int, sure: bool = False) -> tuple[float, int] | None:
+        """A step of `n_tokens` as cheap as it gets: (seconds, size), its own estimate, or a larger size
+        up to `most` tokens measured to cost less, to pad the step to. (On a CPU, llama.cpp's attention
+        reads 64 query rows of one sequence or more in tiles: on an AMX Xeon a step of 64 tokens after
+        300 cost half one of 63, benchmarks/decode_steps.py.) Estimates between measured sizes are
+        linear and rise beyond them, so a measured size is the only larger one that may cost less."""
+        own = self(n_tokens, sure)
+        if own is None:
+            return None
+        best = (own, n_tokens)
+        seconds = self._sure_seconds() if sure else self._seconds
+        for size in self._sizes[bisect.bisect_right(self._sizes, n_tokens) : bisect.bisect_right(self._sizes, most)]:
+            best = min(best, (seconds[size], size))
+        return best
+
     def _sure_seconds(self) -> dict[int, float]:
         if self._capped is None:
             self._capped, share = {}, float("inf")
@@ -336,9 +351,12 @@ def verify(draft: Sequence[int], sample: Callable[[int], int | None]) -> tuple[i
     raise AssertionError("unreachable")
 
 
-def draft_lengths(candidates: Sequence[Candidate], base_tokens: int, outputs: int, cost: StepCosts) -> list[int]:
+def draft_lengths(
+    candidates: Sequence[Candidate], base_tokens: int, outputs: int, cost: StepCosts, most: int = 0
+) -> list[int]:
     """How many draft tokens each candidate verifies in a step that holds `base_tokens` tokens already
-    and yields `outputs` tokens without drafts: the choice that makes the most tokens per second.
+    and yields `outputs` tokens without drafts: the choice that makes the most tokens per second, the
+    step padded up to `most` tokens where that costs less (StepCosts.padded).
 
     The i-th token of a draft is accepted with probability rate**i (all before it must be), so the
     draft tokens of all candidates are taken most likely first; each count of them is priced with
@@ -348,18 +366,19 @@ def draft_lengths(candidates: Sequence[Candidate], base_tokens: int, outputs: in
     fewer, larger steps save what a step costs beyond what was measured."""
     if cost(base_tokens) is None:
         return [0] * len(candidates)
-    sure = all(c.rate >= SURE for c in candidates if c.tokens)
+    sure = is_sure(candidates)
     ranked = sorted(
         ((p, i) for i, c in enumerate(candidates) for p in _likelihoods(c)),
         key=lambda item: -item[0],
     )
-    rates = [outputs / _cost(cost, base_tokens, sure)]  # tokens per second with the m most likely draft tokens
+    steps = _step_seconds(cost, base_tokens, len(ranked), most, sure)
+    rates = [outputs / steps[0]]  # tokens per second with the m most likely draft tokens
     expected, drafting, started = float(outputs), 0.0, set()
     for p, i in ranked:
         expected += p
         drafting += candidates[i].seconds + (candidates[i].first_seconds if i not in started else 0.0)
         started.add(i)
-        rates.append(expected / (_cost(cost, base_tokens + len(rates), sure) + drafting))
+        rates.append(expected / (steps[len(rates)] + drafting))
     best_rate, best_m = max(rates[1:], default=0.0), 0
     if best_rate > rates[0] * (1 + 1e-9):
         best_m = max(m for m, rate in enumerate(rates) if m and rate >= best_rate * (1 - 1e-6))
@@ -381,6 +400,24 @@ def _likelihoods(c: Candidate) -> list[float]:
             break
         out.append(p)
     return out
+
+
+def is_sure(candidates: Sequence[Candidate]) -> bool:
+    """Whether a step's drafts are priced as sure (StepCosts)."""
+    return all(c.rate >= SURE for c in candidates if c.tokens)
+
+
+def _step_seconds(cost: StepCosts, base_tokens: int, drafted: int, most: int, sure: bool) -> list[float]:
+    """What the step costs with 0 to `drafted` draft tokens: as estimated, or where it may be padded
+    up to `most` tokens, what the cheapest step it can be padded to costs (StepCosts.padded)."""
+    top = base_tokens + drafted
+    seconds = [_cost(cost, n, sure) for n in range(base_tokens, top + 1)]
+    padded = cost.padded(top, most, sure)
+    if most >= top and padded is not None:
+        seconds[-1] = padded[0]
+        for i in range(len(seconds) - 2, -1, -1):
+            seconds[i] = min(seconds[i], seconds[i + 1])
+    return seconds
 
 
 def _cost(cost: StepCosts, n_tokens: int, sure: bool) -> float:

@@ -160,6 +160,34 @@ def test_a_sure_draft_is_verified_whole_where_small_steps_alone_were_measured():
     assert draft_lengths([Candidate(62, rate=1.0)], base_tokens=1, outputs=1, cost=costs) == [62]
 
 
+# Measured in the engine on a 2-core Xeon with AMX, a quote 450 tokens into its slot: steps of 2 to 63
+# tokens of one sequence cost 16-18 ms a token, a step of 65 (attention in tiles from 64 rows) 6.5.
+PADDED = [(1, 26.0), (3, 48.0), (9, 131.0), (18, 290.0), (36, 551.0), (51, 915.0), (65, 415.0)]
+
+
+def test_a_step_costs_no_more_than_a_larger_measured_one_it_can_be_padded_to():
+    costs = StepCosts()
+    for n, ms in PADDED:
+        costs.observe(n, ms / 1000)
+    assert costs.padded(40, most=65) == (pytest.approx(0.415), 65)
+    assert costs.padded(40, most=64) == (costs(40), 40)  # the batch or the slot has no room for 65
+    assert costs.padded(9, most=65) == (pytest.approx(0.131), 9)  # cheaper as it is
+    assert costs.padded(70, most=128) == (costs(70), 70)  # nothing larger measured
+    assert StepCosts().padded(4, most=64) is None
+
+
+def test_a_draft_too_short_for_the_cheap_step_is_verified_in_it_padded():
+    costs = StepCosts()
+    for n, ms in PADDED:
+        costs.observe(n, ms / 1000)
+    # 44 tokens left to write: verified whole in a step padded to 65; with no room for 65, a step of 45
+    # costs some 0.7 s (as measured between 36 and 51) and a short draft pays best.
+    tail = [Candidate(44, rate=0.99)]
+    assert draft_lengths(tail, base_tokens=1, outputs=1, cost=costs, most=65) == [44]
+    assert draft_lengths(tail, base_tokens=1, outputs=1, cost=costs, most=64) == [8]
+    assert draft_lengths(tail, base_tokens=1, outputs=1, cost=costs) == [8]  # not padded: steps of several sequences
+
+
 def test_drafts_less_sure_beside_many_sequences_are_priced_as_measured():
     # 8 sequences decode at a token's share each already; a draft token accepted 80% of the time
     # costs as much as a token of theirs and gives 0.8 of one.

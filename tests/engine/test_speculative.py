@@ -137,6 +137,31 @@ def test_rejected_draft_tokens_leave_no_cells_behind(backend):
     assert reused[-1].usage.cached_tokens > len(_ids(plain)) // 2
 
 
+def test_a_step_padded_to_a_cheaper_size_gives_the_same_answer_and_leaves_no_cells(model_path):
+    """Steps of one sequence are padded to a larger size where that was measured to cost less. Told
+    so here (a step of 2 measured at 100 ms, one of 63 at 30: the engine's own measures move these
+    as it runs), the drafted steps are padded to 63 tokens, within the first cells where that keeps
+    the logits of steps of one token; the pads' cells go with the rejected draft tokens'."""
+    import llama_cpp
+
+    backend = LlamaCppBackend()
+    backend.load_model(model_path, n_ctx=512, parallel=1)
+    try:
+        plain = _run(backend, QUOTE_CODE, OFF)
+        engine = backend._model.engine
+        costs = engine._step_costs(1)
+        for n, seconds in [(1, 0.010), (2, 0.100), (63, 0.030)]:
+            costs.observe(n, seconds)
+        drafted = _run(backend, QUOTE_CODE, Speculation())
+        assert drafted[-1].usage.drafted_tokens > 0
+        assert costs(63) > 0.030  # steps of 63 tokens were decoded and measured: padded ones
+        assert _ids(drafted) == _ids(plain)
+        (slot,) = backend.slots()
+        assert llama_cpp.llama_memory_seq_pos_max(engine._memory, 0) == slot.n_cached - 1
+    finally:
+        backend.unload()
+
+
 def test_speculation_off_or_with_a_high_n_min_drafts_nothing(backend):
     assert _run(backend, QUOTE_POEM, OFF)[-1].usage.drafted_tokens == 0
     assert _run(backend, QUOTE_POEM, Speculation(n_max=8, n_min=9))[-1].usage.drafted_tokens == 0
