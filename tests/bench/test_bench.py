@@ -182,6 +182,18 @@ def test_a_missing_llama_bench_is_a_note_not_a_failure(model_path, tmp_path):
     assert "| llama.cpp Q4_1 | cannot run" in (tmp_path / "bench.md").read_text()
 
 
+def test_a_llama_bench_killed_by_an_illegal_instruction_is_named_with_the_likely_cause(tmp_path):
+    """A native llama-bench built with AMX kernels dies by SIGILL on an AMX Xeon (measured); a script
+    that kills itself the same way stands in for it, since only such a machine can cause it."""
+    from app.bench.llama_bench import native_tokens_per_s
+
+    binary = tmp_path / "llama-bench"
+    binary.write_text("#!/bin/sh\necho 'load_backend: loaded CPU backend' >&2\nkill -ILL $$\n")
+    binary.chmod(0o755)
+    with pytest.raises(RuntimeError, match=r"killed by SIGILL.*AMX kernels.*every-cpu"):
+        native_tokens_per_s(binary, tmp_path / "model.gguf", 2, "short", 64, 16)
+
+
 # llama.cpp's own llama-bench, built from the pinned sources (../shared/tools/build-llama-tools.sh);
 # the product never needs it, so this comparison runs where it has been built.
 LLAMA_BENCH = Path(
