@@ -9,13 +9,14 @@ llama.cpp directly (flash attention on, as the engine loads models), the embedde
 Prints JSON, after a prompt of 40 tokens (within a slot's first 256 cells), of 300 and of 800: seconds
 and the ratio to one token by step size, and the best speed-up a whole draft gives (the most n x one
 token's cost over a step of n); the largest logit difference from one-token steps by step size.
-Also written to benchmarks/results/decode_steps.json.
+Also written to benchmarks/results/decode_steps.json, or to the path given as its one argument.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def main() -> None:
         },
     }, indent=2)  # fmt: skip
     print(report)
-    RESULTS.write_text(report + "\n")
+    Path(sys.argv[1] if len(sys.argv) > 1 else RESULTS).write_text(report + "\n")
 
 
 def _decode(llm, tokens: list[int], pos: int, n: int) -> list[np.ndarray]:
