@@ -29,7 +29,7 @@ from config.settings import embedded_model_path
 
 RESULTS = Path(__file__).parent / "results" / "draft_ceiling.json"
 STEPS = Path(__file__).parent / "results" / "decode_steps.json"
-MOST = 63  # draft tokens a step, as the engine within a slot's first cells
+MOST = Speculation().n_max  # draft tokens a step, as a request asks by default
 
 
 def main() -> None:
